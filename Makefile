@@ -1,0 +1,42 @@
+# nextbest: `make run` to try it, `make test` to check it.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/nextbest-target
+BIN := $(CARGO_TARGET_DIR)/release/nextbest
+export ORT_DYLIB_PATH ?= $(CURDIR)/.deps/lib/libonnxruntime.so.1.31.1
+
+.PHONY: setup build run test lint unit bench model clean-services
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --locked
+	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest
+	@echo "built target/release/nextbest"
+
+run: build
+	@echo "starting nextbest (embedded store, shipped model); Ctrl-C to stop"
+	target/release/nextbest serve
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --locked --all-targets -- -D warnings
+
+# Starts Redis and Tansu on free ports, runs every test, stops them.
+test: build lint
+	@scripts/services.sh start
+	@source .deps/services.env && set -o pipefail && \
+	  cargo test --release --locked -- --test-threads=4 2>&1 | tee .deps/test.log; \
+	  status=$$?; scripts/services.sh stop; exit $$status
+
+bench: build
+	@scripts/services.sh start
+	@source .deps/services.env && cargo bench --locked --bench load; \
+	  status=$$?; scripts/services.sh stop; exit $$status
+
+# Retrain the shipped model from synthetic history (see training/README.md).
+model: build
+	NEXTBEST_BIN=$(CURDIR)/target/release/nextbest training/run.sh
+
+clean-services:
+	@scripts/services.sh stop

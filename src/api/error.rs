@@ -1,0 +1,59 @@
+//! The one error type of the API and its mapping to status + JSON body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// An API error; every variant becomes `{"error": "...", ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        field: Option<String>,
+        index: Option<usize>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn bad_request(
+        message: impl Into<String>,
+        field: Option<&str>,
+        index: Option<usize>,
+    ) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            field: field.map(str::to_string),
+            index,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::BadRequest {
+                message,
+                field,
+                index,
+            } => {
+                let mut b = json!({ "error": message });
+                if let Some(f) = field {
+                    b["field"] = json!(f);
+                }
+                if let Some(i) = index {
+                    b["index"] = json!(i);
+                }
+                (StatusCode::BAD_REQUEST, b)
+            }
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": m })),
+        };
+        (status, Json(body)).into_response()
+    }
+}

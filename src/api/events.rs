@@ -1,0 +1,81 @@
+//! `POST /v1/events`: one event or an array. All are validated first (a 400
+//! names the index and field, and nothing is ingested); then they are applied
+//! in-process (embedded) or produced to Kafka, and 202 is returned once the
+//! store or the broker acknowledged them all.
+
+use super::{parse_json, ApiError, AppStateRef, Ingest};
+use crate::event::Event;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+/// Most events in one request.
+pub const MAX_EVENTS: usize = 10_000;
+
+pub async fn post_events(
+    state: AppStateRef,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let values = match parse_json(&body)? {
+        Value::Array(a) => a,
+        v @ Value::Object(_) => vec![v],
+        _ => {
+            return Err(ApiError::bad_request(
+                "body must be an event object or an array of events",
+                None,
+                None,
+            ))
+        }
+    };
+    if values.is_empty() {
+        return Err(ApiError::bad_request(
+            "the array holds no events",
+            None,
+            None,
+        ));
+    }
+    if values.len() > MAX_EVENTS {
+        return Err(ApiError::bad_request(
+            format!(
+                "{} events in one request; the limit is {MAX_EVENTS}",
+                values.len()
+            ),
+            None,
+            None,
+        ));
+    }
+    let mut events = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        match Event::from_value(v) {
+            Ok(e) => events.push(e),
+            Err(e) => {
+                let field = e.field();
+                return Err(ApiError::bad_request(
+                    format!("event {i}: {e}"),
+                    field.as_deref(),
+                    Some(i),
+                ));
+            }
+        }
+    }
+    match &state.ingest {
+        Ingest::InProcess => {
+            let out = crate::ingest::apply_events(&state.set, state.store.as_ref(), &events)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("events not stored: {e}")))?;
+            for c in out.changed_customers {
+                let _ = state.changes.send(c);
+            }
+        }
+        Ingest::Kafka(p) => {
+            p.send_events(&events)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("events not accepted: {e}")))?;
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": events.len() })),
+    ))
+}

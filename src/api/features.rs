@@ -1,0 +1,58 @@
+//! `GET /v1/features/customer/{id}` and `GET /v1/features/item/{id}`: the
+//! current online features of one entity, as the model would see them now.
+
+use super::{ApiError, AppStateRef};
+use crate::event::check_id;
+use crate::features::aggregate::entity_values;
+use crate::features::store::ReadQuery;
+use crate::features::Entity;
+use axum::extract::{Path, Query};
+use axum::Json;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub async fn customer(
+    state: AppStateRef,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    check_id("customer_id", &id)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
+    let session_id = q.get("session_id").map(String::as_str);
+    let read = state
+        .store
+        .read(&ReadQuery {
+            customer_id: &id,
+            session_id,
+            item_ids: &[],
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
+    let now = crate::now_ms();
+    Ok(Json(json!({
+        "customer_id": id,
+        "known": !read.customer.is_empty(),
+        "as_of": now,
+        "features": entity_values(&state.set, Entity::Customer, &read.customer, now),
+        "session_id": read.session_id,
+        "session": entity_values(&state.set, Entity::Session, &read.session, now),
+    })))
+}
+
+pub async fn item(state: AppStateRef, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    check_id("item_id", &id)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("item_id"), None))?;
+    let items = state
+        .store
+        .read_items(std::slice::from_ref(&id))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
+    let st = items.into_iter().next().unwrap_or_default();
+    let now = crate::now_ms();
+    Ok(Json(json!({
+        "item_id": id,
+        "known": !st.is_empty(),
+        "as_of": now,
+        "features": entity_values(&state.set, Entity::Item, &st, now),
+    })))
+}

@@ -1,0 +1,73 @@
+//! `GET /v1/stream?customer_id=..`: a WebSocket that pushes a fresh
+//! recommendation whenever that customer's features change on this instance
+//! (and one right after connecting).
+
+use super::{ApiError, AppState, AppStateRef};
+use crate::decide::RecommendRequest;
+use crate::event::check_id;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::Query;
+use axum::response::Response;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+pub async fn stream(
+    state: AppStateRef,
+    Query(q): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let customer = q.get("customer_id").cloned().ok_or_else(|| {
+        ApiError::bad_request(
+            "query parameter `customer_id` is required",
+            Some("customer_id"),
+            None,
+        )
+    })?;
+    check_id("customer_id", &customer)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
+    let k = q
+        .get("k")
+        .and_then(|k| k.parse::<usize>().ok())
+        .unwrap_or(state.cfg.recommend.default_k)
+        .clamp(1, state.cfg.recommend.max_k);
+    let st = state.0.clone();
+    Ok(ws.on_upgrade(move |socket| push_loop(st, socket, customer, k)))
+}
+
+async fn push_loop(state: Arc<AppState>, mut socket: WebSocket, customer: String, k: usize) {
+    let mut rx = state.changes.subscribe();
+    loop {
+        let req = RecommendRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            customer_id: customer.clone(),
+            k,
+            context: serde_json::Map::new(),
+            candidates: None,
+            budget_ms: state.cfg.recommend.default_budget_ms,
+            model: None,
+            now_ms: crate::now_ms(),
+        };
+        let rec = state.decider.recommend(&req).await;
+        let Ok(text) = serde_json::to_string(&rec) else {
+            return;
+        };
+        if socket.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = rx.recv() => match changed {
+                    Ok(c) if c == customer => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                },
+            }
+        }
+    }
+}

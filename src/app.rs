@@ -1,0 +1,294 @@
+//! Wiring: config → feature set, store, models, ingestion, router, background
+//! tasks. `App::build` does everything that can fail before serving;
+//! `run_until_stopped` serves until the shutdown signal, then stops the
+//! consumer between batches so its last commit covers what it applied.
+
+use crate::api::{self, AppState, Ingest};
+use crate::config::Config;
+use crate::decide::popularity::Popularity;
+use crate::decide::Decider;
+use crate::features::store::memory::MemoryStore;
+use crate::features::store::redis::{RedisSettings, RedisStore};
+use crate::features::store::FeatureStore;
+use crate::features::FeatureSet;
+use crate::ingest::consumer::EventConsumer;
+use crate::ingest::kafka::ensure_topics;
+use crate::ingest::producer::EventProducer;
+use crate::model::registry::Registry;
+use crate::model::runtime;
+use crate::model::scorer::LoadOptions;
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Errors starting the server; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Features(#[from] crate::features::definition::DefinitionError),
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Redis {
+        url: String,
+        source: crate::features::store::StoreError,
+    },
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Kafka(#[from] crate::ingest::kafka::KafkaSetupError),
+    #[error(transparent)]
+    Consumer(#[from] crate::ingest::consumer::ConsumeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A built, not yet running, server.
+pub struct App {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    popularity: Arc<ArcSwap<Popularity>>,
+    consumer: Option<EventConsumer>,
+}
+
+impl App {
+    /// Builds everything that can fail before serving.
+    pub async fn build(cfg: Config) -> Result<App, AppError> {
+        let metrics = crate::metrics::install();
+        let set = Arc::new(FeatureSet::load(&cfg.features)?);
+        let store: Arc<dyn FeatureStore> =
+            match &cfg.store.redis_url {
+                Some(url) => {
+                    let settings = RedisSettings {
+                        url: url.clone(),
+                        key_prefix: cfg.store.key_prefix.clone(),
+                        dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
+                        ttl_seconds: cfg.store.ttl_secs,
+                        timeout_ms: cfg.store.timeout_ms,
+                    };
+                    Arc::new(RedisStore::connect(settings, set.clone()).await.map_err(
+                        |source| AppError::Redis {
+                            url: url.clone(),
+                            source,
+                        },
+                    )?)
+                }
+                None => Arc::new(MemoryStore::new(
+                    set.clone(),
+                    (cfg.store.dedupe_window_secs * 1000) as i64,
+                )),
+            };
+        runtime::environment(cfg.ort_dylib_path.as_deref())?;
+        let opts = LoadOptions {
+            sessions: cfg.model.sessions,
+            intra_threads: cfg.model.intra_threads,
+            ort_dylib_path: cfg.ort_dylib_path.clone(),
+        };
+        let reg = Registry::scan(&cfg.models_dir, &set, &opts);
+        let registry = Arc::new(ArcSwap::from_pointee(reg));
+        let popularity = Arc::new(ArcSwap::from_pointee(Popularity::default()));
+        let (changes, _) = broadcast::channel(1024);
+
+        let (ingest, consumer) = match &cfg.kafka.brokers {
+            Some(brokers) => {
+                if cfg.kafka.create_topics {
+                    ensure_topics(brokers, &cfg.kafka).await?;
+                }
+                let producer = EventProducer::new(brokers, &cfg.kafka)?;
+                let consumer = if cfg.kafka.consume {
+                    Some(EventConsumer::new(
+                        brokers,
+                        &cfg.kafka,
+                        set.clone(),
+                        store.clone(),
+                        producer.clone(),
+                    )?)
+                } else {
+                    None
+                };
+                (Ingest::Kafka(producer), consumer)
+            }
+            None => (Ingest::InProcess, None),
+        };
+        let decider = Arc::new(Decider {
+            set: set.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            popularity: popularity.clone(),
+            cfg: cfg.recommend.clone(),
+        });
+        let listener = TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: cfg.http_addr.to_string(),
+                source,
+            })?;
+        let state = Arc::new(AppState {
+            cfg: Arc::new(cfg),
+            set,
+            store,
+            decider,
+            registry,
+            ingest,
+            metrics,
+            changes,
+        });
+        Ok(App {
+            listener,
+            state,
+            popularity,
+            consumer,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (for tests and the CLI summary).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// A short startup summary: store, broker, models, features, URL.
+    pub fn summary(&self) -> String {
+        let s = &self.state;
+        let reg = s.registry.load();
+        let mut models: Vec<String> = Vec::new();
+        for (name, e) in &reg.models {
+            let rejected = e
+                .versions
+                .iter()
+                .filter(|v| v.status == crate::model::ModelStatus::Rejected)
+                .count();
+            match &e.serving {
+                Some(m) => models.push(format!(
+                    "{name} v{} ({} inputs){}",
+                    m.manifest.version,
+                    m.manifest.inputs.len(),
+                    if rejected > 0 {
+                        format!(", {rejected} rejected")
+                    } else {
+                        String::new()
+                    }
+                )),
+                None => models.push(format!("{name}: no valid version ({rejected} rejected)")),
+            }
+        }
+        if models.is_empty() {
+            models.push(format!(
+                "none found in {} (recommendations will fall back to popular items)",
+                s.cfg.models_dir.display()
+            ));
+        }
+        let broker = match &s.cfg.kafka.brokers {
+            Some(b) => format!(
+                "kafka {b} (group {}, consumer {})",
+                s.cfg.kafka.group_id,
+                if self.consumer.is_some() { "on" } else { "off" }
+            ),
+            None => "none (events applied in-process)".to_string(),
+        };
+        let addr = self
+            .listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        format!(
+            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  url:      http://{}",
+            env!("CARGO_PKG_VERSION"),
+            s.store.describe(),
+            broker,
+            models.join("; "),
+            s.set.features.len(),
+            s.set.derived.len(),
+            s.set.context.len(),
+            s.cfg.features.display(),
+            runtime::loaded_from().map(|p| p.display().to_string()).unwrap_or_else(|| "not loaded".into()),
+            addr,
+        )
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        tasks.push(tokio::spawn(refresh_popularity(
+            self.state.clone(),
+            self.popularity.clone(),
+            stop_rx.clone(),
+        )));
+        if let Some(consumer) = self.consumer {
+            let changes = self.state.changes.clone();
+            tasks.push(tokio::spawn(consumer.run(stop_rx.clone(), move |out| {
+                for c in &out.changed_customers {
+                    let _ = changes.send(c.clone());
+                }
+            })));
+        }
+        let router = api::router(self.state.clone());
+        let stop = stop_tx.clone();
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        served.map_err(AppError::Serve)
+    }
+}
+
+async fn refresh_popularity(
+    state: Arc<AppState>,
+    target: Arc<ArcSwap<Popularity>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(state.cfg.recommend.popularity_refresh_secs.max(1));
+    loop {
+        match Popularity::build(state.store.as_ref(), &state.set, crate::now_ms()).await {
+            Ok(p) => target.store(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(error = %e, "popularity refresh failed; keeping the previous lists")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received");
+}

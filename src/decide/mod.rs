@@ -1,0 +1,298 @@
+//! Deciding what to show: candidates → one store read → feature matrix →
+//! model → rules → top-k, inside the request's budget. If the store or the
+//! model fails, or the budget runs out, the answer is a fallback list with
+//! `fallback: true`, never an error.
+
+pub mod candidates;
+pub mod popularity;
+pub mod rules;
+
+use crate::features::aggregate::numeric_value;
+use crate::features::store::{FeatureStore, ReadQuery};
+use crate::features::vector::RowInputs;
+use crate::features::{Entity, FeatureSet};
+use crate::model::{LoadedModel, Registry};
+use arc_swap::ArcSwap;
+use candidates::Source;
+use popularity::Popularity;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A validated recommendation request.
+#[derive(Debug, Clone)]
+pub struct RecommendRequest {
+    pub request_id: String,
+    pub customer_id: String,
+    pub k: usize,
+    pub context: Map<String, Value>,
+    pub candidates: Option<Vec<String>>,
+    pub budget_ms: u64,
+    pub model: Option<String>,
+    pub now_ms: i64,
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RankedItem {
+    pub item_id: String,
+    pub score: f32,
+    pub action: &'static str,
+    pub reasons: Vec<&'static str>,
+}
+
+/// The model that produced a ranking.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: u32,
+}
+
+/// The answer to `/v1/recommend`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    pub request_id: String,
+    pub customer_id: String,
+    pub items: Vec<RankedItem>,
+    pub model: Option<ModelRef>,
+    pub fallback: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    pub timings_us: BTreeMap<&'static str, u64>,
+}
+
+/// Why the ranked path failed (the request then gets a fallback).
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("no model is serving")]
+    NoModel,
+    #[error("feature store: {0}")]
+    Store(#[from] crate::features::store::StoreError),
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("scoring task failed: {0}")]
+    Join(String),
+}
+
+impl DecideError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecideError::NoModel => "no_model",
+            DecideError::Store(_) => "store",
+            DecideError::Model(_) | DecideError::Join(_) => "model",
+        }
+    }
+}
+
+/// The recommend pipeline and what it needs.
+pub struct Decider {
+    pub set: Arc<FeatureSet>,
+    pub store: Arc<dyn FeatureStore>,
+    pub registry: Arc<ArcSwap<Registry>>,
+    pub popularity: Arc<ArcSwap<Popularity>>,
+    pub cfg: crate::config::RecommendConfig,
+}
+
+/// Part of the budget kept for building the fallback and the response.
+const RESERVE: Duration = Duration::from_millis(2);
+
+impl Decider {
+    /// Answers a request; always within its budget, never an error.
+    #[tracing::instrument(name = "recommend", skip_all, fields(request_id = %req.request_id, customer_id = %req.customer_id))]
+    pub async fn recommend(&self, req: &RecommendRequest) -> Recommendation {
+        let started = Instant::now();
+        let budget = Duration::from_millis(req.budget_ms)
+            .saturating_sub(RESERVE)
+            .max(Duration::from_millis(1));
+        let mut timings = BTreeMap::new();
+        let outcome = tokio::time::timeout(budget, self.ranked(req, &mut timings)).await;
+        let mut rec = match outcome {
+            Ok(Ok(rec)) => rec,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "recommend fell back");
+                metrics::counter!(crate::metrics::FALLBACKS, "reason" => e.kind()).increment(1);
+                self.fallback(req, e.to_string())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = req.budget_ms,
+                    "recommend budget exceeded, fell back"
+                );
+                metrics::counter!(crate::metrics::FALLBACKS, "reason" => "budget").increment(1);
+                self.fallback(req, format!("budget of {} ms exceeded", req.budget_ms))
+            }
+        };
+        timings.insert("total", started.elapsed().as_micros() as u64);
+        rec.timings_us = timings;
+        rec
+    }
+
+    fn pick_model(&self, req: &RecommendRequest) -> Option<Arc<LoadedModel>> {
+        let reg = self.registry.load();
+        match &req.model {
+            Some(name) => reg.get(name).cloned(),
+            None => reg.default_model(None).cloned(),
+        }
+    }
+
+    async fn ranked(
+        &self,
+        req: &RecommendRequest,
+        timings: &mut BTreeMap<&'static str, u64>,
+    ) -> Result<Recommendation, DecideError> {
+        let model = self.pick_model(req).ok_or(DecideError::NoModel)?;
+        let session_id = req.context.get("session_id").and_then(Value::as_str);
+        let t = Instant::now();
+        let (cands, read) = match &req.candidates {
+            Some(list) => {
+                let read = self
+                    .store
+                    .read(&ReadQuery {
+                        customer_id: &req.customer_id,
+                        session_id,
+                        item_ids: list,
+                    })
+                    .await?;
+                (
+                    list.iter()
+                        .map(|i| (i.clone(), Source::Requested))
+                        .collect::<Vec<_>>(),
+                    read,
+                )
+            }
+            None => {
+                let mut read = self
+                    .store
+                    .read(&ReadQuery {
+                        customer_id: &req.customer_id,
+                        session_id,
+                        item_ids: &[],
+                    })
+                    .await?;
+                let pop = self.popularity.load();
+                let cands =
+                    candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
+                let ids: Vec<String> = cands.iter().map(|(i, _)| i.clone()).collect();
+                read.items = self.store.read_items(&ids).await?;
+                (cands, read)
+            }
+        };
+        timings.insert("features", t.elapsed().as_micros() as u64);
+
+        let t = Instant::now();
+        let eligible: Vec<usize> = (0..cands.len())
+            .filter(|&i| rules::eligible(&read.customer, &cands[i].0, self.cfg.exclude_purchased))
+            .collect();
+        let inputs = RowInputs {
+            customer: &read.customer,
+            session: &read.session,
+            context: &req.context,
+            now: req.now_ms,
+        };
+        let mut data = Vec::with_capacity(eligible.len() * model.plan.width());
+        for &i in &eligible {
+            model
+                .plan
+                .push_row(&self.set, &inputs, &cands[i].0, &read.items[i], &mut data);
+        }
+        timings.insert("matrix", t.elapsed().as_micros() as u64);
+
+        let t = Instant::now();
+        let rows = eligible.len();
+        let m = model.clone();
+        let scores = tokio::task::spawn_blocking(move || m.score(&data, rows))
+            .await
+            .map_err(|e| DecideError::Join(e.to_string()))??;
+        timings.insert("model", t.elapsed().as_micros() as u64);
+        metrics::histogram!(crate::metrics::MODEL_SECONDS, "model" => model.manifest.name.clone())
+            .record(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let cart_value = self
+            .set
+            .of_entity(Entity::Customer)
+            .find(|f| f.name == "cart_value")
+            .and_then(|f| numeric_value(f, &read.customer, req.now_ms))
+            .unwrap_or(0.0);
+        let mut items: Vec<RankedItem> = eligible
+            .iter()
+            .zip(scores)
+            .map(|(&i, score)| {
+                let (id, src) = &cands[i];
+                let (action, extra) = rules::action_for(&read.customer, id, cart_value);
+                let mut reasons = vec!["model_score", src.reason()];
+                reasons.extend(extra);
+                RankedItem {
+                    item_id: id.clone(),
+                    score,
+                    action,
+                    reasons,
+                }
+            })
+            .collect();
+        items.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.item_id.cmp(&b.item_id))
+        });
+        items.truncate(req.k);
+        timings.insert("rules", t.elapsed().as_micros() as u64);
+
+        Ok(Recommendation {
+            request_id: req.request_id.clone(),
+            customer_id: req.customer_id.clone(),
+            items,
+            model: Some(ModelRef {
+                name: model.manifest.name.clone(),
+                version: model.manifest.version,
+            }),
+            fallback: false,
+            fallback_reason: None,
+            timings_us: BTreeMap::new(),
+        })
+    }
+
+    /// The answer when ranking failed: the request's candidates in order, or
+    /// the popular items, scored by rank.
+    pub fn fallback(&self, req: &RecommendRequest, reason: String) -> Recommendation {
+        let items: Vec<RankedItem> = match &req.candidates {
+            Some(list) => list
+                .iter()
+                .take(req.k)
+                .enumerate()
+                .map(|(r, id)| RankedItem {
+                    item_id: id.clone(),
+                    score: 1.0 / (r as f32 + 1.0),
+                    action: rules::ACTION_RECOMMEND,
+                    reasons: vec!["fallback", "requested"],
+                })
+                .collect(),
+            None => self
+                .popularity
+                .load()
+                .global
+                .iter()
+                .take(req.k)
+                .enumerate()
+                .map(|(r, (id, _))| RankedItem {
+                    item_id: id.clone(),
+                    score: 1.0 / (r as f32 + 1.0),
+                    action: rules::ACTION_RECOMMEND,
+                    reasons: vec!["fallback", "popular"],
+                })
+                .collect(),
+        };
+        Recommendation {
+            request_id: req.request_id.clone(),
+            customer_id: req.customer_id.clone(),
+            items,
+            model: None,
+            fallback: true,
+            fallback_reason: Some(reason),
+            timings_us: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The event schema (DESIGN.md §2) and its validation.
+//!
+//! Events arrive as JSON from HTTP bodies, Kafka messages and history files.
+//! This module is the boundary: it turns untrusted JSON into a typed [`Event`]
+//! or an [`EventError`] that names the offending field. Nothing past this
+//! module re-checks event fields.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Longest accepted id (customer, item, session, event), in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Earliest accepted event time: 2000-01-01T00:00:00Z in ms. Anything smaller
+/// is almost certainly seconds instead of milliseconds.
+pub const MIN_TS_MS: i64 = 946_684_800_000;
+/// Latest accepted event time: 2200-01-01T00:00:00Z in ms.
+pub const MAX_TS_MS: i64 = 7_258_118_400_000;
+
+/// The event types of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    PageView,
+    Click,
+    AddToCart,
+    RemoveFromCart,
+    Purchase,
+    Search,
+    SessionStart,
+}
+
+impl EventType {
+    /// Every event type, in a fixed order.
+    pub const ALL: [EventType; 7] = [
+        EventType::PageView,
+        EventType::Click,
+        EventType::AddToCart,
+        EventType::RemoveFromCart,
+        EventType::Purchase,
+        EventType::Search,
+        EventType::SessionStart,
+    ];
+
+    /// The wire name (`add_to_cart`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::PageView => "page_view",
+            EventType::Click => "click",
+            EventType::AddToCart => "add_to_cart",
+            EventType::RemoveFromCart => "remove_from_cart",
+            EventType::Purchase => "purchase",
+            EventType::Search => "search",
+            EventType::SessionStart => "session_start",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether the contract requires `item_id` for this type.
+    pub fn requires_item(self) -> bool {
+        matches!(
+            self,
+            EventType::Click
+                | EventType::AddToCart
+                | EventType::RemoveFromCart
+                | EventType::Purchase
+        )
+    }
+
+    /// The Kafka topic this type is produced to.
+    pub fn topic(self) -> String {
+        format!("events.{}", self.as_str())
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub customer_id: String,
+    /// Event time, ms since the Unix epoch.
+    pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub props: Map<String, Value>,
+}
+
+/// Why an event was rejected; always names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("event must be a JSON object")]
+    NotAnObject,
+    #[error("missing required field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{field}` {problem}")]
+    Invalid { field: String, problem: String },
+    #[error("`item_id` is required for `{0}` events")]
+    ItemRequired(EventType),
+}
+
+impl EventError {
+    /// The field the error is about, if any.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            EventError::Missing(f) => Some((*f).to_string()),
+            EventError::Invalid { field, .. } => Some(field.clone()),
+            EventError::ItemRequired(_) => Some("item_id".to_string()),
+            EventError::Json(_) | EventError::NotAnObject => None,
+        }
+    }
+
+    fn invalid(field: &str, problem: impl Into<String>) -> Self {
+        EventError::Invalid {
+            field: field.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Props with a known meaning are type-checked; others pass through.
+const NUMERIC_PROPS: [&str; 3] = ["price", "quantity", "dwell_ms"];
+const STRING_PROPS: [&str; 2] = ["category", "page"];
+
+impl Event {
+    /// Parses and validates one event from raw bytes (a Kafka message, a line).
+    pub fn from_slice(bytes: &[u8]) -> Result<Event, EventError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        Event::from_value(value)
+    }
+
+    /// Validates one event already parsed as JSON.
+    pub fn from_value(value: Value) -> Result<Event, EventError> {
+        let Value::Object(mut obj) = value else {
+            return Err(EventError::NotAnObject);
+        };
+        let event_id = required_id(&mut obj, "event_id")?;
+        let kind_str = required_string(&mut obj, "type")?;
+        let kind = EventType::parse(&kind_str).ok_or_else(|| {
+            EventError::invalid(
+                "type",
+                format!(
+                    "`{kind_str}` is not an event type (expected one of: {})",
+                    EventType::ALL.map(|t| t.as_str()).join(", ")
+                ),
+            )
+        })?;
+        let customer_id = required_id(&mut obj, "customer_id")?;
+        let ts = match obj.remove("ts") {
+            None | Some(Value::Null) => return Err(EventError::Missing("ts")),
+            Some(v) => parse_ts(&v)?,
+        };
+        let session_id = optional_id(&mut obj, "session_id")?;
+        let item_id = optional_id(&mut obj, "item_id")?;
+        if kind.requires_item() && item_id.is_none() {
+            return Err(EventError::ItemRequired(kind));
+        }
+        let seq = match obj.remove("seq") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .filter(|s| *s >= 0)
+                    .ok_or_else(|| EventError::invalid("seq", "must be a non-negative integer"))?,
+            ),
+        };
+        let props = match obj.remove("props") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) => p,
+            Some(_) => return Err(EventError::invalid("props", "must be an object")),
+        };
+        for name in NUMERIC_PROPS {
+            if let Some(v) = props.get(name) {
+                match v.as_f64() {
+                    Some(x) if x.is_finite() && x >= 0.0 => {}
+                    _ => {
+                        return Err(EventError::invalid(
+                            &format!("props.{name}"),
+                            "must be a non-negative number",
+                        ))
+                    }
+                }
+            }
+        }
+        for name in STRING_PROPS {
+            if let Some(v) = props.get(name) {
+                if !v.is_string() {
+                    return Err(EventError::invalid(
+                        &format!("props.{name}"),
+                        "must be a string",
+                    ));
+                }
+            }
+        }
+        Ok(Event {
+            event_id,
+            kind,
+            customer_id,
+            ts,
+            session_id,
+            item_id,
+            seq,
+            props,
+        })
+    }
+
+    /// The contract JSON of this event (what is produced to Kafka).
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        // Serialising a struct of strings, numbers and a JSON map cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A numeric prop, if present.
+    pub fn prop_f64(&self, name: &str) -> Option<f64> {
+        self.props.get(name).and_then(Value::as_f64)
+    }
+
+    /// A prop rendered as text (strings as-is, numbers and booleans printed).
+    pub fn prop_text(&self, name: &str) -> Option<String> {
+        match self.props.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+fn parse_ts(v: &Value) -> Result<i64, EventError> {
+    let ts = v
+        .as_i64()
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.is_finite())
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| EventError::invalid("ts", "must be an integer (ms since epoch)"))?;
+    if ts < MIN_TS_MS {
+        return Err(EventError::invalid(
+            "ts",
+            format!("{ts} is before 2000-01-01; ts is in milliseconds, not seconds"),
+        ));
+    }
+    if ts > MAX_TS_MS {
+        return Err(EventError::invalid(
+            "ts",
+            format!("{ts} is after 2200-01-01"),
+        ));
+    }
+    Ok(ts)
+}
+
+fn required_string(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, EventError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Err(EventError::Missing(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(EventError::invalid(field, "must be a string")),
+    }
+}
+
+fn required_id(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, EventError> {
+    let s = required_string(obj, field)?;
+    check_id(field, &s)?;
+    Ok(s)
+}
+
+fn optional_id(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, EventError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            check_id(field, &s)?;
+            Ok(Some(s))
+        }
+        Some(_) => Err(EventError::invalid(field, "must be a string")),
+    }
+}
+
+/// Checks an id: non-empty, at most [`MAX_ID_LEN`] bytes, no braces (they
+/// would break the Redis hash tags that keep an entity in one slot) and no
+/// control characters.
+pub fn check_id(field: &str, s: &str) -> Result<(), EventError> {
+    if s.trim().is_empty() {
+        return Err(EventError::invalid(field, "must not be empty"));
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(EventError::invalid(
+            field,
+            format!("is {} bytes long; the limit is {MAX_ID_LEN}", s.len()),
+        ));
+    }
+    if s.chars().any(|c| c == '{' || c == '}' || c.is_control()) {
+        return Err(EventError::invalid(
+            field,
+            "must not contain `{`, `}` or control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn good() -> Value {
+        json!({"event_id":"e-1","type":"add_to_cart","customer_id":"c42","ts":1764355200000i64,
+               "session_id":"s-9","item_id":"p7","seq":17,
+               "props":{"price":59.9,"quantity":1,"category":"shoes","page":"/p/7","dwell_ms":5400}})
+    }
+
+    #[test]
+    fn contract_example_parses_and_round_trips() {
+        let e = Event::from_value(good()).expect("contract example is valid");
+        assert_eq!(e.kind, EventType::AddToCart);
+        assert_eq!(e.prop_f64("price"), Some(59.9));
+        let again = Event::from_slice(&e.to_json_bytes()).expect("round trip");
+        assert_eq!(e, again);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut v = good();
+        v.as_object_mut().map(|o| o.remove("customer_id"));
+        assert_eq!(
+            Event::from_value(v).unwrap_err().field().as_deref(),
+            Some("customer_id")
+        );
+
+        let mut v = good();
+        v["item_id"] = Value::Null;
+        assert_eq!(
+            Event::from_value(v).unwrap_err(),
+            EventError::ItemRequired(EventType::AddToCart)
+        );
+
+        let mut v = good();
+        v["ts"] = json!(1764355200);
+        let err = Event::from_value(v).unwrap_err();
+        assert!(err.to_string().contains("milliseconds"), "{err}");
+
+        let mut v = good();
+        v["type"] = json!("teleport");
+        assert_eq!(
+            Event::from_value(v).unwrap_err().field().as_deref(),
+            Some("type")
+        );
+
+        let mut v = good();
+        v["props"]["price"] = json!("cheap");
+        assert_eq!(
+            Event::from_value(v).unwrap_err().field().as_deref(),
+            Some("props.price")
+        );
+
+        let mut v = good();
+        v["customer_id"] = json!("a{b}");
+        assert_eq!(
+            Event::from_value(v).unwrap_err().field().as_deref(),
+            Some("customer_id")
+        );
+
+        assert!(matches!(
+            Event::from_slice(b"{nope"),
+            Err(EventError::Json(_))
+        ));
+        assert_eq!(Event::from_slice(b"[1]"), Err(EventError::NotAnObject));
+    }
+
+    #[test]
+    fn page_view_needs_no_item() {
+        let v = json!({"event_id":"e","type":"page_view","customer_id":"c","ts":1764355200000i64});
+        assert!(Event::from_value(v).is_ok());
+    }
+}

@@ -1,0 +1,518 @@
+//! The pure aggregation code: an event becomes a [`Plan`] of updates, updates
+//! change an [`EntityState`], and a state read at a time gives feature values.
+//!
+//! Shared by the streaming consumer, the embedded store, the Redis store (whose
+//! Lua script mirrors [`apply_update`] exactly), the backfill and the training
+//! export. It knows nothing of Redis, Kafka or HTTP, and never reads a clock:
+//! "now" is always an argument.
+//!
+//! Every update commutes: counts and sums add into time buckets, `last` keeps
+//! the value with the greatest `(ts, seq)`, recent lists keep the `cap`
+//! members with the latest times, resets win by time. Applying the same set
+//! of events in any order gives the same state (up to float rounding of sums),
+//! which is what lets stream and backfill agree on out-of-order histories.
+//! Idempotence against redelivery comes from event-id dedupe in the stores.
+
+use super::definition::{
+    Aggregation, Entity, Factor, FeatureDef, FeatureSet, Field, BUCKETS_PER_WINDOW,
+};
+use crate::event::Event;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One change to one entity's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Lifetime count or sum: field `f` += amount.
+    Add { feature: String, amount: f64 },
+    /// Windowed count or sum in bucket `bucket` (see module doc).
+    AddWindowed {
+        feature: String,
+        bucket: i64,
+        amount: f64,
+    },
+    /// `last`: keep the value with the greatest `(ts, seq)`.
+    SetLast {
+        feature: String,
+        ts: i64,
+        seq: i64,
+        value: String,
+    },
+    /// `time_since_last`: keep the greatest ts.
+    MaxTs { feature: String, ts: i64 },
+    /// `distinct_recent`: member seen at ts; keep the `cap` latest.
+    PushRecent {
+        feature: String,
+        member: String,
+        ts: i64,
+        cap: usize,
+    },
+    /// Resettable sum: a contribution at ts (ignored if a later reset exists).
+    AddResettable {
+        feature: String,
+        ts: i64,
+        amount: f64,
+    },
+    /// Resettable sum: drop contributions at or before ts.
+    Reset { feature: String, ts: i64 },
+}
+
+/// Everything one event changes, grouped by store slot: the customer group
+/// (customer and session state) and the item group.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub event_id: String,
+    pub ts: i64,
+    pub customer_id: String,
+    pub session_id: Option<String>,
+    pub item_id: Option<String>,
+    pub customer: Vec<Update>,
+    pub session: Vec<Update>,
+    pub item: Vec<Update>,
+}
+
+/// Turns an event into updates according to the definitions.
+pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
+    let mut plan = Plan {
+        event_id: e.event_id.clone(),
+        ts: e.ts,
+        customer_id: e.customer_id.clone(),
+        session_id: e.session_id.clone(),
+        item_id: e.item_id.clone(),
+        ..Plan::default()
+    };
+    for &i in set.features_for(e.kind) {
+        let f = &set.features[i];
+        let target = match f.entity {
+            Entity::Customer => &mut plan.customer,
+            Entity::Session if e.session_id.is_some() => &mut plan.session,
+            Entity::Item if e.item_id.is_some() => &mut plan.item,
+            Entity::Session | Entity::Item => continue,
+        };
+        if let Some(u) = update_for(f, e) {
+            target.push(u);
+        }
+    }
+    plan
+}
+
+fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
+    let feature = f.name.clone();
+    let additive = |amount: f64| match f.window {
+        Some(w) => Update::AddWindowed {
+            feature: feature.clone(),
+            bucket: e.ts.div_euclid(w.bucket_ms()),
+            amount,
+        },
+        None => Update::Add {
+            feature: feature.clone(),
+            amount,
+        },
+    };
+    match &f.aggregation {
+        Aggregation::Count => f.events.contains(&e.kind).then(|| additive(1.0)),
+        Aggregation::Sum {
+            factors,
+            signs,
+            reset_on,
+            prop_defaults,
+        } => {
+            if reset_on.contains(&e.kind) {
+                return Some(Update::Reset { feature, ts: e.ts });
+            }
+            if !f.events.contains(&e.kind) {
+                return None;
+            }
+            let mut amount = signs.get(&e.kind).copied().unwrap_or(1.0);
+            for factor in factors {
+                amount *= match factor {
+                    Factor::Const(x) => *x,
+                    Factor::Prop(p) => e.prop_f64(p).or_else(|| prop_defaults.get(p).copied())?,
+                };
+            }
+            if reset_on.is_empty() {
+                Some(additive(amount))
+            } else {
+                Some(Update::AddResettable {
+                    feature,
+                    ts: e.ts,
+                    amount,
+                })
+            }
+        }
+        Aggregation::Last { field } => field_value(field, e).map(|value| Update::SetLast {
+            feature,
+            ts: e.ts,
+            seq: e.seq.unwrap_or(0),
+            value,
+        }),
+        Aggregation::DistinctRecent { field, cap } => {
+            field_value(field, e).map(|member| Update::PushRecent {
+                feature,
+                member,
+                ts: e.ts,
+                cap: *cap,
+            })
+        }
+        Aggregation::TimeSinceLast => Some(Update::MaxTs { feature, ts: e.ts }),
+    }
+}
+
+fn field_value(field: &Field, e: &Event) -> Option<String> {
+    match field {
+        Field::ItemId => e.item_id.clone(),
+        Field::SessionId => e.session_id.clone(),
+        Field::Prop(p) => e.prop_text(p),
+    }
+}
+
+/// A resettable sum: contributions after the latest reset, by event time.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Resettable {
+    pub reset_ts: i64,
+    pub parts: BTreeMap<i64, f64>,
+}
+
+/// A windowed count or sum: time buckets and the newest bucket seen.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Windowed {
+    pub max: i64,
+    pub buckets: BTreeMap<i64, f64>,
+}
+
+/// A `last` value with the `(ts, seq)` that set it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LastValue {
+    pub ts: i64,
+    pub seq: i64,
+    pub value: String,
+}
+
+/// The stored state of one entity, in the same shape as its Redis keys
+/// (feature-store/README.md): the main hash holds `nums`, `windows` and
+/// `lasts`; recent lists are sorted sets; resettable sums are hashes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EntityState {
+    /// Lifetime counts and sums; the max ts of `time_since_last`.
+    pub nums: BTreeMap<String, f64>,
+    pub windows: BTreeMap<String, Windowed>,
+    pub lasts: BTreeMap<String, LastValue>,
+    /// `distinct_recent` members with their latest ts, newest first.
+    pub recent: BTreeMap<String, Vec<(String, i64)>>,
+    pub resettable: BTreeMap<String, Resettable>,
+}
+
+impl EntityState {
+    pub fn is_empty(&self) -> bool {
+        self.nums.is_empty()
+            && self.windows.is_empty()
+            && self.lasts.is_empty()
+            && self.recent.is_empty()
+            && self.resettable.is_empty()
+    }
+}
+
+/// Applies one update. This is the reference semantics; the Redis Lua script
+/// in `store/apply.lua` does exactly the same.
+pub fn apply_update(state: &mut EntityState, u: &Update) {
+    match u {
+        Update::Add { feature, amount } => {
+            *state.nums.entry(feature.clone()).or_insert(0.0) += amount;
+        }
+        Update::AddWindowed {
+            feature,
+            bucket,
+            amount,
+        } => {
+            let b = *bucket;
+            let w = match state.windows.get_mut(feature) {
+                Some(w) => w,
+                None => state.windows.entry(feature.clone()).or_insert(Windowed {
+                    max: b,
+                    buckets: BTreeMap::new(),
+                }),
+            };
+            if b <= w.max - BUCKETS_PER_WINDOW {
+                return;
+            }
+            if b > w.max {
+                let cut = b - BUCKETS_PER_WINDOW;
+                w.buckets.retain(|i, _| *i > cut);
+                w.max = b;
+            }
+            *w.buckets.entry(b).or_insert(0.0) += amount;
+        }
+        Update::SetLast {
+            feature,
+            ts,
+            seq,
+            value,
+        } => {
+            let newer = match state.lasts.get(feature) {
+                None => true,
+                Some(cur) => {
+                    (*ts, *seq) > (cur.ts, cur.seq)
+                        || ((*ts, *seq) == (cur.ts, cur.seq)
+                            && value.as_bytes() > cur.value.as_bytes())
+                }
+            };
+            if newer {
+                state.lasts.insert(
+                    feature.clone(),
+                    LastValue {
+                        ts: *ts,
+                        seq: *seq,
+                        value: value.clone(),
+                    },
+                );
+            }
+        }
+        Update::MaxTs { feature, ts } => {
+            let cur = state.nums.entry(feature.clone()).or_insert(*ts as f64);
+            if (*ts as f64) > *cur {
+                *cur = *ts as f64;
+            }
+        }
+        Update::PushRecent {
+            feature,
+            member,
+            ts,
+            cap,
+        } => {
+            let list = state.recent.entry(feature.clone()).or_default();
+            match list.iter_mut().find(|(m, _)| m == member) {
+                Some(entry) => entry.1 = entry.1.max(*ts),
+                None => list.push((member.clone(), *ts)),
+            }
+            // Redis sorted-set order: by score, then member bytes; newest first.
+            list.sort_by(|a, b| {
+                b.1.cmp(&a.1)
+                    .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
+            });
+            list.truncate(*cap);
+        }
+        Update::AddResettable {
+            feature,
+            ts,
+            amount,
+        } => {
+            let r = state.resettable.entry(feature.clone()).or_default();
+            if *ts > r.reset_ts {
+                *r.parts.entry(*ts).or_insert(0.0) += amount;
+            }
+        }
+        Update::Reset { feature, ts } => {
+            let r = state.resettable.entry(feature.clone()).or_default();
+            if *ts > r.reset_ts {
+                r.reset_ts = *ts;
+                r.parts.retain(|t, _| *t > *ts);
+            }
+        }
+    }
+}
+
+/// A feature's value as read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FeatureValue {
+    Num(f64),
+    Text(String),
+    List(Vec<String>),
+    Missing,
+}
+
+impl FeatureValue {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            FeatureValue::Num(x) => Some(*x),
+            FeatureValue::Text(t) => t.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// The value of one stored feature of an entity at time `now` (ms).
+pub fn feature_value(f: &FeatureDef, state: &EntityState, now: i64) -> FeatureValue {
+    match numeric_value(f, state, now) {
+        Some(x) => FeatureValue::Num(x),
+        None => match &f.aggregation {
+            Aggregation::Last { .. } => state
+                .lasts
+                .get(&f.name)
+                .map(|l| FeatureValue::Text(l.value.clone()))
+                .unwrap_or(FeatureValue::Missing),
+            Aggregation::DistinctRecent { .. } => FeatureValue::List(
+                state
+                    .recent
+                    .get(&f.name)
+                    .map(|l| l.iter().map(|(m, _)| m.clone()).collect())
+                    .unwrap_or_default(),
+            ),
+            _ => FeatureValue::Missing,
+        },
+    }
+}
+
+/// The numeric value of a numeric feature at `now` without allocating;
+/// `None` for text and list features.
+pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f64> {
+    match &f.aggregation {
+        Aggregation::Count | Aggregation::Sum { .. } => {
+            if let Some(r) = state.resettable.get(&f.name) {
+                return Some(r.parts.values().fold(0.0, |a, x| a + x));
+            }
+            Some(match f.window {
+                None => state.nums.get(&f.name).copied().unwrap_or(f.default),
+                Some(w) => match state.windows.get(&f.name) {
+                    None => f.default,
+                    Some(win) => {
+                        let nb = now.div_euclid(w.bucket_ms());
+                        win.buckets
+                            .range((nb - BUCKETS_PER_WINDOW + 1)..=nb)
+                            .fold(0.0, |a, (_, x)| a + x)
+                    }
+                },
+            })
+        }
+        Aggregation::Last { .. } if f.is_numeric() => Some(
+            state
+                .lasts
+                .get(&f.name)
+                .and_then(|l| l.value.parse().ok())
+                .unwrap_or(f.default),
+        ),
+        Aggregation::TimeSinceLast => Some(match state.nums.get(&f.name) {
+            Some(ts) => ((now as f64 - ts) / 1000.0).max(0.0),
+            None => f.default,
+        }),
+        Aggregation::Last { .. } | Aggregation::DistinctRecent { .. } => None,
+    }
+}
+
+/// All stored features of one entity at `now`, by feature name.
+pub fn entity_values(
+    set: &FeatureSet,
+    entity: Entity,
+    state: &EntityState,
+    now: i64,
+) -> BTreeMap<String, FeatureValue> {
+    set.of_entity(entity)
+        .map(|f| (f.name.clone(), feature_value(f, state, now)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use serde_json::json;
+
+    fn set() -> FeatureSet {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        FeatureSet::load(&path).expect("shipped definitions load")
+    }
+
+    fn ev(id: &str, kind: &str, ts: i64, item: Option<&str>, props: serde_json::Value) -> Event {
+        let mut v = json!({"event_id": id, "type": kind, "customer_id": "c1", "ts": ts, "session_id": "s1", "props": props});
+        if let Some(i) = item {
+            v["item_id"] = json!(i);
+        }
+        Event::from_value(v).expect("test event is valid")
+    }
+
+    fn apply_all(set: &FeatureSet, events: &[Event]) -> (EntityState, EntityState) {
+        let mut c = EntityState::default();
+        let mut i = EntityState::default();
+        for e in events {
+            let p = plan_event(set, e);
+            p.customer.iter().for_each(|u| apply_update(&mut c, u));
+            p.item.iter().for_each(|u| apply_update(&mut i, u));
+        }
+        (c, i)
+    }
+
+    const T0: i64 = 1_764_355_200_000;
+
+    fn history() -> Vec<Event> {
+        vec![
+            ev(
+                "1",
+                "page_view",
+                T0,
+                Some("p1"),
+                json!({"category":"shoes","price":10.0}),
+            ),
+            ev(
+                "2",
+                "add_to_cart",
+                T0 + 1000,
+                Some("p1"),
+                json!({"category":"shoes","price":10.0,"quantity":2}),
+            ),
+            ev(
+                "3",
+                "add_to_cart",
+                T0 + 2000,
+                Some("p2"),
+                json!({"category":"hats","price":5.0}),
+            ),
+            ev(
+                "4",
+                "purchase",
+                T0 + 3000,
+                Some("p1"),
+                json!({"price":10.0,"quantity":2}),
+            ),
+            ev(
+                "5",
+                "add_to_cart",
+                T0 + 4000,
+                Some("p3"),
+                json!({"category":"bags","price":7.5}),
+            ),
+            ev(
+                "6",
+                "page_view",
+                T0 - 2 * 3_600_000,
+                Some("p9"),
+                json!({"category":"old"}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn values_follow_the_definitions() {
+        let set = set();
+        let (c, _) = apply_all(&set, &history());
+        let now = T0 + 5000;
+        let v = entity_values(&set, Entity::Customer, &c, now);
+        assert_eq!(v["views_1h"], FeatureValue::Num(1.0));
+        assert_eq!(v["views_24h"], FeatureValue::Num(2.0));
+        assert_eq!(v["carts_1h"], FeatureValue::Num(3.0));
+        // purchase at T0+3000 resets the cart; only p3 (7.5) remains.
+        assert_eq!(v["cart_value"], FeatureValue::Num(7.5));
+        assert_eq!(v["cart_items"], FeatureValue::Num(1.0));
+        assert_eq!(v["since_last_cart_s"], FeatureValue::Num(1.0));
+        assert_eq!(
+            v["recent_items"],
+            FeatureValue::List(vec!["p3".into(), "p2".into(), "p1".into(), "p9".into()])
+        );
+        // two hours later the 1h window no longer holds the events
+        let later = entity_values(&set, Entity::Customer, &c, T0 + 2 * 3_600_000);
+        assert_eq!(later["carts_1h"], FeatureValue::Num(0.0));
+        assert_eq!(later["carts_24h"], FeatureValue::Num(3.0));
+    }
+
+    #[test]
+    fn order_does_not_matter() {
+        let set = set();
+        let h = history();
+        let (c1, i1) = apply_all(&set, &h);
+        let mut rev = h.clone();
+        rev.reverse();
+        let (c2, i2) = apply_all(&set, &rev);
+        assert_eq!(c1, c2);
+        assert_eq!(i1, i2);
+    }
+}

@@ -1,0 +1,11 @@
+//! Online features: definitions (from `feature-store/features.toml`), the pure
+//! aggregation shared by stream, backfill and training export, model rows,
+//! and the online store (Redis or in-memory).
+
+pub mod aggregate;
+pub mod definition;
+pub mod store;
+pub mod vector;
+
+pub use aggregate::{EntityState, FeatureValue};
+pub use definition::{Entity, FeatureSet};

@@ -1,0 +1,204 @@
+//! The embedded in-memory store: the default when no Redis is configured,
+//! and the engine of the training export. Same semantics as Redis, no
+//! persistence: a restart starts empty.
+
+use super::{session_feature, ApplyOutcome, FeatureStore, ReadQuery, ReadResult, StoreError};
+use crate::features::aggregate::{apply_update, EntityState, Plan};
+use crate::features::definition::FeatureSet;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// Dedupe memory of one entity group: event id → event time.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    ids: HashMap<String, i64>,
+    max_ts: i64,
+}
+
+impl Seen {
+    /// Records an id; false if it was already there.
+    fn insert(&mut self, id: &str, ts: i64, window_ms: i64) -> bool {
+        if self.ids.contains_key(id) {
+            return false;
+        }
+        self.ids.insert(id.to_string(), ts);
+        self.max_ts = self.max_ts.max(ts);
+        if self.ids.len() > 4096 && self.ids.len().is_power_of_two() {
+            let cut = self.max_ts - window_ms;
+            self.ids.retain(|_, t| *t >= cut);
+        }
+        true
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct CustomerGroup {
+    state: EntityState,
+    sessions: HashMap<String, EntityState>,
+    seen: Seen,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ItemGroup {
+    state: EntityState,
+    seen: Seen,
+}
+
+/// The state of every entity, without locking: used directly by the
+/// training export, and behind a lock by [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryState {
+    set: Arc<FeatureSet>,
+    session_feature: Option<String>,
+    dedupe_window_ms: i64,
+    customers: HashMap<String, CustomerGroup>,
+    items: HashMap<String, ItemGroup>,
+}
+
+static EMPTY: std::sync::LazyLock<EntityState> = std::sync::LazyLock::new(EntityState::default);
+
+impl MemoryState {
+    pub fn new(set: Arc<FeatureSet>, dedupe_window_ms: i64) -> Self {
+        MemoryState {
+            session_feature: session_feature(&set),
+            set,
+            dedupe_window_ms,
+            customers: HashMap::new(),
+            items: HashMap::new(),
+        }
+    }
+
+    /// Applies plans (see [`FeatureStore::apply`]).
+    pub fn apply(&mut self, plans: &[Plan]) -> ApplyOutcome {
+        let mut out = ApplyOutcome::default();
+        for p in plans {
+            let mut dup = true;
+            let c = self.customers.entry(p.customer_id.clone()).or_default();
+            if c.seen.insert(&p.event_id, p.ts, self.dedupe_window_ms) {
+                dup = false;
+                p.customer
+                    .iter()
+                    .for_each(|u| apply_update(&mut c.state, u));
+                if let Some(sid) = &p.session_id {
+                    if !p.session.is_empty() {
+                        let s = c.sessions.entry(sid.clone()).or_default();
+                        p.session.iter().for_each(|u| apply_update(s, u));
+                    }
+                }
+                out.applied += 1;
+                out.changed_customers.push(p.customer_id.clone());
+            }
+            if let Some(item) = &p.item_id {
+                let g = self.items.entry(item.clone()).or_default();
+                if g.seen.insert(&p.event_id, p.ts, self.dedupe_window_ms) {
+                    dup = false;
+                    p.item.iter().for_each(|u| apply_update(&mut g.state, u));
+                    out.applied += 1;
+                }
+            }
+            if dup {
+                out.duplicates += 1;
+            }
+        }
+        out.changed_customers.sort();
+        out.changed_customers.dedup();
+        out
+    }
+
+    /// The customer's state (empty if unknown).
+    pub fn customer(&self, id: &str) -> &EntityState {
+        self.customers.get(id).map(|c| &c.state).unwrap_or(&EMPTY)
+    }
+
+    /// A session's state, by id or (None) the customer's latest session.
+    pub fn session(&self, customer: &str, session: Option<&str>) -> (Option<String>, &EntityState) {
+        let Some(c) = self.customers.get(customer) else {
+            return (session.map(str::to_string), &EMPTY);
+        };
+        let sid = session.map(str::to_string).or_else(|| {
+            self.session_feature
+                .as_ref()
+                .and_then(|f| c.state.lasts.get(f))
+                .map(|l| l.value.clone())
+        });
+        let state = sid
+            .as_ref()
+            .and_then(|s| c.sessions.get(s))
+            .unwrap_or(&EMPTY);
+        (sid, state)
+    }
+
+    /// An item's state (empty if unknown).
+    pub fn item(&self, id: &str) -> &EntityState {
+        self.items.get(id).map(|g| &g.state).unwrap_or(&EMPTY)
+    }
+
+    pub fn item_ids(&self) -> Vec<String> {
+        self.items.keys().cloned().collect()
+    }
+
+    pub fn features(&self) -> &FeatureSet {
+        &self.set
+    }
+
+    /// Number of customers and items held.
+    pub fn len(&self) -> (usize, usize) {
+        (self.customers.len(), self.items.len())
+    }
+}
+
+/// [`MemoryState`] behind a lock, as a [`FeatureStore`].
+pub struct MemoryStore {
+    state: RwLock<MemoryState>,
+}
+
+impl MemoryStore {
+    pub fn new(set: Arc<FeatureSet>, dedupe_window_ms: i64) -> Self {
+        MemoryStore {
+            state: RwLock::new(MemoryState::new(set, dedupe_window_ms)),
+        }
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, MemoryState> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way reads care about, so a poisoned lock is still usable.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl FeatureStore for MemoryStore {
+    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        Ok(st.apply(plans))
+    }
+
+    async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
+        let st = self.read_state();
+        let (session_id, session) = st.session(q.customer_id, q.session_id);
+        Ok(ReadResult {
+            customer: st.customer(q.customer_id).clone(),
+            session_id,
+            session: session.clone(),
+            items: q.item_ids.iter().map(|i| st.item(i).clone()).collect(),
+        })
+    }
+
+    async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.read_state().item_ids())
+    }
+
+    async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
+        let st = self.read_state();
+        Ok(ids.iter().map(|i| st.item(i).clone()).collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+}

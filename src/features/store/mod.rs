@@ -1,0 +1,88 @@
+//! The online store: where feature state lives between events and requests.
+//!
+//! Two implementations of [`FeatureStore`]: [`redis::RedisStore`] for
+//! production (many instances share it) and [`memory::MemoryStore`], the
+//! embedded default when `NEXTBEST_REDIS_URL` is unset. Both apply the same
+//! [`Plan`]s with the same semantics (`aggregate::apply_update`), dedupe by
+//! event id per entity group, and read a customer, its session and any number
+//! of items in one round trip. Only this module knows Redis keys.
+
+pub mod memory;
+pub mod redis;
+
+use super::aggregate::{EntityState, Plan};
+use super::definition::{Aggregation, Entity, FeatureSet, Field};
+use async_trait::async_trait;
+
+/// Errors of the online store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis error: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyOutcome {
+    /// Entity groups (customer side, item side) changed by new events.
+    pub applied: usize,
+    /// Events already seen (same event id), skipped.
+    pub duplicates: usize,
+    /// Customers whose features changed, for push notifications.
+    pub changed_customers: Vec<String>,
+}
+
+/// One read: a customer, optionally its session, and items.
+#[derive(Debug, Clone)]
+pub struct ReadQuery<'a> {
+    pub customer_id: &'a str,
+    /// The session to read; `None` → the customer's latest session.
+    pub session_id: Option<&'a str>,
+    pub item_ids: &'a [String],
+}
+
+/// The states read by one [`ReadQuery`].
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    pub customer: EntityState,
+    pub session_id: Option<String>,
+    pub session: EntityState,
+    /// In the order of `item_ids`; empty state for unknown items.
+    pub items: Vec<EntityState>,
+}
+
+/// The online feature store.
+#[async_trait]
+pub trait FeatureStore: Send + Sync + 'static {
+    /// Applies event plans; each event id changes each entity group at most once.
+    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError>;
+    /// Reads customer, session and item states in one round trip.
+    async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError>;
+    /// Every item id seen so far (for popularity lists).
+    async fn item_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// Reads item states only.
+    async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError>;
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// `memory` or `redis://host:port`, for logs and /readyz.
+    fn describe(&self) -> String;
+}
+
+/// The customer feature holding the latest session id (a `last` of
+/// `session_id`), used to find "the current session" when a request names none.
+pub fn session_feature(set: &FeatureSet) -> Option<String> {
+    set.of_entity(Entity::Customer)
+        .find(|f| {
+            matches!(
+                f.aggregation,
+                Aggregation::Last {
+                    field: Field::SessionId
+                }
+            )
+        })
+        .map(|f| f.name.clone())
+}

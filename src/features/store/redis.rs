@@ -1,0 +1,600 @@
+//! The Redis online store. Key layout (feature-store/README.md):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}:{c:<customer>}` | hash | customer counts, windows, last values |
+//! | `{p}:{c:<customer>}:r:<feature>` | zset | a `distinct_recent` list |
+//! | `{p}:{c:<customer>}:x:<feature>` | hash | a resettable sum |
+//! | `{p}:{c:<customer>}:s:<session>` (+ `:r:`/`:x:`) | hash | session features |
+//! | `{p}:{c:<customer>}:seen` | zset | event ids applied to the customer group |
+//! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
+//! | `{p}:items` | set | every item id seen |
+//!
+//! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
+//! slot; each event is applied per group by one Lua script (`apply.lua`),
+//! which dedupes by event id and mirrors `aggregate::apply_update`.
+
+use super::{session_feature, ApplyOutcome, FeatureStore, ReadQuery, ReadResult, StoreError};
+use crate::features::aggregate::{EntityState, LastValue, Plan, Resettable, Update, Windowed};
+use crate::features::definition::{
+    is_resettable, Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW,
+};
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+const APPLY_LUA: &str = include_str!("apply.lua");
+const READ_LUA: &str = include_str!("read.lua");
+
+/// Settings of the Redis store (part of the config's `[store]`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub dedupe_window_ms: i64,
+    pub ttl_seconds: u64,
+    pub timeout_ms: u64,
+}
+
+/// Names of the feature lists the read script needs, per entity.
+#[derive(Debug, Clone, Default)]
+struct Layout {
+    recent: Vec<String>,
+    resettable: Vec<String>,
+}
+
+impl Layout {
+    fn of(set: &FeatureSet, e: Entity) -> Layout {
+        Layout {
+            recent: set
+                .of_entity(e)
+                .filter(|f| matches!(f.aggregation, Aggregation::DistinctRecent { .. }))
+                .map(|f| f.name.clone())
+                .collect(),
+            resettable: set
+                .of_entity(e)
+                .filter(|f| is_resettable(f))
+                .map(|f| f.name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The Redis-backed [`FeatureStore`].
+pub struct RedisStore {
+    conn: ConnectionManager,
+    settings: RedisSettings,
+    set: Arc<FeatureSet>,
+    session_feature: Option<String>,
+    customer: Layout,
+    session: Layout,
+    item: Layout,
+    apply_sha: String,
+    read_sha: String,
+}
+
+impl RedisStore {
+    /// Connects and loads the scripts.
+    pub async fn connect(
+        settings: RedisSettings,
+        set: Arc<FeatureSet>,
+    ) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(settings.timeout_ms.max(100))))
+            .set_response_timeout(Some(Duration::from_millis(settings.timeout_ms.max(100))))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let timeout = settings.timeout_ms.max(100);
+        let conn = tokio::time::timeout(
+            Duration::from_millis(timeout * 3),
+            ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(timeout * 3))??;
+        let store = RedisStore {
+            conn,
+            session_feature: session_feature(&set),
+            customer: Layout::of(&set, Entity::Customer),
+            session: Layout::of(&set, Entity::Session),
+            item: Layout::of(&set, Entity::Item),
+            set,
+            settings,
+            apply_sha: redis::Script::new(APPLY_LUA).get_hash().to_string(),
+            read_sha: redis::Script::new(READ_LUA).get_hash().to_string(),
+        };
+        store.reload_scripts().await?;
+        Ok(store)
+    }
+
+    async fn reload_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for src in [APPLY_LUA, READ_LUA] {
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(src)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn customer_key(&self, id: &str) -> String {
+        format!("{}:{{c:{}}}", self.settings.key_prefix, id)
+    }
+
+    fn item_key(&self, id: &str) -> String {
+        format!("{}:{{i:{}}}", self.settings.key_prefix, id)
+    }
+
+    fn items_index(&self) -> String {
+        format!("{}:items", self.settings.key_prefix)
+    }
+
+    fn apply_pipeline(&self, plans: &[Plan]) -> (redis::Pipeline, Vec<(bool, bool)>) {
+        let mut pipe = redis::pipe();
+        let mut shape = Vec::with_capacity(plans.len());
+        for p in plans {
+            let cbase = self.customer_key(&p.customer_id);
+            let mut call = GroupCall::new(format!("{cbase}:seen"));
+            call.push(&cbase, &p.customer);
+            if let Some(sid) = &p.session_id {
+                call.push(&format!("{cbase}:s:{sid}"), &p.session);
+            }
+            call.invoke(&mut pipe, &self.apply_sha, p, &self.settings);
+            let has_item = p.item_id.is_some();
+            if let Some(item) = &p.item_id {
+                let ibase = self.item_key(item);
+                let mut call = GroupCall::new(format!("{ibase}:seen"));
+                call.push(&ibase, &p.item);
+                call.invoke(&mut pipe, &self.apply_sha, p, &self.settings);
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+            shape.push((true, has_item));
+        }
+        (pipe, shape)
+    }
+
+    async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.conn.clone();
+        let first: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
+        match first {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis restarted and lost its script cache: reload and retry;
+                // the apply script is idempotent per event id.
+                self.reload_scripts().await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn group_args(
+        &self,
+        layout_c: &Layout,
+        layout_s: &Layout,
+        session_id: Option<&str>,
+    ) -> Vec<String> {
+        let mut args = vec![
+            session_id.unwrap_or("").to_string(),
+            self.session_feature.clone().unwrap_or_default(),
+        ];
+        for l in [
+            &layout_c.recent,
+            &layout_c.resettable,
+            &layout_s.recent,
+            &layout_s.resettable,
+        ] {
+            args.push(l.len().to_string());
+            args.extend(l.iter().cloned());
+        }
+        args
+    }
+
+    fn push_item_reads(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
+        for id in ids {
+            let base = self.item_key(id);
+            pipe.cmd("HGETALL").arg(&base);
+            for f in &self.item.recent {
+                pipe.cmd("ZRANGE")
+                    .arg(format!("{base}:r:{f}"))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("REV")
+                    .arg("WITHSCORES");
+            }
+            for f in &self.item.resettable {
+                pipe.cmd("HGETALL").arg(format!("{base}:x:{f}"));
+            }
+        }
+    }
+
+    fn parse_items(
+        &self,
+        replies: &mut std::vec::IntoIter<Value>,
+        n: usize,
+    ) -> Result<Vec<EntityState>, StoreError> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let hash = replies
+                .next()
+                .ok_or_else(|| protocol("missing item reply"))?;
+            let mut zs = Vec::new();
+            for _ in &self.item.recent {
+                zs.push(
+                    replies
+                        .next()
+                        .ok_or_else(|| protocol("missing item zset reply"))?,
+                );
+            }
+            let mut xs = Vec::new();
+            for _ in &self.item.resettable {
+                xs.push(
+                    replies
+                        .next()
+                        .ok_or_else(|| protocol("missing item hash reply"))?,
+                );
+            }
+            out.push(self.state_from(Entity::Item, &self.item, hash, zs, xs)?);
+        }
+        Ok(out)
+    }
+
+    fn state_from(
+        &self,
+        entity: Entity,
+        layout: &Layout,
+        hash: Value,
+        zsets: Vec<Value>,
+        xs: Vec<Value>,
+    ) -> Result<EntityState, StoreError> {
+        let mut st = EntityState::default();
+        let flat = strings(hash)?;
+        for pair in flat.chunks_exact(2) {
+            let (field, value) = (&pair[0], &pair[1]);
+            let (base, suffix) = match field.split_once('|') {
+                Some((b, s)) => (b, Some(s)),
+                None => (field.as_str(), None),
+            };
+            let Some(def) = self.set.of_entity(entity).find(|f| f.name == base) else {
+                continue; // a feature removed from the definitions: ignored
+            };
+            let num = || value.parse::<f64>().unwrap_or(0.0);
+            match (&def.aggregation, suffix) {
+                (Aggregation::Last { .. }, None) => {
+                    st.lasts
+                        .entry(base.to_string())
+                        .or_insert_with(LastValue::default)
+                        .value = value.clone();
+                }
+                (Aggregation::Last { .. }, Some("t")) => {
+                    st.lasts
+                        .entry(base.to_string())
+                        .or_insert_with(LastValue::default)
+                        .ts = num() as i64;
+                }
+                (Aggregation::Last { .. }, Some("q")) => {
+                    st.lasts
+                        .entry(base.to_string())
+                        .or_insert_with(LastValue::default)
+                        .seq = num() as i64;
+                }
+                (_, Some("max")) => {
+                    st.windows
+                        .entry(base.to_string())
+                        .or_insert_with(Windowed::default)
+                        .max = num() as i64;
+                }
+                (_, Some(b)) => {
+                    if let Ok(b) = b.parse::<i64>() {
+                        st.windows
+                            .entry(base.to_string())
+                            .or_insert_with(Windowed::default)
+                            .buckets
+                            .insert(b, num());
+                    }
+                }
+                (_, None) => {
+                    st.nums.insert(base.to_string(), num());
+                }
+            }
+        }
+        for (name, z) in layout.recent.iter().zip(zsets) {
+            let flat = strings(z)?;
+            if flat.is_empty() {
+                continue;
+            }
+            let list = flat
+                .chunks_exact(2)
+                .map(|p| (p[0].clone(), p[1].parse::<f64>().unwrap_or(0.0) as i64))
+                .collect();
+            st.recent.insert(name.clone(), list);
+        }
+        for (name, x) in layout.resettable.iter().zip(xs) {
+            let flat = strings(x)?;
+            if flat.is_empty() {
+                continue;
+            }
+            let mut r = Resettable::default();
+            for p in flat.chunks_exact(2) {
+                let v = p[1].parse::<f64>().unwrap_or(0.0);
+                if p[0] == "rts" {
+                    r.reset_ts = v as i64;
+                } else if let Ok(t) = p[0].parse::<i64>() {
+                    r.parts.insert(t, v);
+                }
+            }
+            st.resettable.insert(name.clone(), r);
+        }
+        Ok(st)
+    }
+
+    fn parse_group(&self, v: Value, entity: Entity, c: &Layout) -> Result<EntityState, StoreError> {
+        let mut parts = array(v)?.into_iter();
+        let hash = parts.next().ok_or_else(|| protocol("group without hash"))?;
+        let zs = array(
+            parts
+                .next()
+                .ok_or_else(|| protocol("group without zsets"))?,
+        )?;
+        let xs = array(parts.next().ok_or_else(|| protocol("group without sums"))?)?;
+        self.state_from(entity, c, hash, zs, xs)
+    }
+}
+
+/// Builds one `EVALSHA apply` call for an entity group.
+struct GroupCall {
+    keys: Vec<String>,
+    ops: Vec<String>,
+}
+
+impl GroupCall {
+    fn new(seen: String) -> Self {
+        GroupCall {
+            keys: vec![seen],
+            ops: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, k: String) -> String {
+        let idx = match self.keys.iter().position(|x| *x == k) {
+            Some(i) => i,
+            None => {
+                self.keys.push(k);
+                self.keys.len() - 1
+            }
+        };
+        (idx + 1).to_string()
+    }
+
+    fn push(&mut self, base: &str, updates: &[Update]) {
+        for u in updates {
+            match u {
+                Update::Add { feature, amount } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["A".into(), k, feature.clone(), fmt_f64(*amount)]);
+                }
+                Update::AddWindowed {
+                    feature,
+                    bucket,
+                    amount,
+                } => {
+                    let k = self.key(base.to_string());
+                    self.ops.extend([
+                        "W".into(),
+                        k,
+                        feature.clone(),
+                        bucket.to_string(),
+                        fmt_f64(*amount),
+                    ]);
+                }
+                Update::SetLast {
+                    feature,
+                    ts,
+                    seq,
+                    value,
+                } => {
+                    let k = self.key(base.to_string());
+                    self.ops.extend([
+                        "L".into(),
+                        k,
+                        feature.clone(),
+                        ts.to_string(),
+                        seq.to_string(),
+                        value.clone(),
+                    ]);
+                }
+                Update::MaxTs { feature, ts } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["T".into(), k, feature.clone(), ts.to_string()]);
+                }
+                Update::PushRecent {
+                    feature,
+                    member,
+                    ts,
+                    cap,
+                } => {
+                    let k = self.key(format!("{base}:r:{feature}"));
+                    self.ops.extend([
+                        "R".into(),
+                        k,
+                        member.clone(),
+                        ts.to_string(),
+                        cap.to_string(),
+                    ]);
+                }
+                Update::AddResettable {
+                    feature,
+                    ts,
+                    amount,
+                } => {
+                    let k = self.key(format!("{base}:x:{feature}"));
+                    self.ops
+                        .extend(["S".into(), k, ts.to_string(), fmt_f64(*amount)]);
+                }
+                Update::Reset { feature, ts } => {
+                    let k = self.key(format!("{base}:x:{feature}"));
+                    self.ops.extend(["X".into(), k, ts.to_string()]);
+                }
+            }
+        }
+    }
+
+    fn invoke(self, pipe: &mut redis::Pipeline, sha: &str, p: &Plan, s: &RedisSettings) {
+        pipe.cmd("EVALSHA")
+            .arg(sha)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&p.event_id)
+            .arg(p.ts)
+            .arg(s.dedupe_window_ms)
+            .arg(s.ttl_seconds)
+            .arg(BUCKETS_PER_WINDOW)
+            .arg(&self.ops);
+    }
+}
+
+fn fmt_f64(x: f64) -> String {
+    // Rust prints the shortest representation that round-trips.
+    format!("{x}")
+}
+
+fn protocol(msg: &str) -> StoreError {
+    StoreError::Protocol(msg.to_string())
+}
+
+fn array(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Ok(a),
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(m) => Ok(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        other => Err(StoreError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
+    }
+}
+
+fn string(v: Value) -> Result<String, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::Double(d) => Ok(d.to_string()),
+        Value::Okay => Ok("OK".into()),
+        other => Err(StoreError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+fn strings(v: Value) -> Result<Vec<String>, StoreError> {
+    array(v)?.into_iter().map(string).collect()
+}
+
+#[async_trait]
+impl FeatureStore for RedisStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(events = plans.len()))]
+    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
+        if plans.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let (pipe, shape) = self.apply_pipeline(plans);
+        let replies = self.run_pipeline(&pipe).await?;
+        let mut it = replies.into_iter();
+        let mut out = ApplyOutcome::default();
+        for (p, (_, has_item)) in plans.iter().zip(shape) {
+            let c = matches!(it.next(), Some(Value::Int(1)));
+            let i = has_item && matches!(it.next(), Some(Value::Int(1)));
+            out.applied += usize::from(c) + usize::from(i);
+            if c {
+                out.changed_customers.push(p.customer_id.clone());
+            }
+            if !c && !i {
+                out.duplicates += 1;
+            }
+        }
+        out.changed_customers.sort();
+        out.changed_customers.dedup();
+        Ok(out)
+    }
+
+    async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(&self.read_sha)
+            .arg(1)
+            .arg(self.customer_key(q.customer_id))
+            .arg(self.group_args(&self.customer, &self.session, q.session_id));
+        self.push_item_reads(&mut pipe, q.item_ids);
+        let replies = self.run_pipeline(&pipe).await?;
+        let mut it = replies.into_iter();
+        let group = array(
+            it.next()
+                .ok_or_else(|| protocol("missing customer reply"))?,
+        )?;
+        let mut g = group.into_iter();
+        let customer = self.parse_group(
+            g.next().ok_or_else(|| protocol("missing customer group"))?,
+            Entity::Customer,
+            &self.customer,
+        )?;
+        let session_id = match g.next() {
+            Some(Value::Nil) | None => None,
+            Some(v) => Some(string(v)?),
+        };
+        let session = match g.next() {
+            Some(v) if session_id.is_some() => {
+                self.parse_group(v, Entity::Session, &self.session)?
+            }
+            _ => EntityState::default(),
+        };
+        let items = self.parse_items(&mut it, q.item_ids.len())?;
+        Ok(ReadResult {
+            customer,
+            session_id,
+            session,
+            items,
+        })
+    }
+
+    async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.items_index())
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids)
+    }
+
+    async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        self.push_item_reads(&mut pipe, ids);
+        let replies = self.run_pipeline(&pipe).await?;
+        self.parse_items(&mut replies.into_iter(), ids.len())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        redact(&self.settings.url)
+    }
+}
+
+/// The URL without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}

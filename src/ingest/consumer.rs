@@ -1,0 +1,242 @@
+//! The Kafka consumer: group `nextbest`, subscribed to `^events\..*`.
+//!
+//! Contract (at-least-once delivery, exactly-once effect):
+//! 1. a batch of messages is read (up to `batch_size`, waiting at most
+//!    `batch_linger_ms` after the first);
+//! 2. each message is validated; invalid ones go to the dead-letter topic
+//!    with the reason, and the broker must acknowledge that before going on;
+//! 3. the valid events are applied to the store in one call (one Redis
+//!    pipeline); the store dedupes by event id, so a redelivered event
+//!    changes nothing;
+//! 4. only then are the batch's offsets committed.
+//!
+//! A crash anywhere before 4 redelivers the batch, which 3 makes harmless.
+//! Store or broker failures retry the same batch with backoff; nothing is
+//! committed past an event that was not applied. Messages on the dead-letter
+//! topic itself (it matches the pattern) are skipped.
+
+use super::apply::apply_events;
+use super::kafka::{client_config, KafkaSetupError, EVENTS_PATTERN};
+use super::producer::{DeadLetterOrigin, EventProducer};
+use crate::config::KafkaConfig;
+use crate::event::Event;
+use crate::features::store::FeatureStore;
+use crate::features::FeatureSet;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Errors of the consume loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Apply(#[from] super::apply::ApplyError),
+    #[error(transparent)]
+    Produce(#[from] super::producer::ProduceError),
+}
+
+/// A batch of consumed messages, not yet committed.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub messages: Vec<OwnedMessage>,
+}
+
+/// What processing a batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub valid: usize,
+    pub dead_lettered: usize,
+    pub applied: usize,
+    pub duplicates: usize,
+    pub changed_customers: Vec<String>,
+}
+
+/// The consumer with what it needs to apply events.
+pub struct EventConsumer {
+    consumer: StreamConsumer,
+    set: Arc<FeatureSet>,
+    store: Arc<dyn FeatureStore>,
+    producer: EventProducer,
+    cfg: KafkaConfig,
+}
+
+impl EventConsumer {
+    /// Creates the consumer and subscribes to the events pattern.
+    pub fn new(
+        brokers: &str,
+        cfg: &KafkaConfig,
+        set: Arc<FeatureSet>,
+        store: Arc<dyn FeatureStore>,
+        producer: EventProducer,
+    ) -> Result<Self, ConsumeError> {
+        let consumer: StreamConsumer = client_config(brokers)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (cfg.session_timeout_ms / 5).max(100).to_string(),
+            )
+            .set("max.poll.interval.ms", "300000")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                brokers: brokers.into(),
+                source,
+            })?;
+        consumer.subscribe(&[EVENTS_PATTERN])?;
+        Ok(EventConsumer {
+            consumer,
+            set,
+            store,
+            producer,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Waits up to `wait` for a first message, then fills the batch for at
+    /// most the linger time. An empty batch means nothing arrived.
+    pub async fn next_batch(&self, wait: Duration) -> Result<Batch, ConsumeError> {
+        let mut batch = Batch::default();
+        let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(batch),
+            Ok(m) => m?.detach(),
+        };
+        batch.messages.push(first);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_linger_ms);
+        while batch.messages.len() < self.cfg.batch_size {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(m) => batch.messages.push(m?.detach()),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Validates, dead-letters and applies a batch (does not commit).
+    #[tracing::instrument(name = "consume_batch", skip_all, fields(messages = batch.messages.len()))]
+    pub async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ConsumeError> {
+        let mut out = BatchOutcome::default();
+        let mut events = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            if m.topic() == self.cfg.dlq_topic {
+                continue;
+            }
+            let payload = m.payload().unwrap_or_default();
+            match Event::from_slice(payload) {
+                Ok(e) => {
+                    metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
+                        .increment(1);
+                    events.push(e);
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %reason, "dead-lettering message");
+                    let origin = DeadLetterOrigin {
+                        topic: m.topic(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                    };
+                    self.producer
+                        .dead_letter(m.key(), payload, &reason, &origin)
+                        .await?;
+                    let label = match &err {
+                        crate::event::EventError::Json(_)
+                        | crate::event::EventError::NotAnObject => "malformed",
+                        _ => "invalid",
+                    };
+                    metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label)
+                        .increment(1);
+                    out.dead_lettered += 1;
+                }
+            }
+        }
+        out.valid = events.len();
+        if !events.is_empty() {
+            let applied = apply_events(&self.set, self.store.as_ref(), &events).await?;
+            out.applied = applied.applied;
+            out.duplicates = applied.duplicates;
+            out.changed_customers = applied.changed_customers;
+        }
+        Ok(out)
+    }
+
+    /// Commits the offsets after the batch's last message per partition.
+    pub fn commit(&self, batch: &Batch, mode: CommitMode) -> Result<(), ConsumeError> {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in &batch.messages {
+            let e = next
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&tpl, mode)?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown` turns true: batch → process (retrying on
+    /// failure) → commit. Calls `on_applied` with each batch's outcome.
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        on_applied: impl Fn(&BatchOutcome) + Send,
+    ) {
+        tracing::info!(group = %self.cfg.group_id, pattern = EVENTS_PATTERN, "consumer started");
+        while !*shutdown.borrow() {
+            let batch = tokio::select! {
+                b = self.next_batch(Duration::from_millis(500)) => b,
+                _ = shutdown.changed() => break,
+            };
+            let batch = match batch {
+                Ok(b) if b.messages.is_empty() => continue,
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.process(&batch).await {
+                    Ok(out) => {
+                        if let Err(e) = self.commit(&batch, CommitMode::Sync) {
+                            tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (harmless)");
+                        }
+                        on_applied(&out);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not applied; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => {
+                                tracing::info!("consumer stopping with an unapplied batch; it will be redelivered");
+                                return;
+                            }
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        tracing::info!("consumer stopped");
+    }
+}

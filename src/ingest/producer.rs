@@ -1,0 +1,131 @@
+//! Producing to Kafka: events from `POST /v1/events` (acknowledged by the
+//! broker before the HTTP 202), and dead letters with their reason.
+
+use crate::config::KafkaConfig;
+use crate::event::Event;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+
+use super::kafka::{client_config, KafkaSetupError};
+
+/// Errors producing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("broker did not acknowledge event {index} (topic {topic}): {message}")]
+    Event {
+        index: usize,
+        topic: String,
+        message: String,
+    },
+    #[error("broker did not acknowledge dead letter on {topic}: {message}")]
+    DeadLetter { topic: String, message: String },
+}
+
+/// Where a dead letter came from.
+#[derive(Debug, Clone)]
+pub struct DeadLetterOrigin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A Kafka producer for events and dead letters.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    dlq_topic: String,
+    timeout: Duration,
+}
+
+impl EventProducer {
+    pub fn new(brokers: &str, cfg: &KafkaConfig) -> Result<EventProducer, KafkaSetupError> {
+        let producer: FutureProducer = client_config(brokers)
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", cfg.produce_timeout_ms.to_string())
+            .create()
+            .map_err(|source| KafkaSetupError::Client {
+                brokers: brokers.into(),
+                source,
+            })?;
+        Ok(EventProducer {
+            producer,
+            dlq_topic: cfg.dlq_topic.clone(),
+            timeout: Duration::from_millis(cfg.produce_timeout_ms),
+        })
+    }
+
+    /// Produces events to `events.<type>` keyed by customer id; returns once
+    /// the broker acknowledged every one.
+    #[tracing::instrument(name = "produce_events", skip_all, fields(events = events.len()))]
+    pub async fn send_events(&self, events: &[Event]) -> Result<(), ProduceError> {
+        let sends = events.iter().enumerate().map(|(index, e)| async move {
+            let topic = e.kind.topic();
+            let payload = e.to_json_bytes();
+            let record = FutureRecord::to(&topic)
+                .key(e.customer_id.as_bytes())
+                .payload(&payload)
+                .timestamp(e.ts);
+            match self.producer.send(record, self.timeout).await {
+                Ok(_) => {
+                    metrics::counter!(crate::metrics::EVENTS_PRODUCED, "type" => e.kind.as_str())
+                        .increment(1);
+                    Ok(())
+                }
+                Err((err, _)) => Err(ProduceError::Event {
+                    index,
+                    topic,
+                    message: err.to_string(),
+                }),
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message's original bytes to the dead-letter topic with the reason.
+    pub async fn dead_letter(
+        &self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+        origin: &DeadLetterOrigin<'_>,
+    ) -> Result<(), ProduceError> {
+        let partition = origin.partition.to_string();
+        let offset = origin.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "source_topic",
+                value: Some(origin.topic),
+            })
+            .insert(Header {
+                key: "source_partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source_offset",
+                value: Some(offset.as_str()),
+            });
+        let mut record = FutureRecord::to(&self.dlq_topic)
+            .payload(payload)
+            .headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| ProduceError::DeadLetter {
+                topic: self.dlq_topic.clone(),
+                message: e.to_string(),
+            })
+    }
+}

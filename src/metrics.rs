@@ -1,0 +1,92 @@
+//! Metric names, descriptions and the Prometheus recorder, in one place.
+//! Labels stay bounded: routes, event types, model names, reasons; never
+//! customer or item ids.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const HTTP_REQUESTS: &str = "nextbest_http_requests_total";
+pub const HTTP_SECONDS: &str = "nextbest_http_request_duration_seconds";
+pub const MODEL_SECONDS: &str = "nextbest_model_inference_seconds";
+pub const FALLBACKS: &str = "nextbest_recommend_fallbacks_total";
+pub const EVENTS_CONSUMED: &str = "nextbest_events_consumed_total";
+pub const EVENTS_APPLIED: &str = "nextbest_events_applied_total";
+pub const EVENTS_DUPLICATE: &str = "nextbest_events_duplicate_total";
+pub const EVENTS_DEAD_LETTERED: &str = "nextbest_events_dead_lettered_total";
+pub const EVENTS_PRODUCED: &str = "nextbest_events_produced_total";
+pub const EVENT_FRESHNESS: &str = "nextbest_event_freshness_seconds";
+pub const STORE_ERRORS: &str = "nextbest_store_errors_total";
+pub const APPLY_SECONDS: &str = "nextbest_store_apply_seconds";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .map(PrometheusBuilder::build_recorder);
+            match recorder {
+                Ok(r) => {
+                    let handle = r.handle();
+                    if metrics::set_global_recorder(r).is_err() {
+                        tracing::debug!("a metrics recorder was already installed");
+                    }
+                    describe();
+                    handle
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics buckets rejected; using defaults");
+                    let r = PrometheusBuilder::new().build_recorder();
+                    let handle = r.handle();
+                    let _ = metrics::set_global_recorder(r);
+                    handle
+                }
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP request latency by route");
+    describe_histogram!(
+        MODEL_SECONDS,
+        Unit::Seconds,
+        "ONNX inference time per request by model"
+    );
+    describe_counter!(
+        FALLBACKS,
+        "recommendations answered with the fallback list, by reason"
+    );
+    describe_counter!(EVENTS_CONSUMED, "Kafka messages consumed, by event type");
+    describe_counter!(EVENTS_APPLIED, "events applied to the store, by event type");
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "events skipped as duplicates (same event_id)"
+    );
+    describe_counter!(
+        EVENTS_DEAD_LETTERED,
+        "messages sent to the dead-letter topic, by reason"
+    );
+    describe_counter!(
+        EVENTS_PRODUCED,
+        "events produced by POST /v1/events, by event type"
+    );
+    describe_histogram!(
+        EVENT_FRESHNESS,
+        Unit::Seconds,
+        "apply time minus event time"
+    );
+    describe_counter!(STORE_ERRORS, "failed store calls, by operation");
+    describe_histogram!(
+        APPLY_SECONDS,
+        Unit::Seconds,
+        "time to apply one batch to the store"
+    );
+}

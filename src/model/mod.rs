@@ -1,0 +1,11 @@
+//! Models: manifests, the ONNX Runtime, scoring sessions and the registry of
+//! what serves. Only this module knows ort.
+
+pub mod manifest;
+pub mod registry;
+pub mod runtime;
+pub mod scorer;
+
+pub use manifest::Manifest;
+pub use registry::{ModelStatus, Registry};
+pub use scorer::{LoadedModel, ModelError};

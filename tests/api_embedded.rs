@@ -1,0 +1,216 @@
+//! The embedded loop over HTTP: events in, features and recommendations out,
+//! and clear 400s for bad input.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn events_change_features_and_recommendations() {
+    let app = TestApp::spawn(base_config()).await;
+    let c = unique("c");
+    let t = now_ms();
+    let cands = json!(["p1", "p2", "p3", "p4"]);
+    let (s, before) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "k": 4, "candidates": cands}),
+        )
+        .await;
+    assert_eq!(s, 200, "{before}");
+    assert_eq!(before["fallback"], false, "{before}");
+    assert_eq!(before["model"]["name"], "ranker");
+    assert_eq!(before["items"].as_array().map(Vec::len), Some(4));
+
+    let events = json!([
+        event("e1", "page_view", &c, Some("p3"), t - 3000),
+        event("e2", "click", &c, Some("p3"), t - 2000),
+        event("e3", "add_to_cart", &c, Some("p3"), t - 1000),
+    ]);
+    let (s, body) = app.post("/v1/events", events).await;
+    assert_eq!((s, body), (202, json!({"accepted": 3})));
+
+    let f = app.get(&format!("/v1/features/customer/{c}")).await.1;
+    assert_eq!(f["features"]["views_1h"], 1.0);
+    assert_eq!(f["features"]["carts_1h"], 1.0);
+    assert_eq!(f["features"]["cart_value"], 25.0);
+    assert_eq!(f["features"]["recent_items"], json!(["p3"]));
+    assert_eq!(f["session"]["events"], 3.0);
+    let item = app.get("/v1/features/item/p3").await.1;
+    assert_eq!(item["features"]["carts_24h"], 1.0);
+
+    let (_, after) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "k": 4, "candidates": cands}),
+        )
+        .await;
+    let score = |r: &serde_json::Value, id: &str| {
+        r["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["item_id"] == id))
+            .and_then(|i| i["score"].as_f64())
+            .expect("item ranked")
+    };
+    assert!(
+        score(&after, "p3") > score(&before, "p3"),
+        "carting p3 must raise its score: {before} → {after}"
+    );
+    assert_eq!(after["items"][0]["item_id"], "p3", "{after}");
+    assert_eq!(after["items"][0]["action"], "complete_purchase");
+
+    // a duplicate changes nothing
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            json!(event("e3", "add_to_cart", &c, Some("p3"), t - 1000)),
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(app.customer_feature(&c, "carts_1h").await, 1.0);
+
+    // generated candidates include what the customer carted
+    let (_, gen) = app
+        .post("/v1/recommend", json!({"customer_id": c, "k": 5}))
+        .await;
+    assert!(
+        gen["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["item_id"] == "p3")),
+        "{gen}"
+    );
+
+    // purchase: excluded afterwards, cart emptied
+    app.post(
+        "/v1/events",
+        json!(event("e4", "purchase", &c, Some("p3"), t)),
+    )
+    .await;
+    assert_eq!(app.customer_feature(&c, "cart_value").await, 0.0);
+    let (_, post) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "k": 4, "candidates": cands}),
+        )
+        .await;
+    assert!(
+        post["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["item_id"] != "p3")),
+        "{post}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let app = TestApp::spawn(base_config()).await;
+    let cases = [
+        (json!({"k": 3}), "customer_id"),
+        (json!({"customer_id": 7}), "customer_id"),
+        (json!({"customer_id": "c", "k": 0}), "k"),
+        (json!({"customer_id": "c", "k": "five"}), "k"),
+        (
+            json!({"customer_id": "c", "candidates": "p1"}),
+            "candidates",
+        ),
+        (
+            json!({"customer_id": "c", "candidates": ["p1", 2]}),
+            "candidates[1]",
+        ),
+        (json!({"customer_id": "c", "budget_ms": -5}), "budget_ms"),
+        (json!({"customer_id": "c", "context": [1]}), "context"),
+        (json!({"customer_id": "c", "model": "nope"}), "model"),
+        (json!({"customer_id": "c", "kk": 1}), "kk"),
+    ];
+    for (body, field) in cases {
+        let (s, r) = app.post("/v1/recommend", body.clone()).await;
+        assert_eq!(s, 400, "{body} → {r}");
+        assert_eq!(r["field"], field, "{body} → {r}");
+        assert!(
+            r["error"].as_str().is_some_and(|e| e.contains(field)),
+            "{r}"
+        );
+    }
+    let (s, r) = app.post_raw("/v1/recommend", "{not json").await;
+    assert_eq!(s, 400);
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("JSON")),
+        "{r}"
+    );
+
+    // events: the index and field are named, and nothing is applied
+    let c = unique("c");
+    let good = event("g1", "page_view", &c, Some("p1"), now_ms());
+    let mut bad = event("g2", "add_to_cart", &c, None, now_ms());
+    bad.as_object_mut().map(|o| o.remove("item_id"));
+    let (s, r) = app.post("/v1/events", json!([good, bad])).await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(
+        (r["index"].clone(), r["field"].clone()),
+        (json!(1), json!("item_id")),
+        "{r}"
+    );
+    assert_eq!(
+        app.customer_feature(&c, "views_1h").await,
+        0.0,
+        "nothing from a rejected batch is applied"
+    );
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!({"event_id": "x", "type": "page_view", "customer_id": "c", "ts": 1764355200}),
+        )
+        .await;
+    assert_eq!((s, r["field"].clone()), (400, json!("ts")), "{r}");
+    let (s, _) = app.post("/v1/events", json!([])).await;
+    assert_eq!(s, 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_models_and_metrics() {
+    let app = TestApp::spawn(base_config()).await;
+    assert_eq!(app.get("/healthz").await.0, 200);
+    let (s, r) = app.get("/readyz").await;
+    assert_eq!((s, r["ready"].clone()), (200, json!(true)), "{r}");
+    let (_, m) = app.get("/v1/models").await;
+    assert_eq!(m["default"], "ranker");
+    assert_eq!(m["models"][0]["serving_version"], 1);
+    app.post("/v1/recommend", json!({"customer_id": "m1"}))
+        .await;
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("nextbest_http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/v1/recommend\""), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_model_recommend_falls_back_and_readyz_says_why() {
+    let mut cfg = base_config();
+    let empty = std::env::temp_dir().join(unique("models"));
+    std::fs::create_dir_all(&empty).expect("temp dir");
+    cfg.models_dir = empty;
+    let app = TestApp::spawn(cfg).await;
+    let (s, r) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": "c", "candidates": ["a", "b"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(r["fallback"], true);
+    assert_eq!(r["items"][0]["item_id"], "a");
+    let (s, r) = app.get("/readyz").await;
+    assert_eq!((s, r["model_loaded"].clone()), (503, json!(false)));
+    let _ = tokio::time::timeout(Duration::from_secs(1), app.stop()).await;
+}

@@ -1,0 +1,304 @@
+//! Test helpers: real Redis and Tansu (from `make test`'s env, else started
+//! here on free ports), an app on port 0, bounded polling.
+#![allow(dead_code)]
+
+use nextbest::app::App;
+use nextbest::config::Config;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_port(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A redis-server owned by one test (killed on drop, restartable).
+pub struct RedisProc {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProc {
+    pub fn start() -> RedisProc {
+        let mut r = RedisProc {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "redis-server did not listen on {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Shared {
+    url: String,
+    _keep: Option<RedisProc>,
+}
+
+static REDIS: OnceLock<Shared> = OnceLock::new();
+
+/// The shared test Redis URL (keys are isolated by a unique prefix per test).
+pub fn redis_url() -> String {
+    REDIS
+        .get_or_init(|| match std::env::var("NEXTBEST_TEST_REDIS_URL") {
+            Ok(u) if !u.is_empty() => Shared {
+                url: u,
+                _keep: None,
+            },
+            _ => {
+                let r = RedisProc::start();
+                Shared {
+                    url: r.url(),
+                    _keep: Some(r),
+                }
+            }
+        })
+        .url
+        .clone()
+}
+
+static TANSU: OnceLock<(String, Option<u32>)> = OnceLock::new();
+
+/// The shared test broker (Tansu).
+pub fn kafka_brokers() -> String {
+    TANSU
+        .get_or_init(|| match std::env::var("NEXTBEST_TEST_KAFKA_BROKERS") {
+            Ok(b) if !b.is_empty() => (b, None),
+            _ => {
+                let port = free_port();
+                let bin = std::env::var("NEXTBEST_TANSU")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|_| repo().join(".deps/bin/tansu"));
+                let url = format!("tcp://127.0.0.1:{port}");
+                let child = Command::new(&bin)
+                    .args([
+                        "broker",
+                        "--listener-url",
+                        &url,
+                        "--advertised-listener-url",
+                        &url,
+                        "--storage-engine",
+                        "memory://tansu/",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot start tansu at {} ({e}); run scripts/setup.sh",
+                            bin.display()
+                        )
+                    });
+                assert!(
+                    wait_port(port, Duration::from_secs(20)),
+                    "tansu did not listen"
+                );
+                // The child is left running for the life of the test process.
+                let pid = child.id();
+                std::mem::forget(child);
+                (format!("127.0.0.1:{port}"), Some(pid))
+            }
+        })
+        .0
+        .clone()
+}
+
+/// A unique name for isolating keys, groups and ids between tests.
+pub fn unique(tag: &str) -> String {
+    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A config for tests: port 0, the shipped features and model.
+pub fn base_config() -> Config {
+    let mut cfg = Config::default();
+    cfg.http_addr = "127.0.0.1:0".parse().expect("valid addr");
+    cfg.features = repo().join("feature-store/features.toml");
+    cfg.models_dir = repo().join("models");
+    cfg.store.key_prefix = unique("t");
+    cfg.kafka.group_id = unique("g");
+    cfg.kafka.session_timeout_ms = 6000;
+    cfg.recommend.popularity_refresh_secs = 1;
+    cfg
+}
+
+/// A running app on a free port.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(cfg: Config) -> TestApp {
+        let app = App::build(cfg).await.expect("app builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let _ = app
+                .run_until_stopped(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn customer_feature(&self, customer: &str, name: &str) -> serde_json::Value {
+        self.get(&format!("/v1/features/customer/{customer}"))
+            .await
+            .1["features"][name]
+            .clone()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+        }
+    }
+}
+
+/// Polls `check` until it returns Some, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn now_ms() -> i64 {
+    nextbest::now_ms()
+}
+
+/// A contract event as JSON.
+pub fn event(
+    id: &str,
+    kind: &str,
+    customer: &str,
+    item: Option<&str>,
+    ts: i64,
+) -> serde_json::Value {
+    let mut e = serde_json::json!({
+        "event_id": id, "type": kind, "customer_id": customer, "ts": ts, "session_id": format!("s-{customer}"),
+        "props": {"price": 25.0, "quantity": 1, "category": "shoes"}
+    });
+    if let Some(i) = item {
+        e["item_id"] = serde_json::json!(i);
+    }
+    e
+}

@@ -1,0 +1,338 @@
+//! The core loop through a real Kafka-protocol broker (Tansu) into a real
+//! Redis: produced events change features and recommendations, duplicates
+//! change nothing, poison goes to the DLQ while the consumer goes on, and a
+//! consumer that dies after the Redis write but before the commit neither
+//! loses nor double-counts.
+
+mod common;
+use common::*;
+use nextbest::config::KafkaConfig;
+use nextbest::features::store::redis::{RedisSettings, RedisStore};
+use nextbest::features::store::{FeatureStore, ReadQuery};
+use nextbest::features::FeatureSet;
+use nextbest::ingest::consumer::EventConsumer;
+use nextbest::ingest::kafka::ensure_topics;
+use nextbest::ingest::producer::EventProducer;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .expect("test producer")
+}
+
+async fn produce(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    p.send(
+        FutureRecord::to(topic).key(key).payload(payload),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+fn kafka_cfg() -> KafkaConfig {
+    KafkaConfig {
+        brokers: Some(kafka_brokers()),
+        group_id: unique("g"),
+        session_timeout_ms: 6000,
+        batch_linger_ms: 5,
+        ..KafkaConfig::default()
+    }
+}
+
+/// The group join on a fresh group can take a while on Tansu.
+const JOIN: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_dlq() {
+    let mut cfg = base_config();
+    cfg.store.redis_url = Some(redis_url());
+    cfg.kafka = kafka_cfg();
+    let app = TestApp::spawn(cfg).await;
+    let p = producer();
+    let c = unique("c");
+    let t = now_ms();
+    let cands = json!(["k1", "k2", "k3"]);
+    let (_, before) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "candidates": cands, "k": 3}),
+        )
+        .await;
+
+    let ev = serde_json::to_vec(&event(&format!("{c}-1"), "add_to_cart", &c, Some("k2"), t))
+        .expect("json");
+    produce(&p, "events.add_to_cart", &c, &ev).await;
+    eventually(JOIN, "produced add_to_cart to show in features", || {
+        let app = &app;
+        let c = c.clone();
+        async move { (app.customer_feature(&c, "carts_1h").await == 1.0).then_some(()) }
+    })
+    .await;
+    let (_, after) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "candidates": cands, "k": 3}),
+        )
+        .await;
+    assert_eq!(after["fallback"], false);
+    assert_eq!(
+        after["items"][0]["item_id"], "k2",
+        "before {before}, after {after}"
+    );
+
+    // the same event again (a redelivery), then poison, then a good marker event
+    produce(&p, "events.add_to_cart", &c, &ev).await;
+    let poison_id = unique("poison");
+    produce(
+        &p,
+        "events.click",
+        &c,
+        format!("{{not json {poison_id}").as_bytes(),
+    )
+    .await;
+    let invalid = json!({"event_id": unique("inv"), "type": "click", "customer_id": c, "ts": t});
+    produce(
+        &p,
+        "events.click",
+        &c,
+        &serde_json::to_vec(&invalid).expect("json"),
+    )
+    .await;
+    let marker = serde_json::to_vec(&event(
+        &format!("{c}-2"),
+        "page_view",
+        &c,
+        Some("k3"),
+        t + 1,
+    ))
+    .expect("json");
+    produce(&p, "events.page_view", &c, &marker).await;
+    eventually(
+        Duration::from_secs(30),
+        "the good event after the poison to be applied",
+        || {
+            let app = &app;
+            let c = c.clone();
+            async move { (app.customer_feature(&c, "views_1h").await == 1.0).then_some(()) }
+        },
+    )
+    .await;
+    // the redelivered add_to_cart was produced before the marker on the same partition (same key): it has been seen
+    assert_eq!(
+        app.customer_feature(&c, "carts_1h").await,
+        1.0,
+        "the duplicate changed nothing"
+    );
+
+    // both bad messages are in the DLQ with a reason
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("dlq consumer");
+    dlq.subscribe(&["events.dlq"]).expect("subscribe");
+    let mut found_poison = None;
+    let mut found_invalid = None;
+    let deadline = tokio::time::Instant::now() + JOIN;
+    while (found_poison.is_none() || found_invalid.is_none())
+        && tokio::time::Instant::now() < deadline
+    {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await else {
+            continue;
+        };
+        let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+        let reason = m.headers().and_then(|h| {
+            h.iter()
+                .find(|x| x.key == "error")
+                .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))
+        });
+        if payload.contains(&poison_id) {
+            found_poison = reason;
+        } else if payload.contains(invalid["event_id"].as_str().unwrap_or("?")) {
+            found_invalid = reason;
+        }
+    }
+    let poison_reason = found_poison.expect("poison message in events.dlq with an error header");
+    assert!(poison_reason.contains("invalid JSON"), "{poison_reason}");
+    let invalid_reason = found_invalid.expect("invalid event in events.dlq with an error header");
+    assert!(invalid_reason.contains("item_id"), "{invalid_reason}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_events_with_kafka_answers_after_the_broker_acked() {
+    let mut cfg = base_config();
+    cfg.store.redis_url = Some(redis_url());
+    cfg.kafka = kafka_cfg();
+    let app = TestApp::spawn(cfg).await;
+    let c = unique("c");
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!([
+                event(&format!("{c}-a"), "page_view", &c, Some("x1"), now_ms()),
+                event(&format!("{c}-b"), "click", &c, Some("x1"), now_ms())
+            ]),
+        )
+        .await;
+    assert_eq!((s, r), (202, json!({"accepted": 2})));
+    eventually(JOIN, "events posted over HTTP to be consumed", || {
+        let app = &app;
+        let c = c.clone();
+        async move { (app.customer_feature(&c, "clicks_1h").await == 1.0).then_some(()) }
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_double_counts() {
+    let set =
+        Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features"));
+    let settings = RedisSettings {
+        url: redis_url(),
+        key_prefix: unique("k"),
+        dedupe_window_ms: 7 * 24 * 3_600_000,
+        ttl_seconds: 3600,
+        timeout_ms: 2000,
+    };
+    let store: Arc<dyn FeatureStore> = Arc::new(
+        RedisStore::connect(settings, set.clone())
+            .await
+            .expect("redis"),
+    );
+    let cfg = kafka_cfg();
+    let brokers = kafka_brokers();
+    ensure_topics(&brokers, &cfg).await.expect("topics");
+    let p = producer();
+    let c = unique("c");
+    let t = now_ms();
+    let n: i64 = 5;
+    for i in 0..n {
+        let e = serde_json::to_vec(&event(
+            &format!("{c}-{i}"),
+            "add_to_cart",
+            &c,
+            Some(&format!("z{i}")),
+            t + i,
+        ))
+        .expect("json");
+        produce(&p, "events.add_to_cart", &c, &e).await;
+    }
+    let feature = set.stored("customer.carts_1h").expect("feature").clone();
+    let carts = |store: Arc<dyn FeatureStore>, c: String| {
+        let f = feature.clone();
+        async move {
+            let r = store
+                .read(&ReadQuery {
+                    customer_id: &c,
+                    session_id: None,
+                    item_ids: &[],
+                })
+                .await
+                .expect("read");
+            nextbest::features::aggregate::numeric_value(&f, &r.customer, now_ms()).unwrap_or(-1.0)
+        }
+    };
+
+    // first consumer: reads and applies our events, then "dies" without committing
+    let first = EventConsumer::new(
+        &brokers,
+        &cfg,
+        set.clone(),
+        store.clone(),
+        EventProducer::new(&brokers, &cfg).expect("producer"),
+    )
+    .expect("consumer");
+    let mut applied_first = 0;
+    let deadline = tokio::time::Instant::now() + JOIN;
+    while applied_first < n && tokio::time::Instant::now() < deadline {
+        let batch = first
+            .next_batch(Duration::from_secs(2))
+            .await
+            .expect("batch");
+        let ours = batch
+            .messages
+            .iter()
+            .filter(|m| m.key() == Some(c.as_bytes()))
+            .count();
+        first.process(&batch).await.expect("applied");
+        applied_first += ours as i64;
+    }
+    assert_eq!(applied_first, n, "first consumer saw all events");
+    assert_eq!(carts(store.clone(), c.clone()).await, n as f64);
+    drop(first); // no commit
+
+    // second consumer in the same group: gets them again, applies nothing new, commits
+    let second = EventConsumer::new(
+        &brokers,
+        &cfg,
+        set.clone(),
+        store.clone(),
+        EventProducer::new(&brokers, &cfg).expect("producer"),
+    )
+    .expect("consumer");
+    let mut redelivered = 0;
+    let mut duplicates = 0;
+    let deadline = tokio::time::Instant::now() + JOIN;
+    while redelivered < n && tokio::time::Instant::now() < deadline {
+        let batch = second
+            .next_batch(Duration::from_secs(2))
+            .await
+            .expect("batch");
+        redelivered += batch
+            .messages
+            .iter()
+            .filter(|m| m.key() == Some(c.as_bytes()))
+            .count() as i64;
+        let out = second.process(&batch).await.expect("applied");
+        duplicates += out.duplicates;
+        second.commit(&batch, CommitMode::Sync).expect("commit");
+    }
+    assert_eq!(redelivered, n, "uncommitted events are redelivered");
+    assert!(
+        duplicates >= n as usize,
+        "redelivered events are recognised as duplicates"
+    );
+    assert_eq!(
+        carts(store.clone(), c.clone()).await,
+        n as f64,
+        "no double count"
+    );
+    drop(second);
+
+    // a third consumer after the commit sees none of them again
+    let third = EventConsumer::new(
+        &brokers,
+        &cfg,
+        set.clone(),
+        store.clone(),
+        EventProducer::new(&brokers, &cfg).expect("producer"),
+    )
+    .expect("consumer");
+    let mut again = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < until {
+        let batch = third
+            .next_batch(Duration::from_secs(1))
+            .await
+            .expect("batch");
+        again += batch
+            .messages
+            .iter()
+            .filter(|m| m.key() == Some(c.as_bytes()))
+            .count();
+    }
+    assert_eq!(again, 0, "committed events are not redelivered");
+}
