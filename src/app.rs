@@ -123,6 +123,13 @@ impl App {
             registry: registry.clone(),
             popularity: popularity.clone(),
             cfg: cfg.recommend.clone(),
+            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
+                || {
+                    crate::decide::item_cache::ItemCache::new(Duration::from_millis(
+                        cfg.recommend.item_cache_ms,
+                    ))
+                },
+            ),
         });
         let listener = TcpListener::bind(cfg.http_addr)
             .await

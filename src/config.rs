@@ -116,6 +116,9 @@ pub struct RecommendConfig {
     pub exclude_purchased: bool,
     /// How often the popularity lists are rebuilt, in seconds.
     pub popularity_refresh_secs: u64,
+    /// How long item states read from Redis are reused by requests, in ms
+    /// (0 = always read). Customer features are never cached.
+    pub item_cache_ms: u64,
 }
 
 impl Default for Config {
@@ -152,7 +155,7 @@ impl Default for KafkaConfig {
             group_id: "nextbest".into(),
             consume: true,
             batch_size: 500,
-            batch_linger_ms: 5,
+            batch_linger_ms: 1,
             create_topics: true,
             partitions: 3,
             dlq_topic: "events.dlq".into(),
@@ -182,6 +185,7 @@ impl Default for RecommendConfig {
             generated_candidates: 100,
             exclude_purchased: true,
             popularity_refresh_secs: 10,
+            item_cache_ms: 1000,
         }
     }
 }

@@ -44,6 +44,7 @@ t2=$(date +%s)
 
 echo "== 3/3 train -> $model_dir"
 # shellcheck disable=SC2086
-"$py" "$here/train.py" --rows "$work/rows.csv" --out-dir "$model_dir" --version "$version" ${TRAIN_ARGS:-}
+"$py" "$here/train.py" --rows "$work/rows.csv" --out-dir "$model_dir" --version "$version" \
+  --source "generate.py ${GEN_ARGS:-(defaults)} | nextbest export-training" ${TRAIN_ARGS:-}
 t3=$(date +%s)
 echo "== done: generate $((t1 - t0))s, export-training $((t2 - t1))s, train $((t3 - t2))s; data in $work"

@@ -67,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--description", default=None)
+    p.add_argument("--source", default=None, help="where rows.csv came from (recorded in model.toml)")
     p.add_argument("--no-refit", action="store_true",
                    help="ship the model trained on the train split instead of refitting on all rows")
     a = p.parse_args(argv)
@@ -330,7 +331,7 @@ def main(argv=None):
         f.write(blob)
     meta = {
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": os.path.basename(args.rows),
+        "source": args.source or os.path.abspath(args.rows),
         "rows": len(y), "train_rows": int(train.sum()), "holdout_rows": int(hold.sum()),
         "holdout_moments": int(len(np.unique(gid[hold]))), "positive_rate": float(y.mean()),
         "auc": m["auc"], "ndcg_at_10": m["ndcg_at_10"],

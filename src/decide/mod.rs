@@ -4,6 +4,7 @@
 //! `fallback: true`, never an error.
 
 pub mod candidates;
+pub mod item_cache;
 pub mod popularity;
 pub mod rules;
 
@@ -94,6 +95,8 @@ pub struct Decider {
     pub registry: Arc<ArcSwap<Registry>>,
     pub popularity: Arc<ArcSwap<Popularity>>,
     pub cfg: crate::config::RecommendConfig,
+    /// Item states cache (Redis only; `None` reads every item every time).
+    pub item_cache: Option<item_cache::ItemCache>,
 }
 
 /// Part of the budget kept for building the fallback and the response.
@@ -146,25 +149,35 @@ impl Decider {
         let model = self.pick_model(req).ok_or(DecideError::NoModel)?;
         let session_id = req.context.get("session_id").and_then(Value::as_str);
         let t = Instant::now();
-        let (cands, read) = match &req.candidates {
+        let (cands, read, items) = match &req.candidates {
             Some(list) => {
-                let read = self
+                let cached = self.cached(list);
+                let missing: Vec<String> = list
+                    .iter()
+                    .zip(&cached)
+                    .filter(|(_, c)| c.is_none())
+                    .map(|(i, _)| i.clone())
+                    .collect();
+                let mut read = self
                     .store
                     .read(&ReadQuery {
                         customer_id: &req.customer_id,
                         session_id,
-                        item_ids: list,
+                        item_ids: &missing,
                     })
                     .await?;
+                let fresh = std::mem::take(&mut read.items);
+                let items = self.merge(list, cached, missing, fresh);
                 (
                     list.iter()
                         .map(|i| (i.clone(), Source::Requested))
                         .collect::<Vec<_>>(),
                     read,
+                    items,
                 )
             }
             None => {
-                let mut read = self
+                let read = self
                     .store
                     .read(&ReadQuery {
                         customer_id: &req.customer_id,
@@ -176,8 +189,20 @@ impl Decider {
                 let cands =
                     candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
                 let ids: Vec<String> = cands.iter().map(|(i, _)| i.clone()).collect();
-                read.items = self.store.read_items(&ids).await?;
-                (cands, read)
+                let cached = self.cached(&ids);
+                let missing: Vec<String> = ids
+                    .iter()
+                    .zip(&cached)
+                    .filter(|(_, c)| c.is_none())
+                    .map(|(i, _)| i.clone())
+                    .collect();
+                let fresh = if missing.is_empty() {
+                    Vec::new()
+                } else {
+                    self.store.read_items(&missing).await?
+                };
+                let items = self.merge(&ids, cached, missing, fresh);
+                (cands, read, items)
             }
         };
         timings.insert("features", t.elapsed().as_micros() as u64);
@@ -196,7 +221,7 @@ impl Decider {
         for &i in &eligible {
             model
                 .plan
-                .push_row(&self.set, &inputs, &cands[i].0, &read.items[i], &mut data);
+                .push_row(&self.set, &inputs, &cands[i].0, &items[i], &mut data);
         }
         timings.insert("matrix", t.elapsed().as_micros() as u64);
 
@@ -253,6 +278,33 @@ impl Decider {
             fallback_reason: None,
             timings_us: BTreeMap::new(),
         })
+    }
+
+    fn cached(&self, ids: &[String]) -> Vec<Option<Arc<crate::features::EntityState>>> {
+        match &self.item_cache {
+            Some(c) => c.get_many(ids),
+            None => vec![None; ids.len()],
+        }
+    }
+
+    /// Puts freshly read item states (for `missing`, in order) into the
+    /// cache and returns states for every id of `ids`.
+    fn merge(
+        &self,
+        ids: &[String],
+        cached: Vec<Option<Arc<crate::features::EntityState>>>,
+        missing: Vec<String>,
+        fresh: Vec<crate::features::EntityState>,
+    ) -> Vec<Arc<crate::features::EntityState>> {
+        let fresh: Vec<Arc<_>> = fresh.into_iter().map(Arc::new).collect();
+        if let Some(c) = &self.item_cache {
+            c.put_many(missing.into_iter().zip(fresh.iter().cloned()));
+        }
+        let mut it = fresh.into_iter();
+        ids.iter()
+            .zip(cached)
+            .map(|(_, c)| c.or_else(|| it.next()).unwrap_or_default())
+            .collect()
     }
 
     /// The answer when ranking failed: the request's candidates in order, or

@@ -353,23 +353,43 @@ pub fn feature_value(f: &FeatureDef, state: &EntityState, now: i64) -> FeatureVa
     }
 }
 
+/// Sums are rounded to this many decimal places when read, so that float
+/// drift from adding and removing the same amounts (in any order) reads as
+/// exactly zero, and stores agree on the last digit.
+const SUM_DECIMALS: f64 = 1e6;
+
+fn round_sum(x: f64) -> f64 {
+    let r = (x * SUM_DECIMALS).round() / SUM_DECIMALS;
+    if r == 0.0 {
+        0.0
+    } else {
+        r
+    }
+}
+
 /// The numeric value of a numeric feature at `now` without allocating;
 /// `None` for text and list features.
 pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f64> {
     match &f.aggregation {
         Aggregation::Count | Aggregation::Sum { .. } => {
             if let Some(r) = state.resettable.get(&f.name) {
-                return Some(r.parts.values().fold(0.0, |a, x| a + x));
+                return Some(round_sum(r.parts.values().fold(0.0, |a, x| a + x)));
             }
             Some(match f.window {
-                None => state.nums.get(&f.name).copied().unwrap_or(f.default),
+                None => state
+                    .nums
+                    .get(&f.name)
+                    .map(|x| round_sum(*x))
+                    .unwrap_or(f.default),
                 Some(w) => match state.windows.get(&f.name) {
                     None => f.default,
                     Some(win) => {
                         let nb = now.div_euclid(w.bucket_ms());
-                        win.buckets
-                            .range((nb - BUCKETS_PER_WINDOW + 1)..=nb)
-                            .fold(0.0, |a, (_, x)| a + x)
+                        round_sum(
+                            win.buckets
+                                .range((nb - BUCKETS_PER_WINDOW + 1)..=nb)
+                                .fold(0.0, |a, (_, x)| a + x),
+                        )
                     }
                 },
             })

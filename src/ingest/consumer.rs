@@ -87,7 +87,7 @@ impl EventConsumer {
                 (cfg.session_timeout_ms / 5).max(100).to_string(),
             )
             .set("max.poll.interval.ms", "300000")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", "5")
             .create()
             .map_err(|source| KafkaSetupError::Client {
                 brokers: brokers.into(),

@@ -171,10 +171,12 @@ pub fn unique(tag: &str) -> String {
 
 /// A config for tests: port 0, the shipped features and model.
 pub fn base_config() -> Config {
-    let mut cfg = Config::default();
-    cfg.http_addr = "127.0.0.1:0".parse().expect("valid addr");
-    cfg.features = repo().join("feature-store/features.toml");
-    cfg.models_dir = repo().join("models");
+    let mut cfg = Config {
+        http_addr: "127.0.0.1:0".parse().expect("valid addr"),
+        features: repo().join("feature-store/features.toml"),
+        models_dir: repo().join("models"),
+        ..Config::default()
+    };
     cfg.store.key_prefix = unique("t");
     cfg.kafka.group_id = unique("g");
     cfg.kafka.session_timeout_ms = 6000;
