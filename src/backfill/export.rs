@@ -4,7 +4,7 @@
 //! at least `customer_id,item_id,ts,label`; other columns, e.g.
 //! `session_id` and `context.*`, pass through and feed context features).
 //! Output: CSV with the label columns followed by every numeric feature
-//! (`FeatureSet::numeric_names`). Each row's features are computed from the
+//! (`FeatureSet::numeric_names`) not already among them. Each row's features are computed from the
 //! events strictly before its `ts`, by replaying events in time order through
 //! the same aggregation and row code the server uses, so a model is trained
 //! on exactly what it will be served.
@@ -134,7 +134,12 @@ pub fn export_training(
     }
     labels_rows.sort_by_key(|(ts, i, _)| (*ts, *i));
 
-    let names = set.numeric_names();
+    // features already given as label columns (e.g. `context.is_mobile`) are not repeated
+    let names: Vec<String> = set
+        .numeric_names()
+        .into_iter()
+        .filter(|n| !headers.iter().any(|h| h == n))
+        .collect();
     let plan = RowPlan::compile(&set, &names)?;
     let mut state = MemoryState::new(set.clone(), i64::MAX / 4);
     let op = out.display().to_string();
