@@ -15,6 +15,8 @@ use crate::ingest::consumer::EventConsumer;
 use crate::ingest::kafka::ensure_topics;
 use crate::ingest::producer::EventProducer;
 use crate::model::registry::Registry;
+use crate::model::reload::{publish_serving, Reloader};
+use crate::model::routing::Routing;
 use crate::model::runtime;
 use crate::model::scorer::LoadOptions;
 use arc_swap::ArcSwap;
@@ -41,11 +43,10 @@ pub enum AppError {
     Kafka(#[from] crate::ingest::kafka::KafkaSetupError),
     #[error(transparent)]
     Consumer(#[from] crate::ingest::consumer::ConsumeError),
+    #[error(transparent)]
+    Routing(#[from] crate::model::routing::RoutingError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -56,6 +57,7 @@ pub struct App {
     state: Arc<AppState>,
     popularity: Arc<ArcSwap<Popularity>>,
     consumer: Option<EventConsumer>,
+    reloader: Option<Reloader>,
 }
 
 impl App {
@@ -63,36 +65,48 @@ impl App {
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = crate::metrics::install();
         let set = Arc::new(FeatureSet::load(&cfg.features)?);
-        let store: Arc<dyn FeatureStore> =
-            match &cfg.store.redis_url {
-                Some(url) => {
-                    let settings = RedisSettings {
-                        url: url.clone(),
-                        key_prefix: cfg.store.key_prefix.clone(),
-                        dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
-                        ttl_seconds: cfg.store.ttl_secs,
-                        timeout_ms: cfg.store.timeout_ms,
-                    };
-                    Arc::new(RedisStore::connect(settings, set.clone()).await.map_err(
-                        |source| AppError::Redis {
+        let store: Arc<dyn FeatureStore> = match &cfg.store.redis_url {
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    key_prefix: cfg.store.key_prefix.clone(),
+                    dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
+                    ttl_seconds: cfg.store.ttl_secs,
+                    timeout_ms: cfg.store.timeout_ms,
+                };
+                Arc::new(
+                    RedisStore::connect(settings, set.clone())
+                        .await
+                        .map_err(|source| AppError::Redis {
                             url: url.clone(),
                             source,
-                        },
-                    )?)
-                }
-                None => Arc::new(MemoryStore::new(
-                    set.clone(),
-                    (cfg.store.dedupe_window_secs * 1000) as i64,
-                )),
-            };
+                        })?,
+                )
+            }
+            None => Arc::new(MemoryStore::new(
+                set.clone(),
+                (cfg.store.dedupe_window_secs * 1000) as i64,
+            )),
+        };
         runtime::environment(cfg.ort_dylib_path.as_deref())?;
         let opts = LoadOptions {
             sessions: cfg.model.sessions,
             intra_threads: cfg.model.intra_threads,
             ort_dylib_path: cfg.ort_dylib_path.clone(),
         };
-        let reg = Registry::scan(&cfg.models_dir, &set, &opts);
+        let routing = Routing::new(&cfg.model.traffic, &cfg.model.shadow, cfg.model.default.clone())?;
+        let reg = Registry::rescan(&cfg.models_dir, &set, &opts, &routing.pinned(), None);
+        publish_serving(None, &reg);
         let registry = Arc::new(ArcSwap::from_pointee(reg));
+        let reloader = cfg.model.watch.then(|| Reloader {
+            dir: cfg.models_dir.clone(),
+            set: set.clone(),
+            opts: opts.clone(),
+            pinned: routing.pinned(),
+            registry: registry.clone(),
+            debounce: Duration::from_millis(cfg.model.reload_debounce_ms),
+            rescan_every: Duration::from_secs(cfg.model.rescan_secs),
+        });
         let popularity = Arc::new(ArcSwap::from_pointee(Popularity::default()));
         let (changes, _) = broadcast::channel(1024);
 
@@ -123,13 +137,9 @@ impl App {
             registry: registry.clone(),
             popularity: popularity.clone(),
             cfg: cfg.recommend.clone(),
-            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
-                || {
-                    crate::decide::item_cache::ItemCache::new(Duration::from_millis(
-                        cfg.recommend.item_cache_ms,
-                    ))
-                },
-            ),
+            routing,
+            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0)
+                .then(|| crate::decide::item_cache::ItemCache::new(Duration::from_millis(cfg.recommend.item_cache_ms))),
         });
         let listener = TcpListener::bind(cfg.http_addr)
             .await
@@ -152,6 +162,7 @@ impl App {
             state,
             popularity,
             consumer,
+            reloader,
         })
     }
 
@@ -204,11 +215,7 @@ impl App {
             ),
             None => "none (events applied in-process)".to_string(),
         };
-        let addr = self
-            .listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         format!(
             "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  url:      http://{}",
             env!("CARGO_PKG_VERSION"),
@@ -225,10 +232,7 @@ impl App {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), AppError> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         tasks.push(tokio::spawn(refresh_popularity(
@@ -236,6 +240,9 @@ impl App {
             self.popularity.clone(),
             stop_rx.clone(),
         )));
+        if let Some(r) = self.reloader {
+            tasks.push(tokio::spawn(r.run(stop_rx.clone())));
+        }
         if let Some(consumer) = self.consumer {
             let changes = self.state.changes.clone();
             tasks.push(tokio::spawn(consumer.run(stop_rx.clone(), move |out| {
@@ -260,11 +267,7 @@ impl App {
     }
 }
 
-async fn refresh_popularity(
-    state: Arc<AppState>,
-    target: Arc<ArcSwap<Popularity>>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn refresh_popularity(state: Arc<AppState>, target: Arc<ArcSwap<Popularity>>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(state.cfg.recommend.popularity_refresh_secs.max(1));
     loop {
         match Popularity::build(state.store.as_ref(), &state.set, crate::now_ms()).await {

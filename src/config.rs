@@ -5,6 +5,7 @@
 //! a test parses it. Unknown keys are errors, so a typo never goes unnoticed.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,10 +13,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("environment variable {name}={value:?}: {message}")]
@@ -88,7 +86,7 @@ pub struct KafkaConfig {
     pub produce_timeout_ms: u64,
 }
 
-/// Model scoring.
+/// Models: scoring, selection, hot reload.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -96,6 +94,20 @@ pub struct ModelConfig {
     pub sessions: usize,
     /// Intra-op threads per session.
     pub intra_threads: usize,
+    /// The model answering requests that name none (unset → first by name).
+    pub default: Option<String>,
+    /// Traffic split by a stable hash of customer_id: model name (its serving
+    /// version) or `name@version` → weight. Empty → everything to `default`.
+    pub traffic: BTreeMap<String, f64>,
+    /// Models also scored on every request's features; their scores go to
+    /// metrics and logs, never to the response (`name` or `name@version`).
+    pub shadow: Vec<String>,
+    /// Watch the models folder and swap versions in without a restart.
+    pub watch: bool,
+    /// Quiet time after the last file change before rescanning, in ms.
+    pub reload_debounce_ms: u64,
+    /// Rescan the folder this often even without file events, in seconds (0 = never).
+    pub rescan_secs: u64,
 }
 
 /// `/v1/recommend` behaviour.
@@ -171,6 +183,12 @@ impl Default for ModelConfig {
         ModelConfig {
             sessions: 2,
             intra_threads: 1,
+            default: None,
+            traffic: BTreeMap::new(),
+            shadow: Vec::new(),
+            watch: true,
+            reload_debounce_ms: 300,
+            rescan_secs: 30,
         }
     }
 }

@@ -12,11 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(
-    name = "nextbest",
-    version,
-    about = "Real-time next-best-action server"
-)]
+#[command(name = "nextbest", version, about = "Real-time next-best-action server")]
 struct Cli {
     /// Config file (default: $NEXTBEST_CONFIG, else ./nextbest.toml if present).
     #[arg(long, global = true)]
@@ -61,19 +57,15 @@ enum ModelsCommand {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
+    // human-readable on a terminal, JSON lines otherwise (log shippers)
+    if std::io::stdout().is_terminal() {
         builder.compact().init();
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
+        builder.json().flatten_event(true).with_current_span(true).init();
     }
 }
 
@@ -102,7 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Command::Backfill { .. } => bail!("`nextbest backfill` is not implemented yet; use POST /v1/events or Kafka to load events"),
+        Command::Backfill { .. } => {
+            bail!("`nextbest backfill` is not implemented yet; use POST /v1/events or Kafka to load events")
+        }
         Command::ExportTraining { events, labels, out } => {
             let set = Arc::new(FeatureSet::load(&cfg.features)?);
             let t = std::time::Instant::now();
@@ -117,7 +111,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Models { command: ModelsCommand::Check { dir } } => models_check(&cfg, &dir),
+        Command::Models {
+            command: ModelsCommand::Check { dir },
+        } => models_check(&cfg, &dir),
     }
 }
 
@@ -167,10 +163,8 @@ fn models_check(cfg: &Config, dir: &Path) -> anyhow::Result<()> {
                     failures.push(format!("{name}/{}: {reason}", v.version));
                 }
                 ModelStatus::Serving => println!("ok: {name}/{} (would serve)", v.version),
-                ModelStatus::Standby => println!(
-                    "ok: {name}/{} (manifest valid; a higher version serves)",
-                    v.version
-                ),
+                ModelStatus::Pinned => println!("ok: {name}/{} (loaded)", v.version),
+                ModelStatus::Standby => println!("ok: {name}/{} (manifest valid; a higher version serves)", v.version),
             }
         }
     }

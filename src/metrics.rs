@@ -8,6 +8,12 @@ use std::sync::OnceLock;
 pub const HTTP_REQUESTS: &str = "nextbest_http_requests_total";
 pub const HTTP_SECONDS: &str = "nextbest_http_request_duration_seconds";
 pub const MODEL_SECONDS: &str = "nextbest_model_inference_seconds";
+pub const MODEL_SCORES: &str = "nextbest_model_scores_total";
+pub const MODEL_ERRORS: &str = "nextbest_model_errors_total";
+pub const SHADOW_TOPK_OVERLAP: &str = "nextbest_shadow_topk_overlap";
+pub const RECOMMEND_STAGE_SECONDS: &str = "nextbest_recommend_stage_seconds";
+pub const CONSUMER_LAG: &str = "nextbest_consumer_lag";
+pub const MODELS_SERVING: &str = "nextbest_models_serving";
 pub const FALLBACKS: &str = "nextbest_recommend_fallbacks_total";
 pub const EVENTS_CONSUMED: &str = "nextbest_events_consumed_total";
 pub const EVENTS_APPLIED: &str = "nextbest_events_applied_total";
@@ -26,8 +32,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2,
-                    0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ])
                 .map(PrometheusBuilder::build_recorder);
             match recorder {
@@ -52,41 +58,43 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP request latency by route");
     describe_histogram!(
         MODEL_SECONDS,
         Unit::Seconds,
-        "ONNX inference time per request by model"
+        "ONNX inference time per request by model, version and role (primary/shadow)"
     );
-    describe_counter!(
-        FALLBACKS,
-        "recommendations answered with the fallback list, by reason"
+    describe_counter!(MODEL_SCORES, "rows scored by model, version and role");
+    describe_counter!(MODEL_ERRORS, "failed inferences by model, version and role");
+    describe_histogram!(
+        SHADOW_TOPK_OVERLAP,
+        "share of the primary model's top k also in a shadow model's top k"
     );
+    describe_histogram!(
+        RECOMMEND_STAGE_SECONDS,
+        Unit::Seconds,
+        "time per recommend stage (features, matrix, model, rules)"
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "messages behind the high watermark, by topic and partition"
+    );
+    describe_gauge!(
+        MODELS_SERVING,
+        "1 for each model version currently serving, by model and version"
+    );
+    describe_counter!(FALLBACKS, "recommendations answered with the fallback list, by reason");
     describe_counter!(EVENTS_CONSUMED, "Kafka messages consumed, by event type");
     describe_counter!(EVENTS_APPLIED, "events applied to the store, by event type");
-    describe_counter!(
-        EVENTS_DUPLICATE,
-        "events skipped as duplicates (same event_id)"
-    );
+    describe_counter!(EVENTS_DUPLICATE, "events skipped as duplicates (same event_id)");
     describe_counter!(
         EVENTS_DEAD_LETTERED,
         "messages sent to the dead-letter topic, by reason"
     );
-    describe_counter!(
-        EVENTS_PRODUCED,
-        "events produced by POST /v1/events, by event type"
-    );
-    describe_histogram!(
-        EVENT_FRESHNESS,
-        Unit::Seconds,
-        "apply time minus event time"
-    );
+    describe_counter!(EVENTS_PRODUCED, "events produced by POST /v1/events, by event type");
+    describe_histogram!(EVENT_FRESHNESS, Unit::Seconds, "apply time minus event time");
     describe_counter!(STORE_ERRORS, "failed store calls, by operation");
-    describe_histogram!(
-        APPLY_SECONDS,
-        Unit::Seconds,
-        "time to apply one batch to the store"
-    );
+    describe_histogram!(APPLY_SECONDS, Unit::Seconds, "time to apply one batch to the store");
 }

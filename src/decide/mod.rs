@@ -12,6 +12,8 @@ use crate::features::aggregate::numeric_value;
 use crate::features::store::{FeatureStore, ReadQuery};
 use crate::features::vector::RowInputs;
 use crate::features::{Entity, FeatureSet};
+use crate::model::registry::ModelSpec;
+use crate::model::routing::Routing;
 use crate::model::{LoadedModel, Registry};
 use arc_swap::ArcSwap;
 use candidates::Source;
@@ -31,7 +33,7 @@ pub struct RecommendRequest {
     pub context: Map<String, Value>,
     pub candidates: Option<Vec<String>>,
     pub budget_ms: u64,
-    pub model: Option<String>,
+    pub model: Option<ModelSpec>,
     pub now_ms: i64,
 }
 
@@ -95,6 +97,8 @@ pub struct Decider {
     pub registry: Arc<ArcSwap<Registry>>,
     pub popularity: Arc<ArcSwap<Popularity>>,
     pub cfg: crate::config::RecommendConfig,
+    /// Traffic split, shadow models, default model.
+    pub routing: Routing,
     /// Item states cache (Redis only; `None` reads every item every time).
     pub item_cache: Option<item_cache::ItemCache>,
 }
@@ -120,10 +124,7 @@ impl Decider {
                 self.fallback(req, e.to_string())
             }
             Err(_) => {
-                tracing::warn!(
-                    budget_ms = req.budget_ms,
-                    "recommend budget exceeded, fell back"
-                );
+                tracing::warn!(budget_ms = req.budget_ms, "recommend budget exceeded, fell back");
                 metrics::counter!(crate::metrics::FALLBACKS, "reason" => "budget").increment(1);
                 self.fallback(req, format!("budget of {} ms exceeded", req.budget_ms))
             }
@@ -135,10 +136,58 @@ impl Decider {
 
     fn pick_model(&self, req: &RecommendRequest) -> Option<Arc<LoadedModel>> {
         let reg = self.registry.load();
-        match &req.model {
-            Some(name) => reg.get(name).cloned(),
-            None => reg.default_model(None).cloned(),
+        self.routing.choose(&reg, req.model.as_ref(), &req.customer_id)
+    }
+
+    /// Scores the shadow models on the same states, off the request path;
+    /// results go to metrics and logs only.
+    fn score_shadows(&self, primary: &Arc<LoadedModel>, job: ShadowJob) {
+        let reg = self.registry.load();
+        let shadows: Vec<Arc<LoadedModel>> = self
+            .routing
+            .shadow
+            .iter()
+            .filter_map(|s| reg.resolve(s).cloned())
+            .filter(|m| !Arc::ptr_eq(m, primary))
+            .collect();
+        if shadows.is_empty() {
+            return;
         }
+        let set = self.set.clone();
+        let primary_id = primary.id();
+        tokio::task::spawn_blocking(move || {
+            let inputs = RowInputs {
+                customer: &job.customer,
+                session: &job.session,
+                context: &job.context,
+                now: job.now,
+            };
+            for m in shadows {
+                let mut data = Vec::with_capacity(job.ids.len() * m.plan.width());
+                for (id, st) in job.ids.iter().zip(&job.items) {
+                    m.plan.push_row(&set, &inputs, id, st, &mut data);
+                }
+                let t = Instant::now();
+                let labels = [
+                    ("model", m.manifest.name.clone()),
+                    ("version", m.manifest.version.to_string()),
+                    ("role", "shadow".to_string()),
+                ];
+                match m.score(&data, job.ids.len()) {
+                    Ok(scores) => {
+                        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels).record(t.elapsed().as_secs_f64());
+                        metrics::counter!(crate::metrics::MODEL_SCORES, &labels).increment(scores.len() as u64);
+                        let overlap = top_overlap(&job.primary_scores, &scores, job.k);
+                        metrics::histogram!(crate::metrics::SHADOW_TOPK_OVERLAP, "model" => m.manifest.name.clone(), "version" => m.manifest.version.to_string()).record(overlap);
+                        tracing::debug!(request_id = %job.request_id, shadow = %m.id(), primary = %primary_id, top_k_overlap = overlap, "shadow scored");
+                    }
+                    Err(e) => {
+                        metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1);
+                        tracing::warn!(request_id = %job.request_id, shadow = %m.id(), error = %e, "shadow scoring failed");
+                    }
+                }
+            }
+        });
     }
 
     async fn ranked(
@@ -169,9 +218,7 @@ impl Decider {
                 let fresh = std::mem::take(&mut read.items);
                 let items = self.merge(list, cached, missing, fresh);
                 (
-                    list.iter()
-                        .map(|i| (i.clone(), Source::Requested))
-                        .collect::<Vec<_>>(),
+                    list.iter().map(|i| (i.clone(), Source::Requested)).collect::<Vec<_>>(),
                     read,
                     items,
                 )
@@ -186,8 +233,7 @@ impl Decider {
                     })
                     .await?;
                 let pop = self.popularity.load();
-                let cands =
-                    candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
+                let cands = candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
                 let ids: Vec<String> = cands.iter().map(|(i, _)| i.clone()).collect();
                 let cached = self.cached(&ids);
                 let missing: Vec<String> = ids
@@ -205,7 +251,7 @@ impl Decider {
                 (cands, read, items)
             }
         };
-        timings.insert("features", t.elapsed().as_micros() as u64);
+        stage(timings, "features", t);
 
         let t = Instant::now();
         let eligible: Vec<usize> = (0..cands.len())
@@ -223,17 +269,41 @@ impl Decider {
                 .plan
                 .push_row(&self.set, &inputs, &cands[i].0, &items[i], &mut data);
         }
-        timings.insert("matrix", t.elapsed().as_micros() as u64);
+        stage(timings, "matrix", t);
 
         let t = Instant::now();
         let rows = eligible.len();
         let m = model.clone();
+        let labels = [
+            ("model", model.manifest.name.clone()),
+            ("version", model.manifest.version.to_string()),
+            ("role", "primary".to_string()),
+        ];
         let scores = tokio::task::spawn_blocking(move || m.score(&data, rows))
             .await
-            .map_err(|e| DecideError::Join(e.to_string()))??;
-        timings.insert("model", t.elapsed().as_micros() as u64);
-        metrics::histogram!(crate::metrics::MODEL_SECONDS, "model" => model.manifest.name.clone())
-            .record(t.elapsed().as_secs_f64());
+            .map_err(|e| DecideError::Join(e.to_string()))?
+            .inspect_err(|_| metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1))?;
+        stage(timings, "model", t);
+        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels).record(t.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::MODEL_SCORES, &labels).increment(scores.len() as u64);
+        if !self.routing.shadow.is_empty() {
+            let ids: Vec<String> = eligible.iter().map(|&i| cands[i].0.clone()).collect();
+            let states: Vec<Arc<crate::features::EntityState>> = eligible.iter().map(|&i| items[i].clone()).collect();
+            self.score_shadows(
+                &model,
+                ShadowJob {
+                    request_id: req.request_id.clone(),
+                    customer: read.customer.clone(),
+                    session: read.session.clone(),
+                    context: req.context.clone(),
+                    now: req.now_ms,
+                    ids,
+                    items: states,
+                    primary_scores: scores.clone(),
+                    k: req.k,
+                },
+            );
+        }
 
         let t = Instant::now();
         let cart_value = self
@@ -258,13 +328,9 @@ impl Decider {
                 }
             })
             .collect();
-        items.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.item_id.cmp(&b.item_id))
-        });
+        items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.item_id.cmp(&b.item_id)));
         items.truncate(req.k);
-        timings.insert("rules", t.elapsed().as_micros() as u64);
+        stage(timings, "rules", t);
 
         Ok(Recommendation {
             request_id: req.request_id.clone(),
@@ -347,4 +413,39 @@ impl Decider {
             timings_us: BTreeMap::new(),
         }
     }
+}
+
+/// Records a stage's time in the response timings and the stage histogram.
+fn stage(timings: &mut BTreeMap<&'static str, u64>, name: &'static str, since: Instant) {
+    let d = since.elapsed();
+    timings.insert(name, d.as_micros() as u64);
+    metrics::histogram!(crate::metrics::RECOMMEND_STAGE_SECONDS, "stage" => name).record(d.as_secs_f64());
+}
+
+/// What shadow scoring needs, owned (it runs after the response).
+struct ShadowJob {
+    request_id: String,
+    customer: crate::features::EntityState,
+    session: crate::features::EntityState,
+    context: Map<String, Value>,
+    now: i64,
+    ids: Vec<String>,
+    items: Vec<Arc<crate::features::EntityState>>,
+    primary_scores: Vec<f32>,
+    k: usize,
+}
+
+/// Share of the primary's top k rows that are also in the other's top k.
+fn top_overlap(a: &[f32], b: &[f32], k: usize) -> f64 {
+    let top = |s: &[f32]| {
+        let mut idx: Vec<usize> = (0..s.len()).collect();
+        idx.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
+        idx.truncate(k);
+        idx
+    };
+    let (ta, tb) = (top(a), top(b));
+    if ta.is_empty() {
+        return 1.0;
+    }
+    ta.iter().filter(|i| tb.contains(i)).count() as f64 / ta.len() as f64
 }

@@ -14,10 +14,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
     #[error("cannot read feature definitions {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("feature definitions {path}: {message}")]
     Parse { path: String, message: String },
     #[error("feature `{feature}`: {message}")]
@@ -357,10 +354,7 @@ impl FeatureSet {
     fn check_derived(&self, d: RawDerived) -> Result<DerivedDef, DefinitionError> {
         let name = d.name.clone();
         let Some((prefix, rest)) = name.split_once('.') else {
-            return Err(invalid(
-                &name,
-                "must be qualified, e.g. `item.conversion_7d`",
-            ));
+            return Err(invalid(&name, "must be qualified, e.g. `item.conversion_7d`"));
         };
         if !matches!(prefix, "customer" | "item" | "session" | "cross") || !valid_name(rest) {
             return Err(invalid(
@@ -370,21 +364,14 @@ impl FeatureSet {
         }
         let kind = match d.kind.as_str() {
             "ratio" => {
-                let numerator = d
-                    .numerator
-                    .ok_or_else(|| invalid(&name, "ratio needs `numerator`"))?;
+                let numerator = d.numerator.ok_or_else(|| invalid(&name, "ratio needs `numerator`"))?;
                 let denominator = d
                     .denominator
                     .ok_or_else(|| invalid(&name, "ratio needs `denominator`"))?;
                 for f in [&numerator, &denominator] {
                     match self.stored(f) {
                         Some(def) if def.is_numeric() => {}
-                        _ => {
-                            return Err(invalid(
-                                &name,
-                                format!("`{f}` is not a numeric stored feature"),
-                            ))
-                        }
+                        _ => return Err(invalid(&name, format!("`{f}` is not a numeric stored feature"))),
                     }
                 }
                 DerivedKind::Ratio {
@@ -395,20 +382,11 @@ impl FeatureSet {
                 }
             }
             "contains" => {
-                let list = d
-                    .list
-                    .ok_or_else(|| invalid(&name, "contains needs `list`"))?;
-                let value = d
-                    .value
-                    .ok_or_else(|| invalid(&name, "contains needs `value`"))?;
+                let list = d.list.ok_or_else(|| invalid(&name, "contains needs `list`"))?;
+                let value = d.value.ok_or_else(|| invalid(&name, "contains needs `value`"))?;
                 match self.stored(&list) {
                     Some(def) if matches!(def.aggregation, Aggregation::DistinctRecent { .. }) => {}
-                    _ => {
-                        return Err(invalid(
-                            &name,
-                            format!("`{list}` is not a distinct_recent feature"),
-                        ))
-                    }
+                    _ => return Err(invalid(&name, format!("`{list}` is not a distinct_recent feature"))),
                 }
                 if value != "item.id" && self.stored(&value).is_none() {
                     return Err(invalid(
@@ -448,17 +426,10 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn parse_types(
-    feature: &str,
-    what: &str,
-    names: &[String],
-) -> Result<Vec<EventType>, DefinitionError> {
+fn parse_types(feature: &str, what: &str, names: &[String]) -> Result<Vec<EventType>, DefinitionError> {
     names
         .iter()
-        .map(|n| {
-            EventType::parse(n)
-                .ok_or_else(|| invalid(feature, format!("{what}: `{n}` is not an event type")))
-        })
+        .map(|n| EventType::parse(n).ok_or_else(|| invalid(feature, format!("{what}: `{n}` is not an event type"))))
         .collect()
 }
 
@@ -479,10 +450,7 @@ fn parse_field(feature: &str, s: &str) -> Result<Field, DefinitionError> {
 fn check_feature(f: RawFeature) -> Result<FeatureDef, DefinitionError> {
     let q = format!("{}.{}", f.entity.as_str(), f.name);
     if !valid_name(&f.name) {
-        return Err(invalid(
-            &q,
-            "name must be lowercase letters, digits and `_`",
-        ));
+        return Err(invalid(&q, "name must be lowercase letters, digits and `_`"));
     }
     let events = parse_types(&q, "events", &f.events)?;
     if events.is_empty() {
@@ -511,13 +479,17 @@ fn check_feature(f: RawFeature) -> Result<FeatureDef, DefinitionError> {
                     } else if valid_name(t) {
                         Ok(Factor::Prop(t.to_string()))
                     } else {
-                        Err(invalid(&q, format!("`{t}` in value `{expr}` is neither a prop name nor a number")))
+                        Err(invalid(
+                            &q,
+                            format!("`{t}` in value `{expr}` is neither a prop name nor a number"),
+                        ))
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let mut signs = HashMap::new();
             for (t, s) in &f.signs {
-                let et = EventType::parse(t).ok_or_else(|| invalid(&q, format!("signs: `{t}` is not an event type")))?;
+                let et =
+                    EventType::parse(t).ok_or_else(|| invalid(&q, format!("signs: `{t}` is not an event type")))?;
                 signs.insert(et, *s);
             }
             let reset_on = parse_types(&q, "reset_on", &f.reset_on)?;
@@ -537,7 +509,9 @@ fn check_feature(f: RawFeature) -> Result<FeatureDef, DefinitionError> {
         "distinct_recent" => Aggregation::DistinctRecent {
             field: parse_field(
                 &q,
-                f.value.as_deref().ok_or_else(|| invalid(&q, "distinct_recent needs `value`"))?,
+                f.value
+                    .as_deref()
+                    .ok_or_else(|| invalid(&q, "distinct_recent needs `value`"))?,
             )?,
             cap: match f.cap {
                 Some(c) if (1..=1000).contains(&c) => c,
@@ -592,10 +566,7 @@ mod tests {
             window = "3 weeks"
         "#;
         let err = FeatureSet::parse(bad).unwrap_err().to_string();
-        assert!(
-            err.contains("customer.x") && err.contains("3 weeks"),
-            "{err}"
-        );
+        assert!(err.contains("customer.x") && err.contains("3 weeks"), "{err}");
 
         let bad = r#"
             [[feature]]
@@ -608,9 +579,6 @@ mod tests {
         assert!(err.contains("teleport"), "{err}");
 
         let bad = "[[feature]]\nname='x'\nentity='customer'\nevents=['click']\naggregation='count'\nbogus=1\n";
-        assert!(FeatureSet::parse(bad)
-            .unwrap_err()
-            .to_string()
-            .contains("bogus"));
+        assert!(FeatureSet::parse(bad).unwrap_err().to_string().contains("bogus"));
     }
 }

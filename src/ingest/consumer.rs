@@ -22,13 +22,37 @@ use crate::config::KafkaConfig;
 use crate::event::Event;
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// How often librdkafka reports statistics (consumer lag per partition).
+const STATS_INTERVAL_MS: &str = "5000";
+
+/// Client context that turns librdkafka's statistics into the consumer-lag
+/// gauge (runs on librdkafka's thread; never blocks the consume loop).
+pub struct LagContext;
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(crate::metrics::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// Errors of the consume loop.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +85,7 @@ pub struct BatchOutcome {
 
 /// The consumer with what it needs to apply events.
 pub struct EventConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     set: Arc<FeatureSet>,
     store: Arc<dyn FeatureStore>,
     producer: EventProducer,
@@ -77,7 +101,7 @@ impl EventConsumer {
         store: Arc<dyn FeatureStore>,
         producer: EventProducer,
     ) -> Result<Self, ConsumeError> {
-        let consumer: StreamConsumer = client_config(brokers)
+        let consumer: StreamConsumer<LagContext> = client_config(brokers)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -88,7 +112,8 @@ impl EventConsumer {
             )
             .set("max.poll.interval.ms", "300000")
             .set("fetch.wait.max.ms", "5")
-            .create()
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
+            .create_with_context(LagContext)
             .map_err(|source| KafkaSetupError::Client {
                 brokers: brokers.into(),
                 source,
@@ -112,8 +137,7 @@ impl EventConsumer {
             Ok(m) => m?.detach(),
         };
         batch.messages.push(first);
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_linger_ms);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_linger_ms);
         while batch.messages.len() < self.cfg.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
@@ -135,8 +159,7 @@ impl EventConsumer {
             let payload = m.payload().unwrap_or_default();
             match Event::from_slice(payload) {
                 Ok(e) => {
-                    metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
-                        .increment(1);
+                    metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str()).increment(1);
                     events.push(e);
                 }
                 Err(err) => {
@@ -147,16 +170,12 @@ impl EventConsumer {
                         partition: m.partition(),
                         offset: m.offset(),
                     };
-                    self.producer
-                        .dead_letter(m.key(), payload, &reason, &origin)
-                        .await?;
+                    self.producer.dead_letter(m.key(), payload, &reason, &origin).await?;
                     let label = match &err {
-                        crate::event::EventError::Json(_)
-                        | crate::event::EventError::NotAnObject => "malformed",
+                        crate::event::EventError::Json(_) | crate::event::EventError::NotAnObject => "malformed",
                         _ => "invalid",
                     };
-                    metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label)
-                        .increment(1);
+                    metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label).increment(1);
                     out.dead_lettered += 1;
                 }
             }
@@ -175,9 +194,7 @@ impl EventConsumer {
     pub fn commit(&self, batch: &Batch, mode: CommitMode) -> Result<(), ConsumeError> {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch.messages {
-            let e = next
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert(0);
+            let e = next.entry((m.topic().to_string(), m.partition())).or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
         if next.is_empty() {
@@ -193,11 +210,7 @@ impl EventConsumer {
 
     /// Runs until `shutdown` turns true: batch → process (retrying on
     /// failure) → commit. Calls `on_applied` with each batch's outcome.
-    pub async fn run(
-        self,
-        mut shutdown: watch::Receiver<bool>,
-        on_applied: impl Fn(&BatchOutcome) + Send,
-    ) {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, on_applied: impl Fn(&BatchOutcome) + Send) {
         tracing::info!(group = %self.cfg.group_id, pattern = EVENTS_PATTERN, "consumer started");
         while !*shutdown.borrow() {
             let batch = tokio::select! {

@@ -3,6 +3,8 @@
 
 pub mod manifest;
 pub mod registry;
+pub mod reload;
+pub mod routing;
 pub mod runtime;
 pub mod scorer;
 

@@ -102,10 +102,7 @@ static REDIS: OnceLock<Shared> = OnceLock::new();
 pub fn redis_url() -> String {
     REDIS
         .get_or_init(|| match std::env::var("NEXTBEST_TEST_REDIS_URL") {
-            Ok(u) if !u.is_empty() => Shared {
-                url: u,
-                _keep: None,
-            },
+            Ok(u) if !u.is_empty() => Shared { url: u, _keep: None },
             _ => {
                 let r = RedisProc::start();
                 Shared {
@@ -144,16 +141,8 @@ pub fn kafka_brokers() -> String {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "cannot start tansu at {} ({e}); run scripts/setup.sh",
-                            bin.display()
-                        )
-                    });
-                assert!(
-                    wait_port(port, Duration::from_secs(20)),
-                    "tansu did not listen"
-                );
+                    .unwrap_or_else(|e| panic!("cannot start tansu at {} ({e}); run scripts/setup.sh", bin.display()));
+                assert!(wait_port(port, Duration::from_secs(20)), "tansu did not listen");
                 // The child is left running for the life of the test process.
                 let pid = child.id();
                 std::mem::forget(child);
@@ -248,10 +237,7 @@ impl TestApp {
     }
 
     pub async fn customer_feature(&self, customer: &str, name: &str) -> serde_json::Value {
-        self.get(&format!("/v1/features/customer/{customer}"))
-            .await
-            .1["features"][name]
-            .clone()
+        self.get(&format!("/v1/features/customer/{customer}")).await.1["features"][name].clone()
     }
 
     pub async fn stop(mut self) {
@@ -288,13 +274,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// A contract event as JSON.
-pub fn event(
-    id: &str,
-    kind: &str,
-    customer: &str,
-    item: Option<&str>,
-    ts: i64,
-) -> serde_json::Value {
+pub fn event(id: &str, kind: &str, customer: &str, item: Option<&str>, ts: i64) -> serde_json::Value {
     let mut e = serde_json::json!({
         "event_id": id, "type": kind, "customer_id": customer, "ts": ts, "session_id": format!("s-{customer}"),
         "props": {"price": 25.0, "quantity": 1, "category": "shoes"}
@@ -303,4 +283,35 @@ pub fn event(
         e["item_id"] = serde_json::json!(i);
     }
     e
+}
+
+/// Sums the samples of `name` (exact series name) whose labels contain every
+/// `key="value"` in `labels`, from Prometheus text.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            (n == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+impl TestApp {
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
 }
