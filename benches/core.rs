@@ -100,12 +100,20 @@ fn bench(c: &mut Criterion) {
     for i in &items {
         model.plan.push_row(&set, &inputs, i, st.item(i), &mut data);
     }
-    g.bench_function("score_100_rows", |b| b.iter(|| model.score(&data, 100).expect("scores").len()));
+    g.bench_function("score_100_rows", |b| {
+        b.iter(|| model.score(&data, 100).expect("scores").len())
+    });
     // micro-batching check: does one call on 4 requests' rows beat 4 calls?
     let data4: Vec<f32> = data.iter().copied().cycle().take(data.len() * 4).collect();
-    g.bench_function("score_400_rows_one_call", |b| b.iter(|| model.score(&data4, 400).expect("scores").len()));
+    g.bench_function("score_400_rows_one_call", |b| {
+        b.iter(|| model.score(&data4, 400).expect("scores").len())
+    });
     g.bench_function("score_4x100_rows_four_calls", |b| {
-        b.iter(|| (0..4).map(|_| model.score(&data, 100).expect("scores").len()).sum::<usize>())
+        b.iter(|| {
+            (0..4)
+                .map(|_| model.score(&data, 100).expect("scores").len())
+                .sum::<usize>()
+        })
     });
     g.finish();
 }

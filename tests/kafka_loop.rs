@@ -136,6 +136,24 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
     assert!(poison_reason.contains("invalid JSON"), "{poison_reason}");
     let invalid_reason = found_invalid.expect("invalid event in events.dlq with an error header");
     assert!(invalid_reason.contains("item_id"), "{invalid_reason}");
+
+    // operators see the consumer: lag per partition (librdkafka statistics, every 5 s) and dead letters
+    eventually(Duration::from_secs(30), "consumer lag series", || {
+        let app = &app;
+        async move {
+            app.metrics()
+                .await
+                .contains("nextbest_consumer_lag{topic=\"events.add_to_cart\"")
+                .then_some(())
+        }
+    })
+    .await;
+    let m = app.metrics().await;
+    assert!(metric_sum(&m, "nextbest_events_dead_lettered_total", &[]) >= 2.0, "{m}");
+    assert!(
+        metric_sum(&m, "nextbest_events_consumed_total", &["type=\"add_to_cart\""]) >= 2.0,
+        "{m}"
+    );
     app.stop().await;
 }
 
