@@ -5,6 +5,7 @@
 use super::{ApiError, AppState, AppStateRef};
 use crate::decide::RecommendRequest;
 use crate::event::check_id;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::Query;
 use axum::response::Response;
@@ -15,13 +16,14 @@ use tokio::sync::broadcast::error::RecvError;
 pub async fn stream(
     state: AppStateRef,
     Query(q): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let customer = q
         .get("customer_id")
         .cloned()
         .ok_or_else(|| ApiError::bad_request("query parameter `customer_id` is required", Some("customer_id"), None))?;
     check_id("customer_id", &customer).map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
+    let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {e}"), None, None))?;
     let k = q
         .get("k")
         .and_then(|k| k.parse::<usize>().ok())
