@@ -293,3 +293,53 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     }
     assert_eq!(again, 0, "committed events are not redelivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_accepted_during_a_redis_outage_are_applied_once_it_returns() {
+    let mut redis = RedisProc::start();
+    let mut cfg = base_config();
+    cfg.store.redis_url = Some(redis.url());
+    cfg.store.timeout_ms = 300;
+    cfg.kafka = kafka_cfg();
+    let app = TestApp::spawn(cfg).await;
+    let c = unique("c");
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            json!(event(&format!("{c}-0"), "page_view", &c, Some("o1"), now_ms())),
+        )
+        .await;
+    assert_eq!(s, 202);
+    eventually(JOIN, "the first event to be consumed", || {
+        let app = &app;
+        let c = c.clone();
+        async move { (app.customer_feature(&c, "views_1h").await == 1.0).then_some(()) }
+    })
+    .await;
+
+    redis.kill();
+    // the broker still accepts events while Redis is down
+    for i in 1..=3 {
+        let (s, r) = app
+            .post(
+                "/v1/events",
+                json!(event(&format!("{c}-{i}"), "click", &c, Some("o1"), now_ms())),
+            )
+            .await;
+        assert_eq!(s, 202, "{r}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the consumer fail a few times
+    redis.restart();
+    // the restarted Redis is empty; the consumer retried the unapplied batch instead of skipping it
+    eventually(
+        Duration::from_secs(60),
+        "events accepted during the outage to be applied",
+        || {
+            let app = &app;
+            let c = c.clone();
+            async move { (app.customer_feature(&c, "clicks_1h").await == 3.0).then_some(()) }
+        },
+    )
+    .await;
+    app.stop().await;
+}
