@@ -34,7 +34,8 @@ fn events(n: usize) -> Vec<Event> {
 
 fn bench(c: &mut Criterion) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let set = Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
+    let set =
+        Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
     let evs = events(100_000);
 
     let mut g = c.benchmark_group("aggregate");
@@ -49,7 +50,11 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("apply_updates_one_entity", |b| {
-        let plans: Vec<_> = evs.iter().take(10_000).map(|e| plan_event(&set, e)).collect();
+        let plans: Vec<_> = evs
+            .iter()
+            .take(10_000)
+            .map(|e| plan_event(&set, e))
+            .collect();
         b.iter(|| {
             let mut s = EntityState::default();
             for p in &plans {
@@ -68,7 +73,8 @@ fn bench(c: &mut Criterion) {
         intra_threads: 1,
         ort_dylib_path: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
     };
-    let model = LoadedModel::load(&repo.join("models/ranker/1"), None, &set, &opts).expect("shipped model loads");
+    let model = LoadedModel::load(&repo.join("models/ranker/1"), None, &set, &opts)
+        .expect("shipped model loads");
     let items: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
     let ctx = serde_json::Map::new();
     let now = 1_764_355_200_000i64 + 100_000 * 100;

@@ -111,7 +111,8 @@ async fn main() {
             r.text().await.unwrap_or_default()
         );
     }
-    let set = Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
+    let set =
+        Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
     let store = RedisStore::connect(
         RedisSettings {
             url: redis_url.clone(),
@@ -142,7 +143,9 @@ async fn main() {
     );
 
     let body = |i: usize| {
-        let cands: Vec<String> = (0..100).map(|j| format!("bi{}", (i * 13 + j * 10) % 1000)).collect();
+        let cands: Vec<String> = (0..100)
+            .map(|j| format!("bi{}", (i * 13 + j * 10) % 1000))
+            .collect();
         json!({"customer_id": format!("bc{}", i % 200), "k": 10, "candidates": cands, "context": {"is_mobile": i.is_multiple_of(2)}})
     };
     // warm up
@@ -232,7 +235,9 @@ async fn main() {
         let t = Instant::now();
         producer
             .send(
-                FutureRecord::to("events.page_view").key(&c).payload(&payload),
+                FutureRecord::to("events.page_view")
+                    .key(&c)
+                    .payload(&payload),
                 Duration::from_secs(5),
             )
             .await
@@ -246,10 +251,16 @@ async fn main() {
                 })
                 .await
                 .expect("read");
-            if nextbest::features::aggregate::numeric_value(&f, &r.customer, nextbest::now_ms()).unwrap_or(0.0) >= 1.0 {
+            if nextbest::features::aggregate::numeric_value(&f, &r.customer, nextbest::now_ms())
+                .unwrap_or(0.0)
+                >= 1.0
+            {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "event never became visible");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "event never became visible"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         fresh.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -260,7 +271,10 @@ async fn main() {
         "{}",
         summary("recommend, sequential, 100 candidates, Redis (client)", seq)
     );
-    println!("{}", summary("  same, server-side `timings_us.total`", server_total));
+    println!(
+        "{}",
+        summary("  same, server-side `timings_us.total`", server_total)
+    );
     println!(
         "{}",
         summary(
@@ -270,7 +284,10 @@ async fn main() {
     );
     println!(
         "{}",
-        summary("event → feature visible in Redis (Kafka produce → poll)", fresh)
+        summary(
+            "event → feature visible in Redis (Kafka produce → poll)",
+            fresh
+        )
     );
     println!("\nsequential fallbacks: {fallbacks}; open-loop failures/fallbacks: {open_fallbacks}; achieved rate {achieved:.0} req/s");
     std::process::exit(0);

@@ -46,7 +46,10 @@ pub enum AppError {
     #[error(transparent)]
     Routing(#[from] crate::model::routing::RoutingError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -65,36 +68,39 @@ impl App {
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = crate::metrics::install();
         let set = Arc::new(FeatureSet::load(&cfg.features)?);
-        let store: Arc<dyn FeatureStore> = match &cfg.store.redis_url {
-            Some(url) => {
-                let settings = RedisSettings {
-                    url: url.clone(),
-                    key_prefix: cfg.store.key_prefix.clone(),
-                    dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
-                    ttl_seconds: cfg.store.ttl_secs,
-                    timeout_ms: cfg.store.timeout_ms,
-                };
-                Arc::new(
-                    RedisStore::connect(settings, set.clone())
-                        .await
-                        .map_err(|source| AppError::Redis {
+        let store: Arc<dyn FeatureStore> =
+            match &cfg.store.redis_url {
+                Some(url) => {
+                    let settings = RedisSettings {
+                        url: url.clone(),
+                        key_prefix: cfg.store.key_prefix.clone(),
+                        dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
+                        ttl_seconds: cfg.store.ttl_secs,
+                        timeout_ms: cfg.store.timeout_ms,
+                    };
+                    Arc::new(RedisStore::connect(settings, set.clone()).await.map_err(
+                        |source| AppError::Redis {
                             url: url.clone(),
                             source,
-                        })?,
-                )
-            }
-            None => Arc::new(MemoryStore::new(
-                set.clone(),
-                (cfg.store.dedupe_window_secs * 1000) as i64,
-            )),
-        };
+                        },
+                    )?)
+                }
+                None => Arc::new(MemoryStore::new(
+                    set.clone(),
+                    (cfg.store.dedupe_window_secs * 1000) as i64,
+                )),
+            };
         runtime::environment(cfg.ort_dylib_path.as_deref())?;
         let opts = LoadOptions {
             sessions: cfg.model.sessions,
             intra_threads: cfg.model.intra_threads,
             ort_dylib_path: cfg.ort_dylib_path.clone(),
         };
-        let routing = Routing::new(&cfg.model.traffic, &cfg.model.shadow, cfg.model.default.clone())?;
+        let routing = Routing::new(
+            &cfg.model.traffic,
+            &cfg.model.shadow,
+            cfg.model.default.clone(),
+        )?;
         let reg = Registry::rescan(&cfg.models_dir, &set, &opts, &routing.pinned(), None);
         publish_serving(None, &reg);
         let registry = Arc::new(ArcSwap::from_pointee(reg));
@@ -138,8 +144,13 @@ impl App {
             popularity: popularity.clone(),
             cfg: cfg.recommend.clone(),
             routing,
-            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0)
-                .then(|| crate::decide::item_cache::ItemCache::new(Duration::from_millis(cfg.recommend.item_cache_ms))),
+            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
+                || {
+                    crate::decide::item_cache::ItemCache::new(Duration::from_millis(
+                        cfg.recommend.item_cache_ms,
+                    ))
+                },
+            ),
         });
         let listener = TcpListener::bind(cfg.http_addr)
             .await
@@ -215,7 +226,11 @@ impl App {
             ),
             None => "none (events applied in-process)".to_string(),
         };
-        let addr = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let addr = self
+            .listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         format!(
             "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  url:      http://{}",
             env!("CARGO_PKG_VERSION"),
@@ -232,7 +247,10 @@ impl App {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
         tasks.push(tokio::spawn(refresh_popularity(
@@ -267,7 +285,11 @@ impl App {
     }
 }
 
-async fn refresh_popularity(state: Arc<AppState>, target: Arc<ArcSwap<Popularity>>, mut stop: watch::Receiver<bool>) {
+async fn refresh_popularity(
+    state: Arc<AppState>,
+    target: Arc<ArcSwap<Popularity>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let every = Duration::from_secs(state.cfg.recommend.popularity_refresh_secs.max(1));
     loop {
         match Popularity::build(state.store.as_ref(), &state.set, crate::now_ms()).await {

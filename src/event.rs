@@ -64,7 +64,10 @@ impl EventType {
     pub fn requires_item(self) -> bool {
         matches!(
             self,
-            EventType::Click | EventType::AddToCart | EventType::RemoveFromCart | EventType::Purchase
+            EventType::Click
+                | EventType::AddToCart
+                | EventType::RemoveFromCart
+                | EventType::Purchase
         )
     }
 
@@ -140,7 +143,8 @@ const STRING_PROPS: [&str; 2] = ["category", "page"];
 impl Event {
     /// Parses and validates one event from raw bytes (a Kafka message, a line).
     pub fn from_slice(bytes: &[u8]) -> Result<Event, EventError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
         Event::from_value(value)
     }
 
@@ -199,7 +203,10 @@ impl Event {
         for name in STRING_PROPS {
             if let Some(v) = props.get(name) {
                 if !v.is_string() {
-                    return Err(EventError::invalid(&format!("props.{name}"), "must be a string"));
+                    return Err(EventError::invalid(
+                        &format!("props.{name}"),
+                        "must be a string",
+                    ));
                 }
             }
         }
@@ -253,12 +260,18 @@ fn parse_ts(v: &Value) -> Result<i64, EventError> {
         ));
     }
     if ts > MAX_TS_MS {
-        return Err(EventError::invalid("ts", format!("{ts} is after 2200-01-01")));
+        return Err(EventError::invalid(
+            "ts",
+            format!("{ts} is after 2200-01-01"),
+        ));
     }
     Ok(ts)
 }
 
-fn required_string(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, EventError> {
+fn required_string(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, EventError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Err(EventError::Missing(field)),
         Some(Value::String(s)) => Ok(s),
@@ -272,7 +285,10 @@ fn required_id(obj: &mut Map<String, Value>, field: &'static str) -> Result<Stri
     Ok(s)
 }
 
-fn optional_id(obj: &mut Map<String, Value>, field: &'static str) -> Result<Option<String>, EventError> {
+fn optional_id(
+    obj: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, EventError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
@@ -348,7 +364,10 @@ mod tests {
 
         let mut v = good();
         v["type"] = json!("teleport");
-        assert_eq!(Event::from_value(v).unwrap_err().field().as_deref(), Some("type"));
+        assert_eq!(
+            Event::from_value(v).unwrap_err().field().as_deref(),
+            Some("type")
+        );
 
         let mut v = good();
         v["props"]["price"] = json!("cheap");
@@ -364,7 +383,10 @@ mod tests {
             Some("customer_id")
         );
 
-        assert!(matches!(Event::from_slice(b"{nope"), Err(EventError::Json(_))));
+        assert!(matches!(
+            Event::from_slice(b"{nope"),
+            Err(EventError::Json(_))
+        ));
         assert_eq!(Event::from_slice(b"[1]"), Err(EventError::NotAnObject));
     }
 

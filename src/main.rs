@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "nextbest", version, about = "Real-time next-best-action server")]
+#[command(
+    name = "nextbest",
+    version,
+    about = "Real-time next-best-action server"
+)]
 struct Cli {
     /// Config file (default: $NEXTBEST_CONFIG, else ./nextbest.toml if present).
     #[arg(long, global = true)]
@@ -57,7 +61,8 @@ enum ModelsCommand {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -65,7 +70,11 @@ fn init_logging() {
     if std::io::stdout().is_terminal() {
         builder.compact().init();
     } else {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     }
 }
 
@@ -97,7 +106,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backfill { .. } => {
             bail!("`nextbest backfill` is not implemented yet; use POST /v1/events or Kafka to load events")
         }
-        Command::ExportTraining { events, labels, out } => {
+        Command::ExportTraining {
+            events,
+            labels,
+            out,
+        } => {
             let set = Arc::new(FeatureSet::load(&cfg.features)?);
             let t = std::time::Instant::now();
             let s = nextbest::backfill::export::export_training(set, &events, &labels, &out)?;
@@ -164,7 +177,10 @@ fn models_check(cfg: &Config, dir: &Path) -> anyhow::Result<()> {
                 }
                 ModelStatus::Serving => println!("ok: {name}/{} (would serve)", v.version),
                 ModelStatus::Pinned => println!("ok: {name}/{} (loaded)", v.version),
-                ModelStatus::Standby => println!("ok: {name}/{} (manifest valid; a higher version serves)", v.version),
+                ModelStatus::Standby => println!(
+                    "ok: {name}/{} (manifest valid; a higher version serves)",
+                    v.version
+                ),
             }
         }
     }

@@ -32,8 +32,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
                 .map(PrometheusBuilder::build_recorder);
             match recorder {
@@ -85,16 +85,33 @@ fn describe() {
         MODELS_SERVING,
         "1 for each model version currently serving, by model and version"
     );
-    describe_counter!(FALLBACKS, "recommendations answered with the fallback list, by reason");
+    describe_counter!(
+        FALLBACKS,
+        "recommendations answered with the fallback list, by reason"
+    );
     describe_counter!(EVENTS_CONSUMED, "Kafka messages consumed, by event type");
     describe_counter!(EVENTS_APPLIED, "events applied to the store, by event type");
-    describe_counter!(EVENTS_DUPLICATE, "events skipped as duplicates (same event_id)");
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "events skipped as duplicates (same event_id)"
+    );
     describe_counter!(
         EVENTS_DEAD_LETTERED,
         "messages sent to the dead-letter topic, by reason"
     );
-    describe_counter!(EVENTS_PRODUCED, "events produced by POST /v1/events, by event type");
-    describe_histogram!(EVENT_FRESHNESS, Unit::Seconds, "apply time minus event time");
+    describe_counter!(
+        EVENTS_PRODUCED,
+        "events produced by POST /v1/events, by event type"
+    );
+    describe_histogram!(
+        EVENT_FRESHNESS,
+        Unit::Seconds,
+        "apply time minus event time"
+    );
     describe_counter!(STORE_ERRORS, "failed store calls, by operation");
-    describe_histogram!(APPLY_SECONDS, Unit::Seconds, "time to apply one batch to the store");
+    describe_histogram!(
+        APPLY_SECONDS,
+        Unit::Seconds,
+        "time to apply one batch to the store"
+    );
 }

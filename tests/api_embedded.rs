@@ -13,7 +13,10 @@ async fn events_change_features_and_recommendations() {
     let t = now_ms();
     let cands = json!(["p1", "p2", "p3", "p4"]);
     let (s, before) = app
-        .post("/v1/recommend", json!({"customer_id": c, "k": 4, "candidates": cands}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "k": 4, "candidates": cands}),
+        )
         .await;
     assert_eq!(s, 200, "{before}");
     assert_eq!(before["fallback"], false, "{before}");
@@ -38,7 +41,10 @@ async fn events_change_features_and_recommendations() {
     assert_eq!(item["features"]["carts_24h"], 1.0);
 
     let (_, after) = app
-        .post("/v1/recommend", json!({"customer_id": c, "k": 4, "candidates": cands}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "k": 4, "candidates": cands}),
+        )
         .await;
     let score = |r: &serde_json::Value, id: &str| {
         r["items"]
@@ -65,7 +71,9 @@ async fn events_change_features_and_recommendations() {
     assert_eq!(app.customer_feature(&c, "carts_1h").await, 1.0);
 
     // generated candidates include what the customer carted
-    let (_, gen) = app.post("/v1/recommend", json!({"customer_id": c, "k": 5})).await;
+    let (_, gen) = app
+        .post("/v1/recommend", json!({"customer_id": c, "k": 5}))
+        .await;
     assert!(
         gen["items"]
             .as_array()
@@ -74,11 +82,17 @@ async fn events_change_features_and_recommendations() {
     );
 
     // purchase: excluded afterwards, cart emptied
-    app.post("/v1/events", json!(event("e4", "purchase", &c, Some("p3"), t)))
-        .await;
+    app.post(
+        "/v1/events",
+        json!(event("e4", "purchase", &c, Some("p3"), t)),
+    )
+    .await;
     assert_eq!(app.customer_feature(&c, "cart_value").await, 0.0);
     let (_, post) = app
-        .post("/v1/recommend", json!({"customer_id": c, "k": 4, "candidates": cands}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "k": 4, "candidates": cands}),
+        )
         .await;
     assert!(
         post["items"]
@@ -97,8 +111,14 @@ async fn bad_requests_name_the_field() {
         (json!({"customer_id": 7}), "customer_id"),
         (json!({"customer_id": "c", "k": 0}), "k"),
         (json!({"customer_id": "c", "k": "five"}), "k"),
-        (json!({"customer_id": "c", "candidates": "p1"}), "candidates"),
-        (json!({"customer_id": "c", "candidates": ["p1", 2]}), "candidates[1]"),
+        (
+            json!({"customer_id": "c", "candidates": "p1"}),
+            "candidates",
+        ),
+        (
+            json!({"customer_id": "c", "candidates": ["p1", 2]}),
+            "candidates[1]",
+        ),
         (json!({"customer_id": "c", "budget_ms": -5}), "budget_ms"),
         (json!({"customer_id": "c", "context": [1]}), "context"),
         (json!({"customer_id": "c", "model": "nope"}), "model"),
@@ -108,11 +128,17 @@ async fn bad_requests_name_the_field() {
         let (s, r) = app.post("/v1/recommend", body.clone()).await;
         assert_eq!(s, 400, "{body} → {r}");
         assert_eq!(r["field"], field, "{body} → {r}");
-        assert!(r["error"].as_str().is_some_and(|e| e.contains(field)), "{r}");
+        assert!(
+            r["error"].as_str().is_some_and(|e| e.contains(field)),
+            "{r}"
+        );
     }
     let (s, r) = app.post_raw("/v1/recommend", "{not json").await;
     assert_eq!(s, 400);
-    assert!(r["error"].as_str().is_some_and(|e| e.contains("JSON")), "{r}");
+    assert!(
+        r["error"].as_str().is_some_and(|e| e.contains("JSON")),
+        "{r}"
+    );
 
     // events: the index and field are named, and nothing is applied
     let c = unique("c");
@@ -152,7 +178,8 @@ async fn health_models_and_metrics() {
     let (_, m) = app.get("/v1/models").await;
     assert_eq!(m["default"], "ranker");
     assert_eq!(m["models"][0]["serving_version"], 1);
-    app.post("/v1/recommend", json!({"customer_id": "m1"})).await;
+    app.post("/v1/recommend", json!({"customer_id": "m1"}))
+        .await;
     let text = app
         .client
         .get(format!("{}/metrics", app.base))
@@ -175,7 +202,10 @@ async fn without_a_model_recommend_falls_back_and_readyz_says_why() {
     cfg.models_dir = empty;
     let app = TestApp::spawn(cfg).await;
     let (s, r) = app
-        .post("/v1/recommend", json!({"customer_id": "c", "candidates": ["a", "b"]}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": "c", "candidates": ["a", "b"]}),
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(r["fallback"], true);

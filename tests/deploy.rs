@@ -165,7 +165,11 @@ fn panels(dash: &Value) -> Vec<&Value> {
 }
 
 fn panel_name(p: &Value) -> String {
-    format!("panel {} {:?}", p["id"], p["title"].as_str().unwrap_or("(untitled)"))
+    format!(
+        "panel {} {:?}",
+        p["id"],
+        p["title"].as_str().unwrap_or("(untitled)")
+    )
 }
 
 /// Every PromQL expression of the dashboard: (where, expr).
@@ -189,7 +193,10 @@ fn dashboard_queries_name_only_exported_metrics() {
     let mut errors = Vec::new();
     let mut used = BTreeSet::new();
 
-    let vars = dash["templating"]["list"].as_array().cloned().unwrap_or_default();
+    let vars = dash["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let ds_var = vars
         .iter()
         .find(|v| v["type"] == "datasource" && v["query"] == "prometheus");
@@ -247,7 +254,9 @@ fn dashboard_queries_name_only_exported_metrics() {
     assert!(queried >= 20, "only {queried} queries in the dashboard");
 
     for name in catalog.keys().filter(|n| !used.contains(*n)) {
-        errors.push(format!("{name} (src/metrics.rs) has no panel in {DASHBOARD}: add one"));
+        errors.push(format!(
+            "{name} (src/metrics.rs) has no panel in {DASHBOARD}: add one"
+        ));
     }
     assert!(
         errors.is_empty(),
@@ -273,7 +282,11 @@ fn alert_rules_name_only_exported_metrics_and_are_tested_and_documented() {
         .filter_map(|l| l.trim().strip_prefix("- alert:"))
         .map(|a| a.trim().to_string())
         .collect();
-    assert!(alerts.len() >= 7, "only {} alerts in {ALERTS}", alerts.len());
+    assert!(
+        alerts.len() >= 7,
+        "only {} alerts in {ALERTS}",
+        alerts.len()
+    );
     let tests = read(ALERTS_TEST);
     let readme = read(README);
     for a in &alerts {
@@ -367,7 +380,9 @@ fn dashboard_promql_parses() {
             .replace("$__interval", "1m")
             .replace("$__range", "1h");
         for v in &vars {
-            e = e.replace(&format!("${{{v}}}"), ".*").replace(&format!("${v}"), ".*");
+            e = e
+                .replace(&format!("${{{v}}}"), ".*")
+                .replace(&format!("${v}"), ".*");
         }
         assert!(!e.contains('$'), "{place}: unknown variable in {expr}");
         let quoted = serde_json::to_string(&e).expect("quote");

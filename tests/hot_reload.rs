@@ -34,7 +34,12 @@ fn publish(root: &Path, version: u32, swap: bool) {
 
 fn fixture() -> PathBuf {
     let root = std::env::temp_dir().join(unique("models"));
-    copy_version(&repo().join("models/ranker/1"), &root.join("ranker/1"), 1, false);
+    copy_version(
+        &repo().join("models/ranker/1"),
+        &root.join("ranker/1"),
+        1,
+        false,
+    );
     root
 }
 
@@ -43,7 +48,12 @@ fn scores(r: &Value) -> BTreeMap<String, String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|i| (i["item_id"].as_str().unwrap_or("").to_string(), i["score"].to_string()))
+                .map(|i| {
+                    (
+                        i["item_id"].as_str().unwrap_or("").to_string(),
+                        i["score"].to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -95,24 +105,32 @@ async fn hot_swap_under_load_never_fails_or_mixes_versions_and_rolls_back_on_rem
     // a broken version 3 is rejected and 2 keeps serving
     std::fs::create_dir_all(root.join("ranker/3.tmp")).expect("mkdir");
     std::fs::write(root.join("ranker/3.tmp/model.onnx"), b"garbage").expect("write");
-    std::fs::copy(root.join("ranker/2/model.toml"), root.join("ranker/3.tmp/model.toml")).expect("copy");
+    std::fs::copy(
+        root.join("ranker/2/model.toml"),
+        root.join("ranker/3.tmp/model.toml"),
+    )
+    .expect("copy");
     let m = std::fs::read_to_string(root.join("ranker/3.tmp/model.toml"))
         .expect("read")
         .replace("version = 2", "version = 3");
     std::fs::write(root.join("ranker/3.tmp/model.toml"), m).expect("write");
     std::fs::rename(root.join("ranker/3.tmp"), root.join("ranker/3")).expect("rename");
-    eventually(Duration::from_secs(30), "version 3 to be listed as rejected", || {
-        let app = app.clone();
-        async move {
-            let (_, m) = app.get("/v1/models").await;
-            let v3 = m["models"][0]["versions"]
-                .as_array()?
-                .iter()
-                .find(|v| v["version"] == 3)?
-                .clone();
-            (v3["status"] == "rejected").then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "version 3 to be listed as rejected",
+        || {
+            let app = app.clone();
+            async move {
+                let (_, m) = app.get("/v1/models").await;
+                let v3 = m["models"][0]["versions"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["version"] == 3)?
+                    .clone();
+                (v3["status"] == "rejected").then_some(())
+            }
+        },
+    )
     .await;
     assert_eq!(serving_version(&app).await, Some(2));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -132,12 +150,18 @@ async fn hot_swap_under_load_never_fails_or_mixes_versions_and_rolls_back_on_rem
     for w in workers {
         for (status, r) in w.await.expect("worker") {
             assert_eq!(status, 200, "{r}");
-            assert_eq!(r["fallback"], false, "no request may fall back during a swap: {r}");
+            assert_eq!(
+                r["fallback"], false,
+                "no request may fall back during a swap: {r}"
+            );
             let v = r["model"]["version"].as_u64().expect("a version");
             *counts.entry(v).or_default() += 1;
             let s = scores(&r);
             let expected = by_version.entry(v).or_insert_with(|| s.clone());
-            assert_eq!(&s, expected, "every response of version {v} has that version's scores");
+            assert_eq!(
+                &s, expected,
+                "every response of version {v} has that version's scores"
+            );
         }
     }
     assert!(
@@ -163,7 +187,11 @@ async fn traffic_split_follows_weights_and_shadow_never_answers() {
     let app = TestApp::spawn(cfg).await;
     let (_, m) = app.get("/v1/models").await;
     assert_eq!(m["models"][0]["serving_version"], 2, "{m}");
-    assert_eq!(m["models"][0]["split"].as_array().map(Vec::len), Some(2), "{m}");
+    assert_eq!(
+        m["models"][0]["split"].as_array().map(Vec::len),
+        Some(2),
+        "{m}"
+    );
     let before = app.metrics().await;
     let mut v1 = 0;
     let n = 400;
@@ -188,10 +216,16 @@ async fn traffic_split_follows_weights_and_shadow_never_answers() {
     );
     // the same customer always gets the same version
     let (_, a) = app
-        .post("/v1/recommend", json!({"customer_id": "split-7", "candidates": ["a"]}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": "split-7", "candidates": ["a"]}),
+        )
         .await;
     let (_, b) = app
-        .post("/v1/recommend", json!({"customer_id": "split-7", "candidates": ["a"]}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": "split-7", "candidates": ["a"]}),
+        )
         .await;
     assert_eq!(a["model"], b["model"]);
     // an explicit model choice wins over the split
@@ -203,12 +237,22 @@ async fn traffic_split_follows_weights_and_shadow_never_answers() {
         .await;
     assert_eq!(r["model"]["version"], 1);
     // shadow scored the requests served by v2, off the response
-    let shadow = |t: &str| metric_sum(t, "nextbest_model_scores_total", &["role=\"shadow\"", "version=\"1\""]);
-    eventually(Duration::from_secs(10), "shadow scores to be counted", || {
-        let app = &app;
-        let before = shadow(&before);
-        async move { (shadow(&app.metrics().await) > before).then_some(()) }
-    })
+    let shadow = |t: &str| {
+        metric_sum(
+            t,
+            "nextbest_model_scores_total",
+            &["role=\"shadow\"", "version=\"1\""],
+        )
+    };
+    eventually(
+        Duration::from_secs(10),
+        "shadow scores to be counted",
+        || {
+            let app = &app;
+            let before = shadow(&before);
+            async move { (shadow(&app.metrics().await) > before).then_some(()) }
+        },
+    )
     .await;
     app.stop().await;
 }

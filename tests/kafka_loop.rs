@@ -63,10 +63,14 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
     let t = now_ms();
     let cands = json!(["k1", "k2", "k3"]);
     let (_, before) = app
-        .post("/v1/recommend", json!({"customer_id": c, "candidates": cands, "k": 3}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "candidates": cands, "k": 3}),
+        )
         .await;
 
-    let ev = serde_json::to_vec(&event(&format!("{c}-1"), "add_to_cart", &c, Some("k2"), t)).expect("json");
+    let ev = serde_json::to_vec(&event(&format!("{c}-1"), "add_to_cart", &c, Some("k2"), t))
+        .expect("json");
     produce(&p, "events.add_to_cart", &c, &ev).await;
     eventually(JOIN, "produced add_to_cart to show in features", || {
         let app = &app;
@@ -75,18 +79,43 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
     })
     .await;
     let (_, after) = app
-        .post("/v1/recommend", json!({"customer_id": c, "candidates": cands, "k": 3}))
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": c, "candidates": cands, "k": 3}),
+        )
         .await;
     assert_eq!(after["fallback"], false);
-    assert_eq!(after["items"][0]["item_id"], "k2", "before {before}, after {after}");
+    assert_eq!(
+        after["items"][0]["item_id"], "k2",
+        "before {before}, after {after}"
+    );
 
     // the same event again (a redelivery), then poison, then a good marker event
     produce(&p, "events.add_to_cart", &c, &ev).await;
     let poison_id = unique("poison");
-    produce(&p, "events.click", &c, format!("{{not json {poison_id}").as_bytes()).await;
+    produce(
+        &p,
+        "events.click",
+        &c,
+        format!("{{not json {poison_id}").as_bytes(),
+    )
+    .await;
     let invalid = json!({"event_id": unique("inv"), "type": "click", "customer_id": c, "ts": t});
-    produce(&p, "events.click", &c, &serde_json::to_vec(&invalid).expect("json")).await;
-    let marker = serde_json::to_vec(&event(&format!("{c}-2"), "page_view", &c, Some("k3"), t + 1)).expect("json");
+    produce(
+        &p,
+        "events.click",
+        &c,
+        &serde_json::to_vec(&invalid).expect("json"),
+    )
+    .await;
+    let marker = serde_json::to_vec(&event(
+        &format!("{c}-2"),
+        "page_view",
+        &c,
+        Some("k3"),
+        t + 1,
+    ))
+    .expect("json");
     produce(&p, "events.page_view", &c, &marker).await;
     eventually(
         Duration::from_secs(30),
@@ -116,7 +145,9 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
     let mut found_poison = None;
     let mut found_invalid = None;
     let deadline = tokio::time::Instant::now() + JOIN;
-    while (found_poison.is_none() || found_invalid.is_none()) && tokio::time::Instant::now() < deadline {
+    while (found_poison.is_none() || found_invalid.is_none())
+        && tokio::time::Instant::now() < deadline
+    {
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await else {
             continue;
         };
@@ -149,9 +180,16 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
     })
     .await;
     let m = app.metrics().await;
-    assert!(metric_sum(&m, "nextbest_events_dead_lettered_total", &[]) >= 2.0, "{m}");
     assert!(
-        metric_sum(&m, "nextbest_events_consumed_total", &["type=\"add_to_cart\""]) >= 2.0,
+        metric_sum(&m, "nextbest_events_dead_lettered_total", &[]) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(
+            &m,
+            "nextbest_events_consumed_total",
+            &["type=\"add_to_cart\""]
+        ) >= 2.0,
         "{m}"
     );
     app.stop().await;
@@ -185,7 +223,8 @@ async fn post_events_with_kafka_answers_after_the_broker_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_double_counts() {
-    let set = Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features"));
+    let set =
+        Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features"));
     let settings = RedisSettings {
         url: redis_url(),
         key_prefix: unique("k"),
@@ -193,7 +232,11 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
         ttl_seconds: 3600,
         timeout_ms: 2000,
     };
-    let store: Arc<dyn FeatureStore> = Arc::new(RedisStore::connect(settings, set.clone()).await.expect("redis"));
+    let store: Arc<dyn FeatureStore> = Arc::new(
+        RedisStore::connect(settings, set.clone())
+            .await
+            .expect("redis"),
+    );
     let cfg = kafka_cfg();
     let brokers = kafka_brokers();
     ensure_topics(&brokers, &cfg).await.expect("topics");
@@ -240,8 +283,15 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     let mut applied_first = 0;
     let deadline = tokio::time::Instant::now() + JOIN;
     while applied_first < n && tokio::time::Instant::now() < deadline {
-        let batch = first.next_batch(Duration::from_secs(2)).await.expect("batch");
-        let ours = batch.messages.iter().filter(|m| m.key() == Some(c.as_bytes())).count();
+        let batch = first
+            .next_batch(Duration::from_secs(2))
+            .await
+            .expect("batch");
+        let ours = batch
+            .messages
+            .iter()
+            .filter(|m| m.key() == Some(c.as_bytes()))
+            .count();
         first.process(&batch).await.expect("applied");
         applied_first += ours as i64;
     }
@@ -262,8 +312,15 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     let mut duplicates = 0;
     let deadline = tokio::time::Instant::now() + JOIN;
     while redelivered < n && tokio::time::Instant::now() < deadline {
-        let batch = second.next_batch(Duration::from_secs(2)).await.expect("batch");
-        redelivered += batch.messages.iter().filter(|m| m.key() == Some(c.as_bytes())).count() as i64;
+        let batch = second
+            .next_batch(Duration::from_secs(2))
+            .await
+            .expect("batch");
+        redelivered += batch
+            .messages
+            .iter()
+            .filter(|m| m.key() == Some(c.as_bytes()))
+            .count() as i64;
         let out = second.process(&batch).await.expect("applied");
         duplicates += out.duplicates;
         second.commit(&batch, CommitMode::Sync).expect("commit");
@@ -273,7 +330,11 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
         duplicates >= n as usize,
         "redelivered events are recognised as duplicates"
     );
-    assert_eq!(carts(store.clone(), c.clone()).await, n as f64, "no double count");
+    assert_eq!(
+        carts(store.clone(), c.clone()).await,
+        n as f64,
+        "no double count"
+    );
     drop(second);
 
     // a third consumer after the commit sees none of them again
@@ -288,8 +349,15 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     let mut again = 0;
     let until = tokio::time::Instant::now() + Duration::from_secs(15);
     while tokio::time::Instant::now() < until {
-        let batch = third.next_batch(Duration::from_secs(1)).await.expect("batch");
-        again += batch.messages.iter().filter(|m| m.key() == Some(c.as_bytes())).count();
+        let batch = third
+            .next_batch(Duration::from_secs(1))
+            .await
+            .expect("batch");
+        again += batch
+            .messages
+            .iter()
+            .filter(|m| m.key() == Some(c.as_bytes()))
+            .count();
     }
     assert_eq!(again, 0, "committed events are not redelivered");
 }
@@ -306,7 +374,13 @@ async fn events_accepted_during_a_redis_outage_are_applied_once_it_returns() {
     let (s, _) = app
         .post(
             "/v1/events",
-            json!(event(&format!("{c}-0"), "page_view", &c, Some("o1"), now_ms())),
+            json!(event(
+                &format!("{c}-0"),
+                "page_view",
+                &c,
+                Some("o1"),
+                now_ms()
+            )),
         )
         .await;
     assert_eq!(s, 202);
@@ -323,7 +397,13 @@ async fn events_accepted_during_a_redis_outage_are_applied_once_it_returns() {
         let (s, r) = app
             .post(
                 "/v1/events",
-                json!(event(&format!("{c}-{i}"), "click", &c, Some("o1"), now_ms())),
+                json!(event(
+                    &format!("{c}-{i}"),
+                    "click",
+                    &c,
+                    Some("o1"),
+                    now_ms()
+                )),
             )
             .await;
         assert_eq!(s, 202, "{r}");

@@ -39,8 +39,14 @@ fn models_fixture() -> PathBuf {
     });
     // v4: a corrupt ONNX file
     copy_version(&shipped, &root.join("ranker/4"));
-    edit_manifest(&root.join("ranker/4"), |t| t.replace("version = 1", "version = 4"));
-    std::fs::write(root.join("ranker/4/model.onnx"), b"this is not an onnx file").expect("write");
+    edit_manifest(&root.join("ranker/4"), |t| {
+        t.replace("version = 1", "version = 4")
+    });
+    std::fs::write(
+        root.join("ranker/4/model.onnx"),
+        b"this is not an onnx file",
+    )
+    .expect("write");
     // a half-copied folder that is not a version
     std::fs::create_dir_all(root.join("ranker/7.tmp")).expect("mkdir");
     root
@@ -114,8 +120,15 @@ fn models_check_passes_the_shipped_model_and_fails_broken_ones() {
     let root = models_fixture();
     let (code, out) = nextbest(&["models", "check", root.to_str().expect("utf8")]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("ranker/3") && out.contains("customer.shoe_size"), "{out}");
-    let (code, out) = nextbest(&["models", "check", root.join("ranker/4").to_str().expect("utf8")]);
+    assert!(
+        out.contains("ranker/3") && out.contains("customer.shoe_size"),
+        "{out}"
+    );
+    let (code, out) = nextbest(&[
+        "models",
+        "check",
+        root.join("ranker/4").to_str().expect("utf8"),
+    ]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("cannot load ONNX model"), "{out}");
 }

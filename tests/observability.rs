@@ -21,7 +21,10 @@ async fn traffic_moves_request_stage_model_event_and_fallback_series() {
     .await;
     for _ in 0..5 {
         let (s, _) = app
-            .post("/v1/recommend", json!({"customer_id": c, "candidates": ["i1", "i2"]}))
+            .post(
+                "/v1/recommend",
+                json!({"customer_id": c, "candidates": ["i1", "i2"]}),
+            )
             .await;
         assert_eq!(s, 200);
     }
@@ -32,7 +35,9 @@ async fn traffic_moves_request_stage_model_event_and_fallback_series() {
     )
     .await; // may fall back
     let after = app.metrics().await;
-    let delta = |name: &str, labels: &[&str]| metric_sum(&after, name, labels) - metric_sum(&before, name, labels);
+    let delta = |name: &str, labels: &[&str]| {
+        metric_sum(&after, name, labels) - metric_sum(&before, name, labels)
+    };
     assert!(
         delta(
             "nextbest_http_requests_total",
@@ -61,7 +66,12 @@ async fn traffic_moves_request_stage_model_event_and_fallback_series() {
             "stage {stage} histogram did not move"
         );
     }
-    assert!(delta("nextbest_model_scores_total", &["model=\"ranker\"", "role=\"primary\""]) >= 10.0);
+    assert!(
+        delta(
+            "nextbest_model_scores_total",
+            &["model=\"ranker\"", "role=\"primary\""]
+        ) >= 10.0
+    );
     assert!(delta("nextbest_events_applied_total", &["type=\"add_to_cart\""]) >= 1.0);
     assert!(delta("nextbest_event_freshness_seconds_count", &[]) >= 2.0);
     assert!(
@@ -79,7 +89,9 @@ async fn traffic_moves_request_stage_model_event_and_fallback_series() {
         .await
         .expect("sent");
     assert_eq!(
-        r.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
         Some("req-abc-123")
     );
     let body: serde_json::Value = r.json().await.expect("json");

@@ -118,7 +118,9 @@ async fn redis_store(url: &str, set: Arc<FeatureSet>) -> RedisStore {
         ttl_seconds: 3600,
         timeout_ms: 2000,
     };
-    RedisStore::connect(settings, set).await.expect("redis connects")
+    RedisStore::connect(settings, set)
+        .await
+        .expect("redis connects")
 }
 
 #[tokio::test]
@@ -153,7 +155,11 @@ async fn redis_and_memory_agree_on_shuffled_histories_with_duplicates() {
                 let b = red.read(&q).await.expect("redis read");
                 assert_close(&a.customer, &b.customer, &format!("seed {seed} {cid}"));
                 assert_eq!(a.session_id, b.session_id, "seed {seed} {cid} session id");
-                assert_close(&a.session, &b.session, &format!("seed {seed} {cid} session"));
+                assert_close(
+                    &a.session,
+                    &b.session,
+                    &format!("seed {seed} {cid} session"),
+                );
                 for (i, (x, y)) in a.items.iter().zip(&b.items).enumerate() {
                     assert_close(x, y, &format!("seed {seed} item p{i}"));
                 }
@@ -216,7 +222,10 @@ async fn redis_outage_gives_fallbacks_within_budget_then_recovers() {
     )
     .await;
     let (s, _) = app
-        .post("/v1/events", json!(event("r2", "page_view", &c, Some("p2"), now_ms())))
+        .post(
+            "/v1/events",
+            json!(event("r2", "page_view", &c, Some("p2"), now_ms())),
+        )
         .await;
     assert_eq!(s, 202, "events are stored again after the restart");
     app.stop().await;

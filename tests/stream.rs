@@ -28,8 +28,13 @@ where
 async fn feature_changes_push_fresh_recommendations() {
     let app = TestApp::spawn(base_config()).await;
     let c = unique("c");
-    let url = format!("{}/v1/stream?customer_id={c}&k=3", app.base.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+    let url = format!(
+        "{}/v1/stream?customer_id={c}&k=3",
+        app.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
     let first = next_json(&mut ws).await;
     assert_eq!(first["customer_id"], c.as_str());
     let (s, _) = app
@@ -50,7 +55,13 @@ async fn feature_changes_push_fresh_recommendations() {
     // another customer's events push nothing to this socket
     app.post(
         "/v1/events",
-        json!(event("w2", "page_view", "someone-else", Some("x"), now_ms())),
+        json!(event(
+            "w2",
+            "page_view",
+            "someone-else",
+            Some("x"),
+            now_ms()
+        )),
     )
     .await;
     assert!(

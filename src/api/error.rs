@@ -21,7 +21,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(message: impl Into<String>, field: Option<&str>, index: Option<usize>) -> Self {
+    pub fn bad_request(
+        message: impl Into<String>,
+        field: Option<&str>,
+        index: Option<usize>,
+    ) -> Self {
         ApiError::BadRequest {
             message: message.into(),
             field: field.map(str::to_string),
@@ -33,7 +37,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match &self {
-            ApiError::BadRequest { message, field, index } => {
+            ApiError::BadRequest {
+                message,
+                field,
+                index,
+            } => {
                 let mut b = json!({ "error": message });
                 if let Some(f) = field {
                     b["field"] = json!(f);

@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 /// Most events in one request.
 pub const MAX_EVENTS: usize = 10_000;
 
-pub async fn post_events(state: AppStateRef, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn post_events(
+    state: AppStateRef,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let values = match parse_json(&body)? {
         Value::Array(a) => a,
         v @ Value::Object(_) => vec![v],
@@ -26,11 +29,18 @@ pub async fn post_events(state: AppStateRef, body: Bytes) -> Result<(StatusCode,
         }
     };
     if values.is_empty() {
-        return Err(ApiError::bad_request("the array holds no events", None, None));
+        return Err(ApiError::bad_request(
+            "the array holds no events",
+            None,
+            None,
+        ));
     }
     if values.len() > MAX_EVENTS {
         return Err(ApiError::bad_request(
-            format!("{} events in one request; the limit is {MAX_EVENTS}", values.len()),
+            format!(
+                "{} events in one request; the limit is {MAX_EVENTS}",
+                values.len()
+            ),
             None,
             None,
         ));
@@ -64,5 +74,8 @@ pub async fn post_events(state: AppStateRef, body: Bytes) -> Result<(StatusCode,
                 .map_err(|e| ApiError::Unavailable(format!("events not accepted: {e}")))?;
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": events.len() }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": events.len() })),
+    ))
 }

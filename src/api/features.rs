@@ -16,7 +16,8 @@ pub async fn customer(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    check_id("customer_id", &id).map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
+    check_id("customer_id", &id)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
     let session_id = q.get("session_id").map(String::as_str);
     let read = state
         .store
@@ -39,7 +40,8 @@ pub async fn customer(
 }
 
 pub async fn item(state: AppStateRef, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    check_id("item_id", &id).map_err(|e| ApiError::bad_request(e.to_string(), Some("item_id"), None))?;
+    check_id("item_id", &id)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("item_id"), None))?;
     let items = state
         .store
         .read_items(std::slice::from_ref(&id))

@@ -91,7 +91,8 @@ async fn observe(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("http", method = %req.method(), route = %route, request_id = %id);
+    let span =
+        tracing::info_span!("http", method = %req.method(), route = %route, request_id = %id);
     let mut resp = {
         let _enter = span.enter();
         tracing::debug!("request");
@@ -102,14 +103,17 @@ async fn observe(mut req: Request, next: Next) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16().to_string();
-    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(crate::metrics::HTTP_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     resp
 }
 
 /// Parses a JSON body, mapping syntax errors to a 400 that says where.
 pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}"), None, None))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}"), None, None))
 }
 
 /// Extractor alias for the shared state.

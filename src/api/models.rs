@@ -26,7 +26,11 @@ pub async fn list(state: AppStateRef) -> Json<Value> {
                     0.0
                 }
             } else {
-                shares.iter().filter(|(s, _)| &s.name == name).map(|(_, w)| w).sum()
+                shares
+                    .iter()
+                    .filter(|(s, _)| &s.name == name)
+                    .map(|(_, w)| w)
+                    .sum()
             };
             let split: Vec<Value> = shares
                 .iter()

@@ -33,9 +33,17 @@ fn field_err(field: &str, problem: &str) -> ApiError {
 }
 
 /// Turns a body into a [`RecommendRequest`] or a 400 naming the field.
-pub fn validate(state: &super::AppState, request_id: &str, body: &[u8]) -> Result<RecommendRequest, ApiError> {
+pub fn validate(
+    state: &super::AppState,
+    request_id: &str,
+    body: &[u8],
+) -> Result<RecommendRequest, ApiError> {
     let Value::Object(mut obj) = parse_json(body)? else {
-        return Err(ApiError::bad_request("body must be a JSON object", None, None));
+        return Err(ApiError::bad_request(
+            "body must be a JSON object",
+            None,
+            None,
+        ));
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(field_err(
@@ -49,12 +57,18 @@ pub fn validate(state: &super::AppState, request_id: &str, body: &[u8]) -> Resul
         None | Some(Value::Null) => return Err(field_err("customer_id", "is required")),
         Some(_) => return Err(field_err("customer_id", "must be a string")),
     };
-    check_id("customer_id", &customer_id).map_err(|e| field_err("customer_id", &strip_field(&e.to_string())))?;
+    check_id("customer_id", &customer_id)
+        .map_err(|e| field_err("customer_id", &strip_field(&e.to_string())))?;
     let k = match obj.remove("k") {
         None | Some(Value::Null) => rc.default_k,
         Some(v) => match v.as_u64() {
             Some(k) if k >= 1 && k as usize <= rc.max_k => k as usize,
-            _ => return Err(field_err("k", &format!("must be an integer from 1 to {}", rc.max_k))),
+            _ => {
+                return Err(field_err(
+                    "k",
+                    &format!("must be an integer from 1 to {}", rc.max_k),
+                ))
+            }
         },
     };
     let mut context = match obj.remove("context") {
@@ -88,7 +102,8 @@ pub fn validate(state: &super::AppState, request_id: &str, body: &[u8]) -> Resul
                 let Value::String(s) = v else {
                     return Err(field_err(&field, "must be a string (an item id)"));
                 };
-                check_id(&field, &s).map_err(|e| field_err(&field, &strip_field(&e.to_string())))?;
+                check_id(&field, &s)
+                    .map_err(|e| field_err(&field, &strip_field(&e.to_string())))?;
                 if seen.insert(s.clone()) {
                     out.push(s);
                 }
@@ -107,8 +122,9 @@ pub fn validate(state: &super::AppState, request_id: &str, body: &[u8]) -> Resul
     let model = match obj.remove("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) => {
-            let spec = crate::model::registry::ModelSpec::parse(&m)
-                .ok_or_else(|| field_err("model", &format!("`{m}` is not `name` or `name@version`")))?;
+            let spec = crate::model::registry::ModelSpec::parse(&m).ok_or_else(|| {
+                field_err("model", &format!("`{m}` is not `name` or `name@version`"))
+            })?;
             let reg = state.registry.load();
             if !reg.models.contains_key(&spec.name) {
                 return Err(field_err(

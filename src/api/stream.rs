@@ -18,12 +18,18 @@ pub async fn stream(
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let customer = q
-        .get("customer_id")
-        .cloned()
-        .ok_or_else(|| ApiError::bad_request("query parameter `customer_id` is required", Some("customer_id"), None))?;
-    check_id("customer_id", &customer).map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
-    let ws = ws.map_err(|e| ApiError::bad_request(format!("expected a WebSocket upgrade: {e}"), None, None))?;
+    let customer = q.get("customer_id").cloned().ok_or_else(|| {
+        ApiError::bad_request(
+            "query parameter `customer_id` is required",
+            Some("customer_id"),
+            None,
+        )
+    })?;
+    check_id("customer_id", &customer)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(format!("expected a WebSocket upgrade: {e}"), None, None)
+    })?;
     let k = q
         .get("k")
         .and_then(|k| k.parse::<usize>().ok())

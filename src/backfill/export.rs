@@ -22,9 +22,16 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {message}")]
-    Line { path: String, line: usize, message: String },
+    Line {
+        path: String,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: missing column `{column}`")]
     Column { path: String, column: String },
     #[error("cannot write {path}: {message}")]
@@ -158,7 +165,10 @@ pub fn export_training(
             next_event += 1;
         }
         if next_event > start {
-            let plans: Vec<_> = events[start..next_event].iter().map(|e| plan_event(&set, e)).collect();
+            let plans: Vec<_> = events[start..next_event]
+                .iter()
+                .map(|e| plan_event(&set, e))
+                .collect();
             state.apply(&plans);
         }
         let customer = rec.get(c_cust).unwrap_or_default();

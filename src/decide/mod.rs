@@ -124,7 +124,10 @@ impl Decider {
                 self.fallback(req, e.to_string())
             }
             Err(_) => {
-                tracing::warn!(budget_ms = req.budget_ms, "recommend budget exceeded, fell back");
+                tracing::warn!(
+                    budget_ms = req.budget_ms,
+                    "recommend budget exceeded, fell back"
+                );
                 metrics::counter!(crate::metrics::FALLBACKS, "reason" => "budget").increment(1);
                 self.fallback(req, format!("budget of {} ms exceeded", req.budget_ms))
             }
@@ -136,7 +139,8 @@ impl Decider {
 
     fn pick_model(&self, req: &RecommendRequest) -> Option<Arc<LoadedModel>> {
         let reg = self.registry.load();
-        self.routing.choose(&reg, req.model.as_ref(), &req.customer_id)
+        self.routing
+            .choose(&reg, req.model.as_ref(), &req.customer_id)
     }
 
     /// Scores the shadow models on the same states, off the request path;
@@ -175,8 +179,10 @@ impl Decider {
                 ];
                 match m.score(&data, job.ids.len()) {
                     Ok(scores) => {
-                        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels).record(t.elapsed().as_secs_f64());
-                        metrics::counter!(crate::metrics::MODEL_SCORES, &labels).increment(scores.len() as u64);
+                        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels)
+                            .record(t.elapsed().as_secs_f64());
+                        metrics::counter!(crate::metrics::MODEL_SCORES, &labels)
+                            .increment(scores.len() as u64);
                         let overlap = top_overlap(&job.primary_scores, &scores, job.k);
                         metrics::histogram!(crate::metrics::SHADOW_TOPK_OVERLAP, "model" => m.manifest.name.clone(), "version" => m.manifest.version.to_string()).record(overlap);
                         tracing::debug!(request_id = %job.request_id, shadow = %m.id(), primary = %primary_id, top_k_overlap = overlap, "shadow scored");
@@ -218,7 +224,9 @@ impl Decider {
                 let fresh = std::mem::take(&mut read.items);
                 let items = self.merge(list, cached, missing, fresh);
                 (
-                    list.iter().map(|i| (i.clone(), Source::Requested)).collect::<Vec<_>>(),
+                    list.iter()
+                        .map(|i| (i.clone(), Source::Requested))
+                        .collect::<Vec<_>>(),
                     read,
                     items,
                 )
@@ -233,7 +241,8 @@ impl Decider {
                     })
                     .await?;
                 let pop = self.popularity.load();
-                let cands = candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
+                let cands =
+                    candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
                 let ids: Vec<String> = cands.iter().map(|(i, _)| i.clone()).collect();
                 let cached = self.cached(&ids);
                 let missing: Vec<String> = ids
@@ -282,13 +291,17 @@ impl Decider {
         let scores = tokio::task::spawn_blocking(move || m.score(&data, rows))
             .await
             .map_err(|e| DecideError::Join(e.to_string()))?
-            .inspect_err(|_| metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1))?;
+            .inspect_err(|_| {
+                metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1)
+            })?;
         stage(timings, "model", t);
-        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels).record(t.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels)
+            .record(t.elapsed().as_secs_f64());
         metrics::counter!(crate::metrics::MODEL_SCORES, &labels).increment(scores.len() as u64);
         if !self.routing.shadow.is_empty() {
             let ids: Vec<String> = eligible.iter().map(|&i| cands[i].0.clone()).collect();
-            let states: Vec<Arc<crate::features::EntityState>> = eligible.iter().map(|&i| items[i].clone()).collect();
+            let states: Vec<Arc<crate::features::EntityState>> =
+                eligible.iter().map(|&i| items[i].clone()).collect();
             self.score_shadows(
                 &model,
                 ShadowJob {
@@ -328,7 +341,11 @@ impl Decider {
                 }
             })
             .collect();
-        items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.item_id.cmp(&b.item_id)));
+        items.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.item_id.cmp(&b.item_id))
+        });
         items.truncate(req.k);
         stage(timings, "rules", t);
 
@@ -419,7 +436,8 @@ impl Decider {
 fn stage(timings: &mut BTreeMap<&'static str, u64>, name: &'static str, since: Instant) {
     let d = since.elapsed();
     timings.insert(name, d.as_micros() as u64);
-    metrics::histogram!(crate::metrics::RECOMMEND_STAGE_SECONDS, "stage" => name).record(d.as_secs_f64());
+    metrics::histogram!(crate::metrics::RECOMMEND_STAGE_SECONDS, "stage" => name)
+        .record(d.as_secs_f64());
 }
 
 /// What shadow scoring needs, owned (it runs after the response).

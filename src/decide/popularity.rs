@@ -42,7 +42,11 @@ impl Popularity {
         let ids = store.item_ids().await?;
         let weights: Vec<_> = WEIGHTS
             .iter()
-            .filter_map(|(n, w)| set.of_entity(Entity::Item).find(|f| f.name == *n).map(|f| (f, *w)))
+            .filter_map(|(n, w)| {
+                set.of_entity(Entity::Item)
+                    .find(|f| f.name == *n)
+                    .map(|f| (f, *w))
+            })
             .collect();
         let category = set.of_entity(Entity::Item).find(|f| f.name == CATEGORY);
         let mut scored: Vec<(String, f64, Option<String>)> = Vec::with_capacity(ids.len());
@@ -70,7 +74,11 @@ impl Popularity {
                 }
             }
         }
-        let global = scored.into_iter().take(GLOBAL_TOP).map(|(id, s, _)| (id, s)).collect();
+        let global = scored
+            .into_iter()
+            .take(GLOBAL_TOP)
+            .map(|(id, s, _)| (id, s))
+            .collect();
         Ok(Popularity {
             global,
             by_category,

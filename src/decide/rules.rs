@@ -17,7 +17,11 @@ pub fn eligible(customer: &EntityState, item_id: &str, exclude_purchased: bool) 
 }
 
 /// The action for an eligible item, and the extra reason it adds.
-pub fn action_for(customer: &EntityState, item_id: &str, cart_value: f64) -> (&'static str, Option<&'static str>) {
+pub fn action_for(
+    customer: &EntityState,
+    item_id: &str,
+    cart_value: f64,
+) -> (&'static str, Option<&'static str>) {
     if cart_value > 0.0 && in_list(customer, CART_LIST, item_id) {
         (ACTION_COMPLETE_PURCHASE, Some("in_cart"))
     } else {

@@ -13,7 +13,9 @@
 //! which is what lets stream and backfill agree on out-of-order histories.
 //! Idempotence against redelivery comes from event-id dedupe in the stores.
 
-use super::definition::{Aggregation, Entity, Factor, FeatureDef, FeatureSet, Field, BUCKETS_PER_WINDOW};
+use super::definition::{
+    Aggregation, Entity, Factor, FeatureDef, FeatureSet, Field, BUCKETS_PER_WINDOW,
+};
 use crate::event::Event;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -24,7 +26,11 @@ pub enum Update {
     /// Lifetime count or sum: field `f` += amount.
     Add { feature: String, amount: f64 },
     /// Windowed count or sum in bucket `bucket` (see module doc).
-    AddWindowed { feature: String, bucket: i64, amount: f64 },
+    AddWindowed {
+        feature: String,
+        bucket: i64,
+        amount: f64,
+    },
     /// `last`: keep the value with the greatest `(ts, seq)`.
     SetLast {
         feature: String,
@@ -42,7 +48,11 @@ pub enum Update {
         cap: usize,
     },
     /// Resettable sum: a contribution at ts (ignored if a later reset exists).
-    AddResettable { feature: String, ts: i64, amount: f64 },
+    AddResettable {
+        feature: String,
+        ts: i64,
+        amount: f64,
+    },
     /// Resettable sum: drop contributions at or before ts.
     Reset { feature: String, ts: i64 },
 }
@@ -136,12 +146,14 @@ fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
             seq: e.seq.unwrap_or(0),
             value,
         }),
-        Aggregation::DistinctRecent { field, cap } => field_value(field, e).map(|member| Update::PushRecent {
-            feature,
-            member,
-            ts: e.ts,
-            cap: *cap,
-        }),
+        Aggregation::DistinctRecent { field, cap } => {
+            field_value(field, e).map(|member| Update::PushRecent {
+                feature,
+                member,
+                ts: e.ts,
+                cap: *cap,
+            })
+        }
         Aggregation::TimeSinceLast => Some(Update::MaxTs { feature, ts: e.ts }),
     }
 }
@@ -240,7 +252,8 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
                 None => true,
                 Some(cur) => {
                     (*ts, *seq) > (cur.ts, cur.seq)
-                        || ((*ts, *seq) == (cur.ts, cur.seq) && value.as_bytes() > cur.value.as_bytes())
+                        || ((*ts, *seq) == (cur.ts, cur.seq)
+                            && value.as_bytes() > cur.value.as_bytes())
                 }
             };
             if newer {
@@ -272,10 +285,17 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
                 None => list.push((member.clone(), *ts)),
             }
             // Redis sorted-set order: by score, then member bytes; newest first.
-            list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.as_bytes().cmp(a.0.as_bytes())));
+            list.sort_by(|a, b| {
+                b.1.cmp(&a.1)
+                    .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
+            });
             list.truncate(*cap);
         }
-        Update::AddResettable { feature, ts, amount } => {
+        Update::AddResettable {
+            feature,
+            ts,
+            amount,
+        } => {
             let r = state.resettable.entry(feature.clone()).or_default();
             if *ts > r.reset_ts {
                 *r.parts.entry(*ts).or_insert(0.0) += amount;
@@ -356,7 +376,11 @@ pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f6
                 return Some(round_sum(r.parts.values().fold(0.0, |a, x| a + x)));
             }
             Some(match f.window {
-                None => state.nums.get(&f.name).map(|x| round_sum(*x)).unwrap_or(f.default),
+                None => state
+                    .nums
+                    .get(&f.name)
+                    .map(|x| round_sum(*x))
+                    .unwrap_or(f.default),
                 Some(w) => match state.windows.get(&f.name) {
                     None => f.default,
                     Some(win) => {
@@ -404,13 +428,13 @@ mod tests {
     use serde_json::json;
 
     fn set() -> FeatureSet {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
         FeatureSet::load(&path).expect("shipped definitions load")
     }
 
     fn ev(id: &str, kind: &str, ts: i64, item: Option<&str>, props: serde_json::Value) -> Event {
-        let mut v =
-            json!({"event_id": id, "type": kind, "customer_id": "c1", "ts": ts, "session_id": "s1", "props": props});
+        let mut v = json!({"event_id": id, "type": kind, "customer_id": "c1", "ts": ts, "session_id": "s1", "props": props});
         if let Some(i) = item {
             v["item_id"] = json!(i);
         }

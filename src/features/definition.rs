@@ -14,7 +14,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
     #[error("cannot read feature definitions {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("feature definitions {path}: {message}")]
     Parse { path: String, message: String },
     #[error("feature `{feature}`: {message}")]
@@ -354,7 +357,10 @@ impl FeatureSet {
     fn check_derived(&self, d: RawDerived) -> Result<DerivedDef, DefinitionError> {
         let name = d.name.clone();
         let Some((prefix, rest)) = name.split_once('.') else {
-            return Err(invalid(&name, "must be qualified, e.g. `item.conversion_7d`"));
+            return Err(invalid(
+                &name,
+                "must be qualified, e.g. `item.conversion_7d`",
+            ));
         };
         if !matches!(prefix, "customer" | "item" | "session" | "cross") || !valid_name(rest) {
             return Err(invalid(
@@ -364,14 +370,21 @@ impl FeatureSet {
         }
         let kind = match d.kind.as_str() {
             "ratio" => {
-                let numerator = d.numerator.ok_or_else(|| invalid(&name, "ratio needs `numerator`"))?;
+                let numerator = d
+                    .numerator
+                    .ok_or_else(|| invalid(&name, "ratio needs `numerator`"))?;
                 let denominator = d
                     .denominator
                     .ok_or_else(|| invalid(&name, "ratio needs `denominator`"))?;
                 for f in [&numerator, &denominator] {
                     match self.stored(f) {
                         Some(def) if def.is_numeric() => {}
-                        _ => return Err(invalid(&name, format!("`{f}` is not a numeric stored feature"))),
+                        _ => {
+                            return Err(invalid(
+                                &name,
+                                format!("`{f}` is not a numeric stored feature"),
+                            ))
+                        }
                     }
                 }
                 DerivedKind::Ratio {
@@ -382,11 +395,20 @@ impl FeatureSet {
                 }
             }
             "contains" => {
-                let list = d.list.ok_or_else(|| invalid(&name, "contains needs `list`"))?;
-                let value = d.value.ok_or_else(|| invalid(&name, "contains needs `value`"))?;
+                let list = d
+                    .list
+                    .ok_or_else(|| invalid(&name, "contains needs `list`"))?;
+                let value = d
+                    .value
+                    .ok_or_else(|| invalid(&name, "contains needs `value`"))?;
                 match self.stored(&list) {
                     Some(def) if matches!(def.aggregation, Aggregation::DistinctRecent { .. }) => {}
-                    _ => return Err(invalid(&name, format!("`{list}` is not a distinct_recent feature"))),
+                    _ => {
+                        return Err(invalid(
+                            &name,
+                            format!("`{list}` is not a distinct_recent feature"),
+                        ))
+                    }
                 }
                 if value != "item.id" && self.stored(&value).is_none() {
                     return Err(invalid(
@@ -426,10 +448,17 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn parse_types(feature: &str, what: &str, names: &[String]) -> Result<Vec<EventType>, DefinitionError> {
+fn parse_types(
+    feature: &str,
+    what: &str,
+    names: &[String],
+) -> Result<Vec<EventType>, DefinitionError> {
     names
         .iter()
-        .map(|n| EventType::parse(n).ok_or_else(|| invalid(feature, format!("{what}: `{n}` is not an event type"))))
+        .map(|n| {
+            EventType::parse(n)
+                .ok_or_else(|| invalid(feature, format!("{what}: `{n}` is not an event type")))
+        })
         .collect()
 }
 
@@ -450,7 +479,10 @@ fn parse_field(feature: &str, s: &str) -> Result<Field, DefinitionError> {
 fn check_feature(f: RawFeature) -> Result<FeatureDef, DefinitionError> {
     let q = format!("{}.{}", f.entity.as_str(), f.name);
     if !valid_name(&f.name) {
-        return Err(invalid(&q, "name must be lowercase letters, digits and `_`"));
+        return Err(invalid(
+            &q,
+            "name must be lowercase letters, digits and `_`",
+        ));
     }
     let events = parse_types(&q, "events", &f.events)?;
     if events.is_empty() {
@@ -566,7 +598,10 @@ mod tests {
             window = "3 weeks"
         "#;
         let err = FeatureSet::parse(bad).unwrap_err().to_string();
-        assert!(err.contains("customer.x") && err.contains("3 weeks"), "{err}");
+        assert!(
+            err.contains("customer.x") && err.contains("3 weeks"),
+            "{err}"
+        );
 
         let bad = r#"
             [[feature]]
@@ -579,6 +614,9 @@ mod tests {
         assert!(err.contains("teleport"), "{err}");
 
         let bad = "[[feature]]\nname='x'\nentity='customer'\nevents=['click']\naggregation='count'\nbogus=1\n";
-        assert!(FeatureSet::parse(bad).unwrap_err().to_string().contains("bogus"));
+        assert!(FeatureSet::parse(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
     }
 }

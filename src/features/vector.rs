@@ -73,7 +73,11 @@ impl RowPlan {
         for name in names {
             let unknown = || VectorError::UnknownFeature(name.clone());
             let src = if let Some(rest) = name.strip_prefix("context.") {
-                let c = set.context.iter().find(|c| c.name == rest).ok_or_else(unknown)?;
+                let c = set
+                    .context
+                    .iter()
+                    .find(|c| c.name == rest)
+                    .ok_or_else(unknown)?;
                 Source::Context {
                     name: c.name.clone(),
                     default: c.default,
@@ -138,7 +142,9 @@ impl RowPlan {
             Entity::Session => inp.session,
             Entity::Item => item,
         };
-        let num = |(e, i): (Entity, usize)| numeric_value(&set.features[i], pick(e), inp.now).unwrap_or(0.0);
+        let num = |(e, i): (Entity, usize)| {
+            numeric_value(&set.features[i], pick(e), inp.now).unwrap_or(0.0)
+        };
         for src in &self.sources {
             let x = match src {
                 Source::Stored { entity, index } => num((*entity, *index)),
@@ -158,9 +164,10 @@ impl RowPlan {
                 Source::Contains { list, value } => {
                     let target: Option<&str> = match value {
                         ContainsValue::ItemId => Some(item_id),
-                        ContainsValue::Stored(e, i) => {
-                            pick(*e).lasts.get(&set.features[*i].name).map(|l| l.value.as_str())
-                        }
+                        ContainsValue::Stored(e, i) => pick(*e)
+                            .lasts
+                            .get(&set.features[*i].name)
+                            .map(|l| l.value.as_str()),
                     };
                     let members = pick(list.0).recent.get(&set.features[list.1].name);
                     match (target, members) {
@@ -185,10 +192,18 @@ mod tests {
 
     #[test]
     fn unknown_inputs_are_named() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
         let set = FeatureSet::load(&path).expect("shipped definitions load");
-        let err = RowPlan::compile(&set, &["customer.views_1h".into(), "customer.shoe_size".into()]).unwrap_err();
-        assert_eq!(err, VectorError::UnknownFeature("customer.shoe_size".into()));
+        let err = RowPlan::compile(
+            &set,
+            &["customer.views_1h".into(), "customer.shoe_size".into()],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            VectorError::UnknownFeature("customer.shoe_size".into())
+        );
         assert!(RowPlan::compile(&set, &["customer.recent_items".into()]).is_err());
         let plan = RowPlan::compile(&set, &set.numeric_names()).expect("all numeric names compile");
         assert_eq!(plan.width(), set.numeric_names().len());

@@ -30,7 +30,8 @@ pub async fn apply_events(
     let now = crate::now_ms();
     for e in events {
         metrics::counter!(crate::metrics::EVENTS_APPLIED, "type" => e.kind.as_str()).increment(1);
-        metrics::histogram!(crate::metrics::EVENT_FRESHNESS).record(((now - e.ts) as f64 / 1000.0).max(0.0));
+        metrics::histogram!(crate::metrics::EVENT_FRESHNESS)
+            .record(((now - e.ts) as f64 / 1000.0).max(0.0));
     }
     if out.duplicates > 0 {
         metrics::counter!(crate::metrics::EVENTS_DUPLICATE).increment(out.duplicates as u64);

@@ -137,7 +137,8 @@ impl EventConsumer {
             Ok(m) => m?.detach(),
         };
         batch.messages.push(first);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_linger_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_linger_ms);
         while batch.messages.len() < self.cfg.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
@@ -159,7 +160,8 @@ impl EventConsumer {
             let payload = m.payload().unwrap_or_default();
             match Event::from_slice(payload) {
                 Ok(e) => {
-                    metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str()).increment(1);
+                    metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
+                        .increment(1);
                     events.push(e);
                 }
                 Err(err) => {
@@ -170,12 +172,16 @@ impl EventConsumer {
                         partition: m.partition(),
                         offset: m.offset(),
                     };
-                    self.producer.dead_letter(m.key(), payload, &reason, &origin).await?;
+                    self.producer
+                        .dead_letter(m.key(), payload, &reason, &origin)
+                        .await?;
                     let label = match &err {
-                        crate::event::EventError::Json(_) | crate::event::EventError::NotAnObject => "malformed",
+                        crate::event::EventError::Json(_)
+                        | crate::event::EventError::NotAnObject => "malformed",
                         _ => "invalid",
                     };
-                    metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label).increment(1);
+                    metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label)
+                        .increment(1);
                     out.dead_lettered += 1;
                 }
             }
@@ -194,7 +200,9 @@ impl EventConsumer {
     pub fn commit(&self, batch: &Batch, mode: CommitMode) -> Result<(), ConsumeError> {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch.messages {
-            let e = next.entry((m.topic().to_string(), m.partition())).or_insert(0);
+            let e = next
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
         if next.is_empty() {
@@ -210,7 +218,11 @@ impl EventConsumer {
 
     /// Runs until `shutdown` turns true: batch → process (retrying on
     /// failure) → commit. Calls `on_applied` with each batch's outcome.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>, on_applied: impl Fn(&BatchOutcome) + Send) {
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        on_applied: impl Fn(&BatchOutcome) + Send,
+    ) {
         tracing::info!(group = %self.cfg.group_id, pattern = EVENTS_PATTERN, "consumer started");
         while !*shutdown.borrow() {
             let batch = tokio::select! {

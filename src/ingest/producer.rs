@@ -69,7 +69,8 @@ impl EventProducer {
                 .timestamp(e.ts);
             match self.producer.send(record, self.timeout).await {
                 Ok(_) => {
-                    metrics::counter!(crate::metrics::EVENTS_PRODUCED, "type" => e.kind.as_str()).increment(1);
+                    metrics::counter!(crate::metrics::EVENTS_PRODUCED, "type" => e.kind.as_str())
+                        .increment(1);
                     Ok(())
                 }
                 Err((err, _)) => Err(ProduceError::Event {
@@ -112,7 +113,9 @@ impl EventProducer {
                 key: "source_offset",
                 value: Some(offset.as_str()),
             });
-        let mut record = FutureRecord::to(&self.dlq_topic).payload(payload).headers(headers);
+        let mut record = FutureRecord::to(&self.dlq_topic)
+            .payload(payload)
+            .headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }

@@ -203,7 +203,11 @@ impl Registry {
                             status: status.clone(),
                             reason: None,
                             inputs: Some(m.manifest.inputs.clone()),
-                            training: m.manifest.training.as_ref().and_then(|t| serde_json::to_value(t).ok()),
+                            training: m
+                                .manifest
+                                .training
+                                .as_ref()
+                                .and_then(|t| serde_json::to_value(t).ok()),
                         });
                         if status == ModelStatus::Serving {
                             entry.serving = Some(m.clone());
@@ -280,7 +284,11 @@ impl Registry {
     pub fn serving_summary(&self) -> Vec<String> {
         self.models
             .iter()
-            .filter_map(|(n, e)| e.serving.as_ref().map(|m| format!("{n} v{}", m.manifest.version)))
+            .filter_map(|(n, e)| {
+                e.serving
+                    .as_ref()
+                    .map(|m| format!("{n} v{}", m.manifest.version))
+            })
             .collect()
     }
 }

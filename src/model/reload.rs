@@ -37,7 +37,10 @@ impl Reloader {
             self.pinned.clone(),
         );
         let before = prev.serving_summary();
-        let next = tokio::task::spawn_blocking(move || Registry::rescan(&dir, &set, &opts, &pinned, Some(&prev))).await;
+        let next = tokio::task::spawn_blocking(move || {
+            Registry::rescan(&dir, &set, &opts, &pinned, Some(&prev))
+        })
+        .await;
         match next {
             Ok(reg) => {
                 let after = reg.serving_summary();
@@ -106,14 +109,19 @@ pub fn publish_serving(previous: Option<&Registry>, next: &Registry) {
     let serving = |r: &Registry| -> Vec<(String, String)> {
         r.models
             .iter()
-            .filter_map(|(n, e)| e.serving.as_ref().map(|m| (n.clone(), m.manifest.version.to_string())))
+            .filter_map(|(n, e)| {
+                e.serving
+                    .as_ref()
+                    .map(|m| (n.clone(), m.manifest.version.to_string()))
+            })
             .collect()
     };
     let now = serving(next);
     if let Some(prev) = previous {
         for (n, v) in serving(prev) {
             if !now.contains(&(n.clone(), v.clone())) {
-                metrics::gauge!(crate::metrics::MODELS_SERVING, "model" => n, "version" => v).set(0.0);
+                metrics::gauge!(crate::metrics::MODELS_SERVING, "model" => n, "version" => v)
+                    .set(0.0);
             }
         }
     }

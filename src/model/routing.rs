@@ -69,7 +69,11 @@ impl Routing {
             .iter()
             .map(|s| ModelSpec::parse(s).ok_or_else(|| RoutingError::BadShadow(s.clone())))
             .collect::<Result<_, _>>()?;
-        Ok(Routing { split, shadow, default })
+        Ok(Routing {
+            split,
+            shadow,
+            default,
+        })
     }
 
     /// Versions that must be loaded besides each model's serving one.
@@ -96,7 +100,12 @@ impl Routing {
     }
 
     /// The model for a request: explicit choice, split, default.
-    pub fn choose(&self, reg: &Registry, requested: Option<&ModelSpec>, customer_id: &str) -> Option<Arc<LoadedModel>> {
+    pub fn choose(
+        &self,
+        reg: &Registry,
+        requested: Option<&ModelSpec>,
+        customer_id: &str,
+    ) -> Option<Arc<LoadedModel>> {
         if let Some(spec) = requested {
             return reg.resolve(spec).cloned();
         }
@@ -134,7 +143,10 @@ mod tests {
         let r = Routing::new(&traffic, &[], None).expect("valid");
         let n = 20_000;
         let b = (0..n)
-            .filter(|i| r.target(&format!("customer-{i}")).is_some_and(|s| s.name == "b"))
+            .filter(|i| {
+                r.target(&format!("customer-{i}"))
+                    .is_some_and(|s| s.name == "b")
+            })
             .count();
         let share = b as f64 / n as f64;
         assert!((share - 0.10).abs() < 0.01, "b got {share}");

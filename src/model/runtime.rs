@@ -22,7 +22,8 @@ pub enum RuntimeError {
     Load { path: String, message: String },
 }
 
-static ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), RuntimeError>> = OnceLock::new();
+static ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), RuntimeError>> =
+    OnceLock::new();
 
 /// Where ONNX Runtime would be loaded from.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
@@ -50,7 +51,10 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     for root in &roots {
         if let Ok(entries) = std::fs::read_dir(root.join(".venv/lib")) {
             for e in entries.flatten() {
-                let p = e.path().join("site-packages/onnxruntime/capi").join(ORT_LIB);
+                let p = e
+                    .path()
+                    .join("site-packages/onnxruntime/capi")
+                    .join(ORT_LIB);
                 if p.exists() {
                     return Ok(p);
                 }
@@ -61,7 +65,9 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
 }
 
 /// The process-wide ONNX Runtime environment (loaded on first use).
-pub fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment::Environment, RuntimeError> {
+pub fn environment(
+    explicit: Option<&Path>,
+) -> Result<&'static ort::environment::Environment, RuntimeError> {
     let res = ENV.get_or_init(|| {
         let path = locate(explicit)?;
         let load_err = |message: String| RuntimeError::Load {
@@ -83,5 +89,7 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static ort::environment:
 
 /// The path ONNX Runtime was loaded from, once loaded.
 pub fn loaded_from() -> Option<PathBuf> {
-    ENV.get().and_then(|r| r.as_ref().ok()).map(|(_, p)| p.clone())
+    ENV.get()
+        .and_then(|r| r.as_ref().ok())
+        .map(|(_, p)| p.clone())
 }

@@ -41,7 +41,9 @@ pub enum ModelError {
         name: String,
         available: String,
     },
-    #[error("{path}: input `{name}` must be a float32 tensor of shape [N, {width}], found {found}")]
+    #[error(
+        "{path}: input `{name}` must be a float32 tensor of shape [N, {width}], found {found}"
+    )]
     InputShape {
         path: String,
         name: String,
@@ -50,7 +52,9 @@ pub enum ModelError {
     },
     #[error("{path}: {source}")]
     Feature { path: String, source: VectorError },
-    #[error("{path}: output `{name}` has {columns} column(s); score_column {column} is out of range")]
+    #[error(
+        "{path}: output `{name}` has {columns} column(s); score_column {column} is out of range"
+    )]
     ScoreColumn {
         path: String,
         name: String,
@@ -118,10 +122,11 @@ impl LoadedModel {
                 });
             }
         }
-        let plan = RowPlan::compile(set, &manifest.inputs).map_err(|source| ModelError::Feature {
-            path: path.clone(),
-            source,
-        })?;
+        let plan =
+            RowPlan::compile(set, &manifest.inputs).map_err(|source| ModelError::Feature {
+                path: path.clone(),
+                source,
+            })?;
         let env = runtime::environment(opts.ort_dylib_path.as_deref())?;
         let onnx = dir.join("model.onnx");
         let mut sessions = Vec::new();
@@ -156,7 +161,12 @@ impl LoadedModel {
         let path = self.dir.display().to_string();
         let session = self.lock(0);
         let m = &self.manifest;
-        let names = |o: &[ort::value::Outlet]| o.iter().map(|x| x.name().to_string()).collect::<Vec<_>>().join(", ");
+        let names = |o: &[ort::value::Outlet]| {
+            o.iter()
+                .map(|x| x.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let input = session
             .inputs()
             .iter()
@@ -169,7 +179,9 @@ impl LoadedModel {
         let width = m.inputs.len();
         let ok = match input.dtype() {
             ValueType::Tensor { ty, shape, .. } => {
-                *ty == TensorElementType::Float32 && shape.len() == 2 && (shape[1] == width as i64 || shape[1] < 0)
+                *ty == TensorElementType::Float32
+                    && shape.len() == 2
+                    && (shape[1] == width as i64 || shape[1] < 0)
             }
             _ => false,
         };
@@ -219,7 +231,9 @@ impl LoadedModel {
         }
         // All busy: wait for the one we were assigned. A poisoned session
         // (a panic inside ort) is still a valid session object.
-        self.sessions[start % n].lock().unwrap_or_else(|p| p.into_inner())
+        self.sessions[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Scores `rows` rows of row-major features (blocking; call from a
@@ -236,7 +250,8 @@ impl LoadedModel {
                 data.len()
             )));
         }
-        let tensor = Tensor::from_array(([rows, width], data.to_vec())).map_err(|e| ModelError::Run(e.to_string()))?;
+        let tensor = Tensor::from_array(([rows, width], data.to_vec()))
+            .map_err(|e| ModelError::Run(e.to_string()))?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut session = self.lock(start);
         let outputs = session
@@ -251,7 +266,11 @@ impl LoadedModel {
         let cols = match shape.len() {
             1 => 1,
             2 => usize::try_from(shape[1]).unwrap_or(1),
-            _ => return Err(ModelError::Run(format!("output shape {shape:?} is not [N] or [N, C]"))),
+            _ => {
+                return Err(ModelError::Run(format!(
+                    "output shape {shape:?} is not [N] or [N, C]"
+                )))
+            }
         };
         let col = self.manifest.score_column;
         if col >= cols {

@@ -102,7 +102,10 @@ static REDIS: OnceLock<Shared> = OnceLock::new();
 pub fn redis_url() -> String {
     REDIS
         .get_or_init(|| match std::env::var("NEXTBEST_TEST_REDIS_URL") {
-            Ok(u) if !u.is_empty() => Shared { url: u, _keep: None },
+            Ok(u) if !u.is_empty() => Shared {
+                url: u,
+                _keep: None,
+            },
             _ => {
                 let r = RedisProc::start();
                 Shared {
@@ -141,8 +144,16 @@ pub fn kafka_brokers() -> String {
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start tansu at {} ({e}); run scripts/setup.sh", bin.display()));
-                assert!(wait_port(port, Duration::from_secs(20)), "tansu did not listen");
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot start tansu at {} ({e}); run scripts/setup.sh",
+                            bin.display()
+                        )
+                    });
+                assert!(
+                    wait_port(port, Duration::from_secs(20)),
+                    "tansu did not listen"
+                );
                 // The child is left running for the life of the test process.
                 let pid = child.id();
                 std::mem::forget(child);
@@ -237,7 +248,10 @@ impl TestApp {
     }
 
     pub async fn customer_feature(&self, customer: &str, name: &str) -> serde_json::Value {
-        self.get(&format!("/v1/features/customer/{customer}")).await.1["features"][name].clone()
+        self.get(&format!("/v1/features/customer/{customer}"))
+            .await
+            .1["features"][name]
+            .clone()
     }
 
     pub async fn stop(mut self) {
@@ -274,7 +288,13 @@ pub fn now_ms() -> i64 {
 }
 
 /// A contract event as JSON.
-pub fn event(id: &str, kind: &str, customer: &str, item: Option<&str>, ts: i64) -> serde_json::Value {
+pub fn event(
+    id: &str,
+    kind: &str,
+    customer: &str,
+    item: Option<&str>,
+    ts: i64,
+) -> serde_json::Value {
     let mut e = serde_json::json!({
         "event_id": id, "type": kind, "customer_id": customer, "ts": ts, "session_id": format!("s-{customer}"),
         "props": {"price": 25.0, "quantity": 1, "category": "shoes"}

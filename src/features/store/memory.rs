@@ -77,7 +77,9 @@ impl MemoryState {
             let c = self.customers.entry(p.customer_id.clone()).or_default();
             if c.seen.insert(&p.event_id, p.ts, self.dedupe_window_ms) {
                 dup = false;
-                p.customer.iter().for_each(|u| apply_update(&mut c.state, u));
+                p.customer
+                    .iter()
+                    .for_each(|u| apply_update(&mut c.state, u));
                 if let Some(sid) = &p.session_id {
                     if !p.session.is_empty() {
                         let s = c.sessions.entry(sid.clone()).or_default();
@@ -120,7 +122,10 @@ impl MemoryState {
                 .and_then(|f| c.state.lasts.get(f))
                 .map(|l| l.value.clone())
         });
-        let state = sid.as_ref().and_then(|s| c.sessions.get(s)).unwrap_or(&EMPTY);
+        let state = sid
+            .as_ref()
+            .and_then(|s| c.sessions.get(s))
+            .unwrap_or(&EMPTY);
         (sid, state)
     }
 

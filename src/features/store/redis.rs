@@ -16,7 +16,9 @@
 
 use super::{session_feature, ApplyOutcome, FeatureStore, ReadQuery, ReadResult, StoreError};
 use crate::features::aggregate::{EntityState, LastValue, Plan, Resettable, Update, Windowed};
-use crate::features::definition::{is_resettable, Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW};
+use crate::features::definition::{
+    is_resettable, Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW,
+};
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -75,7 +77,10 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects and loads the scripts.
-    pub async fn connect(settings: RedisSettings, set: Arc<FeatureSet>) -> Result<RedisStore, StoreError> {
+    pub async fn connect(
+        settings: RedisSettings,
+        set: Arc<FeatureSet>,
+    ) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(settings.url.as_str())?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(settings.timeout_ms.max(100))))
@@ -107,7 +112,11 @@ impl RedisStore {
     async fn reload_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         for src in [APPLY_LUA, READ_LUA] {
-            let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(src).query_async(&mut conn).await?;
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(src)
+                .query_async(&mut conn)
+                .await?;
         }
         Ok(())
     }
@@ -162,7 +171,12 @@ impl RedisStore {
         }
     }
 
-    fn group_args(&self, layout_c: &Layout, layout_s: &Layout, session_id: Option<&str>) -> Vec<String> {
+    fn group_args(
+        &self,
+        layout_c: &Layout,
+        layout_s: &Layout,
+        session_id: Option<&str>,
+    ) -> Vec<String> {
         let mut args = vec![
             session_id.unwrap_or("").to_string(),
             self.session_feature.clone().unwrap_or_default(),
@@ -197,17 +211,31 @@ impl RedisStore {
         }
     }
 
-    fn parse_items(&self, replies: &mut std::vec::IntoIter<Value>, n: usize) -> Result<Vec<EntityState>, StoreError> {
+    fn parse_items(
+        &self,
+        replies: &mut std::vec::IntoIter<Value>,
+        n: usize,
+    ) -> Result<Vec<EntityState>, StoreError> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let hash = replies.next().ok_or_else(|| protocol("missing item reply"))?;
+            let hash = replies
+                .next()
+                .ok_or_else(|| protocol("missing item reply"))?;
             let mut zs = Vec::new();
             for _ in &self.item.recent {
-                zs.push(replies.next().ok_or_else(|| protocol("missing item zset reply"))?);
+                zs.push(
+                    replies
+                        .next()
+                        .ok_or_else(|| protocol("missing item zset reply"))?,
+                );
             }
             let mut xs = Vec::new();
             for _ in &self.item.resettable {
-                xs.push(replies.next().ok_or_else(|| protocol("missing item hash reply"))?);
+                xs.push(
+                    replies
+                        .next()
+                        .ok_or_else(|| protocol("missing item hash reply"))?,
+                );
             }
             out.push(self.state_from(Entity::Item, &self.item, hash, zs, xs)?);
         }
@@ -242,13 +270,22 @@ impl RedisStore {
                         .value = value.clone();
                 }
                 (Aggregation::Last { .. }, Some("t")) => {
-                    st.lasts.entry(base.to_string()).or_insert_with(LastValue::default).ts = num() as i64;
+                    st.lasts
+                        .entry(base.to_string())
+                        .or_insert_with(LastValue::default)
+                        .ts = num() as i64;
                 }
                 (Aggregation::Last { .. }, Some("q")) => {
-                    st.lasts.entry(base.to_string()).or_insert_with(LastValue::default).seq = num() as i64;
+                    st.lasts
+                        .entry(base.to_string())
+                        .or_insert_with(LastValue::default)
+                        .seq = num() as i64;
                 }
                 (_, Some("max")) => {
-                    st.windows.entry(base.to_string()).or_insert_with(Windowed::default).max = num() as i64;
+                    st.windows
+                        .entry(base.to_string())
+                        .or_insert_with(Windowed::default)
+                        .max = num() as i64;
                 }
                 (_, Some(b)) => {
                     if let Ok(b) = b.parse::<i64>() {
@@ -297,7 +334,11 @@ impl RedisStore {
     fn parse_group(&self, v: Value, entity: Entity, c: &Layout) -> Result<EntityState, StoreError> {
         let mut parts = array(v)?.into_iter();
         let hash = parts.next().ok_or_else(|| protocol("group without hash"))?;
-        let zs = array(parts.next().ok_or_else(|| protocol("group without zsets"))?)?;
+        let zs = array(
+            parts
+                .next()
+                .ok_or_else(|| protocol("group without zsets"))?,
+        )?;
         let xs = array(parts.next().ok_or_else(|| protocol("group without sums"))?)?;
         self.state_from(entity, c, hash, zs, xs)
     }
@@ -333,7 +374,8 @@ impl GroupCall {
             match u {
                 Update::Add { feature, amount } => {
                     let k = self.key(base.to_string());
-                    self.ops.extend(["A".into(), k, feature.clone(), fmt_f64(*amount)]);
+                    self.ops
+                        .extend(["A".into(), k, feature.clone(), fmt_f64(*amount)]);
                 }
                 Update::AddWindowed {
                     feature,
@@ -341,8 +383,13 @@ impl GroupCall {
                     amount,
                 } => {
                     let k = self.key(base.to_string());
-                    self.ops
-                        .extend(["W".into(), k, feature.clone(), bucket.to_string(), fmt_f64(*amount)]);
+                    self.ops.extend([
+                        "W".into(),
+                        k,
+                        feature.clone(),
+                        bucket.to_string(),
+                        fmt_f64(*amount),
+                    ]);
                 }
                 Update::SetLast {
                     feature,
@@ -362,7 +409,8 @@ impl GroupCall {
                 }
                 Update::MaxTs { feature, ts } => {
                     let k = self.key(base.to_string());
-                    self.ops.extend(["T".into(), k, feature.clone(), ts.to_string()]);
+                    self.ops
+                        .extend(["T".into(), k, feature.clone(), ts.to_string()]);
                 }
                 Update::PushRecent {
                     feature,
@@ -371,12 +419,22 @@ impl GroupCall {
                     cap,
                 } => {
                     let k = self.key(format!("{base}:r:{feature}"));
-                    self.ops
-                        .extend(["R".into(), k, member.clone(), ts.to_string(), cap.to_string()]);
+                    self.ops.extend([
+                        "R".into(),
+                        k,
+                        member.clone(),
+                        ts.to_string(),
+                        cap.to_string(),
+                    ]);
                 }
-                Update::AddResettable { feature, ts, amount } => {
+                Update::AddResettable {
+                    feature,
+                    ts,
+                    amount,
+                } => {
                     let k = self.key(format!("{base}:x:{feature}"));
-                    self.ops.extend(["S".into(), k, ts.to_string(), fmt_f64(*amount)]);
+                    self.ops
+                        .extend(["S".into(), k, ts.to_string(), fmt_f64(*amount)]);
                 }
                 Update::Reset { feature, ts } => {
                     let k = self.key(format!("{base}:x:{feature}"));
@@ -414,7 +472,9 @@ fn array(v: Value) -> Result<Vec<Value>, StoreError> {
         Value::Array(a) | Value::Set(a) => Ok(a),
         Value::Nil => Ok(Vec::new()),
         Value::Map(m) => Ok(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        other => Err(StoreError::Protocol(format!("expected an array, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 
@@ -425,7 +485,9 @@ fn string(v: Value) -> Result<String, StoreError> {
         Value::Int(i) => Ok(i.to_string()),
         Value::Double(d) => Ok(d.to_string()),
         Value::Okay => Ok("OK".into()),
-        other => Err(StoreError::Protocol(format!("expected a string, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -470,7 +532,10 @@ impl FeatureStore for RedisStore {
         self.push_item_reads(&mut pipe, q.item_ids);
         let replies = self.run_pipeline(&pipe).await?;
         let mut it = replies.into_iter();
-        let group = array(it.next().ok_or_else(|| protocol("missing customer reply"))?)?;
+        let group = array(
+            it.next()
+                .ok_or_else(|| protocol("missing customer reply"))?,
+        )?;
         let mut g = group.into_iter();
         let customer = self.parse_group(
             g.next().ok_or_else(|| protocol("missing customer group"))?,
@@ -482,7 +547,9 @@ impl FeatureStore for RedisStore {
             Some(v) => Some(string(v)?),
         };
         let session = match g.next() {
-            Some(v) if session_id.is_some() => self.parse_group(v, Entity::Session, &self.session)?,
+            Some(v) if session_id.is_some() => {
+                self.parse_group(v, Entity::Session, &self.session)?
+            }
             _ => EntityState::default(),
         };
         let items = self.parse_items(&mut it, q.item_ids.len())?;
