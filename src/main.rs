@@ -96,8 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let app = nextbest::app::App::build(cfg).await?;
                 println!("{}", app.summary());
                 println!(
-                    "  try:      curl -s -X POST http://127.0.0.1:{}/v1/recommend -H 'content-type: application/json' -d '{{\"customer_id\":\"c42\",\"k\":5}}'",
-                    app.port()
+                    "  try:      curl -s -X POST {url}/v1/events -H 'content-type: application/json' -d '{{\"event_id\":\"e-1\",\"type\":\"add_to_cart\",\"customer_id\":\"c42\",\"ts\":'$(date +%s000)',\"item_id\":\"p7\",\"props\":{{\"price\":59.9,\"category\":\"shoes\"}}}}'\n            curl -s -X POST {url}/v1/recommend -H 'content-type: application/json' -d '{{\"customer_id\":\"c42\",\"k\":5,\"candidates\":[\"p1\",\"p7\",\"p9\"]}}'",
+                    url = format!("http://127.0.0.1:{}", app.port())
                 );
                 app.run_until_stopped(nextbest::app::shutdown_signal()).await?;
                 anyhow::Ok(())
