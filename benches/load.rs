@@ -10,7 +10,8 @@
 //! sets NEXTBEST_TEST_REDIS_URL / NEXTBEST_TEST_KAFKA_BROKERS. The server runs
 //! in this process, so client and server share the machine's 2 cores.
 //! Knobs: NEXTBEST_BENCH_SECONDS (default 10), NEXTBEST_BENCH_RATE (500),
-//! NEXTBEST_BENCH_ITEM_CACHE_MS (the server's `recommend.item_cache_ms`).
+//! NEXTBEST_BENCH_ITEM_CACHE_MS (the server's `recommend.item_cache_ms`),
+//! NEXTBEST_BENCH_MICRO_BATCH_US (`model.micro_batch_us`).
 
 use nextbest::app::App;
 use nextbest::config::Config;
@@ -79,7 +80,16 @@ async fn main() {
     {
         cfg.recommend.item_cache_ms = ms;
     }
-    println!("item cache: {} ms", cfg.recommend.item_cache_ms);
+    if let Some(us) = std::env::var("NEXTBEST_BENCH_MICRO_BATCH_US")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        cfg.model.micro_batch_us = us;
+    }
+    println!(
+        "item cache: {} ms, micro-batching: {} µs",
+        cfg.recommend.item_cache_ms, cfg.model.micro_batch_us
+    );
     let app = App::build(cfg).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));

@@ -144,6 +144,8 @@ impl App {
             popularity: popularity.clone(),
             cfg: cfg.recommend.clone(),
             routing,
+            micro_batch: (cfg.model.micro_batch_us > 0)
+                .then(|| Duration::from_micros(cfg.model.micro_batch_us)),
             item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
                 || {
                     crate::decide::item_cache::ItemCache::new(Duration::from_millis(

@@ -111,6 +111,9 @@ pub struct ModelConfig {
     pub reload_debounce_ms: u64,
     /// Rescan the folder this often even without file events, in seconds (0 = never).
     pub rescan_secs: u64,
+    /// Score concurrent requests for one model together if they arrive within
+    /// this many µs (0 = off, each request scored on its own).
+    pub micro_batch_us: u64,
 }
 
 /// `/v1/recommend` behaviour.
@@ -192,6 +195,7 @@ impl Default for ModelConfig {
             watch: true,
             reload_debounce_ms: 300,
             rescan_secs: 30,
+            micro_batch_us: 0,
         }
     }
 }

@@ -256,3 +256,49 @@ async fn traffic_split_follows_weights_and_shadow_never_answers() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn micro_batched_scores_equal_unbatched_scores() {
+    let plain = TestApp::spawn(base_config()).await;
+    let mut cfg = base_config();
+    cfg.model.micro_batch_us = 3000;
+    let batched = Arc::new(TestApp::spawn(cfg).await);
+    let t = now_ms();
+    let reqs: Vec<Value> = (0..12)
+        .map(|i| {
+            let c = format!("mb-{i}");
+            json!({"customer_id": c, "k": 5, "candidates": [format!("m{i}"), "m1", "m2", format!("m{}", i + 3)], "context": {"is_mobile": i % 2 == 0}})
+        })
+        .collect();
+    for (i, r) in reqs.iter().enumerate() {
+        let c = r["customer_id"].as_str().unwrap_or_default().to_string();
+        let e = json!([event(
+            &format!("mb{i}"),
+            "add_to_cart",
+            &c,
+            Some(&format!("m{i}")),
+            t
+        )]);
+        plain.post("/v1/events", e.clone()).await;
+        batched.post("/v1/events", e).await;
+    }
+    let handles: Vec<_> = reqs
+        .iter()
+        .cloned()
+        .map(|r| {
+            let app = batched.clone();
+            tokio::spawn(async move { app.post("/v1/recommend", r).await })
+        })
+        .collect();
+    for (r, h) in reqs.iter().zip(handles) {
+        let (s, got) = h.await.expect("task");
+        assert_eq!(s, 200);
+        assert_eq!(got["fallback"], false, "{got}");
+        let (_, want) = plain.post("/v1/recommend", r.clone()).await;
+        assert_eq!(
+            scores(&got),
+            scores(&want),
+            "batched and unbatched scores differ for {r}"
+        );
+    }
+}

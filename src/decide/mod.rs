@@ -99,6 +99,8 @@ pub struct Decider {
     pub cfg: crate::config::RecommendConfig,
     /// Traffic split, shadow models, default model.
     pub routing: Routing,
+    /// Micro-batching window across concurrent requests (None = off).
+    pub micro_batch: Option<Duration>,
     /// Item states cache (Redis only; `None` reads every item every time).
     pub item_cache: Option<item_cache::ItemCache>,
 }
@@ -288,12 +290,15 @@ impl Decider {
             ("version", model.manifest.version.to_string()),
             ("role", "primary".to_string()),
         ];
-        let scores = tokio::task::spawn_blocking(move || m.score(&data, rows))
-            .await
-            .map_err(|e| DecideError::Join(e.to_string()))?
-            .inspect_err(|_| {
-                metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1)
-            })?;
+        let scored = match self.micro_batch {
+            Some(window) => m.score_batched(data, rows, window).await,
+            None => tokio::task::spawn_blocking(move || m.score(&data, rows))
+                .await
+                .map_err(|e| DecideError::Join(e.to_string()))?,
+        };
+        let scores = scored.inspect_err(|_| {
+            metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1)
+        })?;
         stage(timings, "model", t);
         metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels)
             .record(t.elapsed().as_secs_f64());

@@ -1,6 +1,7 @@
 //! Models: manifests, the ONNX Runtime, scoring sessions and the registry of
 //! what serves. Only this module knows ort.
 
+pub mod batcher;
 pub mod manifest;
 pub mod registry;
 pub mod reload;

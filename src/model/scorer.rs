@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Errors loading or running a model; each names what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,7 @@ pub struct LoadedModel {
     pub plan: RowPlan,
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
+    batcher: std::sync::OnceLock<super::batcher::MicroBatcher>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -151,6 +152,7 @@ impl LoadedModel {
             plan,
             sessions,
             next: AtomicUsize::new(0),
+            batcher: std::sync::OnceLock::new(),
         };
         model.check_signature()?;
         model.warm_up()?;
@@ -288,6 +290,19 @@ impl LoadedModel {
             )));
         }
         Ok((0..rows).map(|r| values[r * cols + col]).collect())
+    }
+
+    /// Scores through this model's micro-batcher (started on first use).
+    pub async fn score_batched(
+        self: &Arc<Self>,
+        data: Vec<f32>,
+        rows: usize,
+        window: std::time::Duration,
+    ) -> Result<Vec<f32>, ModelError> {
+        let batcher = self
+            .batcher
+            .get_or_init(|| super::batcher::MicroBatcher::start(self, window));
+        batcher.score(data, rows).await
     }
 
     /// `name@version`.
