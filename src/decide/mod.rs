@@ -208,13 +208,7 @@ impl Decider {
         let t = Instant::now();
         let (cands, read, items) = match &req.candidates {
             Some(list) => {
-                let cached = self.cached(list);
-                let missing: Vec<String> = list
-                    .iter()
-                    .zip(&cached)
-                    .filter(|(_, c)| c.is_none())
-                    .map(|(i, _)| i.clone())
-                    .collect();
+                let (cached, missing) = self.cached(list);
                 let mut read = self
                     .store
                     .read(&ReadQuery {
@@ -246,13 +240,7 @@ impl Decider {
                 let cands =
                     candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
                 let ids: Vec<String> = cands.iter().map(|(i, _)| i.clone()).collect();
-                let cached = self.cached(&ids);
-                let missing: Vec<String> = ids
-                    .iter()
-                    .zip(&cached)
-                    .filter(|(_, c)| c.is_none())
-                    .map(|(i, _)| i.clone())
-                    .collect();
+                let (cached, missing) = self.cached(&ids);
                 let fresh = if missing.is_empty() {
                     Vec::new()
                 } else {
@@ -368,11 +356,24 @@ impl Decider {
         })
     }
 
-    fn cached(&self, ids: &[String]) -> Vec<Option<Arc<crate::features::EntityState>>> {
-        match &self.item_cache {
+    /// Cached item states for `ids` (None where not cached) and the ids
+    /// that must be read from the store.
+    #[allow(clippy::type_complexity)]
+    fn cached(
+        &self,
+        ids: &[String],
+    ) -> (Vec<Option<Arc<crate::features::EntityState>>>, Vec<String>) {
+        let cached = match &self.item_cache {
             Some(c) => c.get_many(ids),
             None => vec![None; ids.len()],
-        }
+        };
+        let missing = ids
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(i, _)| i.clone())
+            .collect();
+        (cached, missing)
     }
 
     /// Puts freshly read item states (for `missing`, in order) into the
