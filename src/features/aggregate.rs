@@ -55,6 +55,8 @@ pub enum Update {
     },
     /// Resettable sum: drop contributions at or before ts.
     Reset { feature: String, ts: i64 },
+    /// Static enrichment: overwrite the value (stored like a `last` at ts 0).
+    SetStatic { feature: String, value: String },
 }
 
 /// Everything one event changes, grouped by store slot: the customer group
@@ -155,6 +157,8 @@ fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
             })
         }
         Aggregation::TimeSinceLast => Some(Update::MaxTs { feature, ts: e.ts }),
+        // never listed for an event type (a static feature has no `events`)
+        Aggregation::Static { .. } => None,
     }
 }
 
@@ -308,6 +312,16 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
                 r.parts.retain(|t, _| *t > *ts);
             }
         }
+        Update::SetStatic { feature, value } => {
+            state.lasts.insert(
+                feature.clone(),
+                LastValue {
+                    ts: 0,
+                    seq: 0,
+                    value: value.clone(),
+                },
+            );
+        }
     }
 }
 
@@ -336,7 +350,7 @@ pub fn feature_value(f: &FeatureDef, state: &EntityState, now: i64) -> FeatureVa
     match numeric_value(f, state, now) {
         Some(x) => FeatureValue::Num(x),
         None => match &f.aggregation {
-            Aggregation::Last { .. } => state
+            Aggregation::Last { .. } | Aggregation::Static { .. } => state
                 .lasts
                 .get(&f.name)
                 .map(|l| FeatureValue::Text(l.value.clone()))
@@ -394,7 +408,7 @@ pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f6
                 },
             })
         }
-        Aggregation::Last { .. } if f.is_numeric() => Some(
+        Aggregation::Last { .. } | Aggregation::Static { .. } if f.is_numeric() => Some(
             state
                 .lasts
                 .get(&f.name)
@@ -405,7 +419,9 @@ pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f6
             Some(ts) => ((now as f64 - ts) / 1000.0).max(0.0),
             None => f.default,
         }),
-        Aggregation::Last { .. } | Aggregation::DistinctRecent { .. } => None,
+        Aggregation::Last { .. }
+        | Aggregation::Static { .. }
+        | Aggregation::DistinctRecent { .. } => None,
     }
 }
 

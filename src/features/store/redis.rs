@@ -14,7 +14,10 @@
 //! slot; each event is applied per group by one Lua script (`apply.lua`),
 //! which dedupes by event id and mirrors `aggregate::apply_update`.
 
-use super::{session_feature, ApplyOutcome, FeatureStore, ReadQuery, ReadResult, StoreError};
+use super::{
+    session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
+    ReadResult, StoreError,
+};
 use crate::features::aggregate::{EntityState, LastValue, Plan, Resettable, Update, Windowed};
 use crate::features::definition::{
     is_resettable, Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW,
@@ -143,18 +146,46 @@ impl RedisStore {
             if let Some(sid) = &p.session_id {
                 call.push(&format!("{cbase}:s:{sid}"), &p.session);
             }
-            call.invoke(&mut pipe, &self.apply_sha, p, &self.settings);
+            let ids = std::iter::once((p.event_id.as_str(), p.ts));
+            call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
             let has_item = p.item_id.is_some();
             if let Some(item) = &p.item_id {
                 let ibase = self.item_key(item);
                 let mut call = GroupCall::new(format!("{ibase}:seen"));
                 call.push(&ibase, &p.item);
-                call.invoke(&mut pipe, &self.apply_sha, p, &self.settings);
+                let ids = std::iter::once((p.event_id.as_str(), p.ts));
+                call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
             shape.push((true, has_item));
         }
         (pipe, shape)
+    }
+
+    /// The pipeline for [`FeatureStore::apply_groups`] and the number of
+    /// keys each group's call writes.
+    fn group_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<usize>) {
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(groups.len());
+        for g in groups {
+            let (base, item) = match &g.group {
+                Group::Customer(id) => (self.customer_key(id), None),
+                Group::Item(id) => (self.item_key(id), Some(id)),
+            };
+            let mut call = GroupCall::new(format!("{base}:seen"));
+            call.push(&base, &g.updates);
+            for (sid, updates) in &g.sessions {
+                call.push(&format!("{base}:s:{sid}"), updates);
+            }
+            // the dedupe set is written only when there are events
+            keys.push(call.keys.len() - usize::from(g.events.is_empty()));
+            let ids = g.events.iter().map(|(id, ts)| (id.as_str(), *ts));
+            call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
+            if let Some(item) = item {
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+        }
+        (pipe, keys)
     }
 
     async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
@@ -263,7 +294,7 @@ impl RedisStore {
             };
             let num = || value.parse::<f64>().unwrap_or(0.0);
             match (&def.aggregation, suffix) {
-                (Aggregation::Last { .. }, None) => {
+                (Aggregation::Last { .. } | Aggregation::Static { .. }, None) => {
                     st.lasts
                         .entry(base.to_string())
                         .or_insert_with(LastValue::default)
@@ -440,18 +471,33 @@ impl GroupCall {
                     let k = self.key(format!("{base}:x:{feature}"));
                     self.ops.extend(["X".into(), k, ts.to_string()]);
                 }
+                Update::SetStatic { feature, value } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["V".into(), k, feature.clone(), value.clone()]);
+                }
             }
         }
     }
 
-    fn invoke(self, pipe: &mut redis::Pipeline, sha: &str, p: &Plan, s: &RedisSettings) {
-        pipe.cmd("EVALSHA")
+    /// Adds the `EVALSHA apply` call for the events `ids` (`(event id, ts)`).
+    fn invoke<'a>(
+        self,
+        pipe: &mut redis::Pipeline,
+        sha: &str,
+        ids: impl ExactSizeIterator<Item = (&'a str, i64)>,
+        s: &RedisSettings,
+    ) {
+        let cmd = pipe
+            .cmd("EVALSHA")
             .arg(sha)
             .arg(self.keys.len())
             .arg(&self.keys)
-            .arg(&p.event_id)
-            .arg(p.ts)
-            .arg(s.dedupe_window_ms)
+            .arg(ids.len());
+        for (id, ts) in ids {
+            cmd.arg(id).arg(ts);
+        }
+        cmd.arg(s.dedupe_window_ms)
             .arg(s.ttl_seconds)
             .arg(BUCKETS_PER_WINDOW)
             .arg(&self.ops);
@@ -519,6 +565,31 @@ impl FeatureStore for RedisStore {
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();
+        Ok(out)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(groups = groups.len()))]
+    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+        if groups.is_empty() {
+            return Ok(GroupOutcome::default());
+        }
+        let (pipe, keys) = self.group_pipeline(groups);
+        let replies = self.run_pipeline(&pipe).await?;
+        if replies.len() != groups.len() {
+            return Err(protocol(
+                "apply_groups: reply count differs from group count",
+            ));
+        }
+        let mut out = GroupOutcome::default();
+        for (i, r) in replies.into_iter().enumerate() {
+            match r {
+                Value::Int(1) => {
+                    out.applied += 1;
+                    out.keys += keys[i];
+                }
+                other => out.conflicts.push((i, strings(other)?)),
+            }
+        }
         Ok(out)
     }
 

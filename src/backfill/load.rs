@@ -1,0 +1,532 @@
+//! `nextbest backfill`: history and enrichment into the online store.
+//!
+//! 1. Everything is read and validated first (`input`); a bad file fails
+//!    the job before anything is written.
+//! 2. Events after `as_of` are dropped; each event id is kept once (the
+//!    first occurrence), like the stream's dedupe.
+//! 3. [`aggregate`]: every event goes through `plan_event`, the streaming
+//!    path's own code, and the updates are folded per entity group
+//!    (`features::merge`), on all cores.
+//! 4. [`write`]: one `apply_groups` call per batch of groups, several
+//!    batches in flight. Each group write carries the ids of its events and
+//!    is all-or-nothing: if the live consumer already applied some of them,
+//!    the group is re-merged without those events and written again. So an
+//!    event counts exactly once whether it arrived by stream, by backfill,
+//!    or both, and because every update commutes (counts add, `last` keeps
+//!    the greatest event time, ...) a backfill never overwrites newer
+//!    streaming state: the newest *event time* wins, not the newest write.
+//!    The same backfill twice finds every id already seen and changes
+//!    nothing.
+//!
+//! Static enrichment (`--items`, `--customers`) writes the `static` features
+//! of features.toml; a load overwrites the previous value, so loading the
+//! same file twice is also a no-op.
+
+use super::input::{self, InputError, Record};
+use super::progress::Progress;
+use crate::event::{check_id, Event};
+use crate::features::aggregate::{plan_event, Update};
+use crate::features::definition::{Aggregation, Entity, FeatureSet};
+use crate::features::merge::Merged;
+use crate::features::store::{FeatureStore, Group, GroupWrite, StoreError};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Errors of a backfill.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to load.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillJob {
+    /// Event files or glob patterns.
+    pub events: Vec<String>,
+    /// Item catalog file (column `item_id` + the item `static` features).
+    pub items: Option<PathBuf>,
+    /// Customer profile file (column `customer_id` + the customer `static` features).
+    pub customers: Option<PathBuf>,
+    /// Only events with `ts <= as_of` are loaded.
+    pub as_of: i64,
+    /// Groups per store call (default 256).
+    pub batch: usize,
+    /// Store calls in flight (default 4).
+    pub in_flight: usize,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillSummary {
+    pub files: usize,
+    /// Event rows read.
+    pub rows: usize,
+    /// Events loaded (read, minus after `as_of`, minus repeated ids).
+    pub selected: usize,
+    /// Events after `as_of`, not loaded.
+    pub after_as_of: usize,
+    /// Repeated event ids in the input, loaded once.
+    pub duplicate_ids: usize,
+    /// Entity groups (customers, items) written, including static rows.
+    pub entities: usize,
+    /// Store keys written.
+    pub keys: usize,
+    /// Groups re-merged because the live consumer had applied some events.
+    pub conflicts: usize,
+    /// Events already applied before (by the stream or an earlier backfill).
+    pub already_applied: usize,
+    pub static_rows: usize,
+    pub read_secs: f64,
+    pub aggregate_secs: f64,
+    pub write_secs: f64,
+}
+
+/// The input, read and validated.
+pub struct LoadedInput {
+    pub files: usize,
+    pub events: Vec<Event>,
+    pub statics: Vec<GroupWrite>,
+}
+
+/// Reads and validates every input file (nothing is written).
+pub fn read_input(set: &FeatureSet, job: &BackfillJob) -> Result<LoadedInput, BackfillError> {
+    let files = input::expand(&job.events)?;
+    let mut events = Vec::new();
+    for f in &files {
+        events.extend(input::read_events(f)?);
+    }
+    let mut statics = Vec::new();
+    if let Some(p) = &job.items {
+        statics.extend(read_static(set, Entity::Item, p)?);
+    }
+    if let Some(p) = &job.customers {
+        statics.extend(read_static(set, Entity::Customer, p)?);
+    }
+    Ok(LoadedInput {
+        files: files.len(),
+        events,
+        statics,
+    })
+}
+
+/// Reads a catalog/profile file into static group writes.
+pub fn read_static(
+    set: &FeatureSet,
+    entity: Entity,
+    path: &Path,
+) -> Result<Vec<GroupWrite>, InputError> {
+    let p = path.display().to_string();
+    let id_col = match entity {
+        Entity::Item => "item_id",
+        _ => "customer_id",
+    };
+    let defs: Vec<(String, String, bool)> = set
+        .statics(entity)
+        .filter_map(|f| match &f.aggregation {
+            Aggregation::Static { column, numeric } => {
+                Some((f.name.clone(), column.clone(), *numeric))
+            }
+            _ => None,
+        })
+        .collect();
+    let (columns, records) = input::read_records(path, Some(&[id_col]))?;
+    for c in std::iter::once(id_col).chain(defs.iter().map(|(_, c, _)| c.as_str())) {
+        if !columns.iter().any(|x| x == c) {
+            return Err(InputError::MissingColumn {
+                path: p,
+                column: c.to_string(),
+            });
+        }
+    }
+    records
+        .into_iter()
+        .map(|r| static_row(&p, id_col, &defs, entity, r))
+        .collect()
+}
+
+fn static_row(
+    path: &str,
+    id_col: &str,
+    defs: &[(String, String, bool)],
+    entity: Entity,
+    r: Record,
+) -> Result<GroupWrite, InputError> {
+    let err = |column: &str, message: String| InputError::Row {
+        path: path.to_string(),
+        at: r.at.clone(),
+        column: Some(column.to_string()),
+        message,
+    };
+    let id = match r.fields.get(id_col) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(err(id_col, "missing or not text".into())),
+    };
+    check_id(id_col, &id).map_err(|e| err(id_col, e.to_string()))?;
+    let mut updates = Vec::new();
+    for (name, column, numeric) in defs {
+        let value = match (r.fields.get(column), numeric) {
+            (None | Some(Value::Null), _) => continue,
+            (Some(Value::Bool(b)), true) => u8::from(*b).to_string(),
+            (Some(Value::Number(n)), true) => match n.as_f64() {
+                Some(x) if x.is_finite() => format!("{x}"),
+                _ => return Err(err(column, "must be a finite number".into())),
+            },
+            (Some(Value::String(s)), true) => match s.trim() {
+                "true" => "1".into(),
+                "false" => "0".into(),
+                t => match t.parse::<f64>() {
+                    Ok(x) if x.is_finite() => format!("{x}"),
+                    _ => return Err(err(column, format!("`{s}` is not a number"))),
+                },
+            },
+            (Some(Value::String(s)), false) => s.clone(),
+            (Some(v @ (Value::Number(_) | Value::Bool(_))), false) => v.to_string(),
+            (Some(other), _) => {
+                return Err(err(
+                    column,
+                    format!("must be a number or text, got {other}"),
+                ))
+            }
+        };
+        updates.push(Update::SetStatic {
+            feature: name.clone(),
+            value,
+        });
+    }
+    Ok(GroupWrite {
+        group: match entity {
+            Entity::Item => Group::Item(id),
+            _ => Group::Customer(id),
+        },
+        events: Vec::new(),
+        updates,
+        sessions: Vec::new(),
+    })
+}
+
+/// The folded updates of one entity group.
+#[derive(Debug, Default)]
+pub struct GroupAcc {
+    /// Indices of its events in the input.
+    pub events: Vec<u32>,
+    pub main: Merged,
+    /// Customer groups: per session.
+    pub sessions: HashMap<String, Merged>,
+}
+
+impl GroupAcc {
+    fn absorb(&mut self, other: GroupAcc) {
+        self.events.extend(other.events);
+        self.main.absorb(other.main);
+        for (sid, m) in other.sessions {
+            match self.sessions.get_mut(&sid) {
+                Some(cur) => cur.absorb(m),
+                None => {
+                    self.sessions.insert(sid, m);
+                }
+            }
+        }
+    }
+}
+
+/// Events folded per entity group.
+#[derive(Debug, Default)]
+pub struct Aggregated {
+    pub customers: HashMap<String, GroupAcc>,
+    pub items: HashMap<String, GroupAcc>,
+}
+
+/// Indices of the events to load: `ts <= as_of`, first occurrence of each id.
+/// Returns them with the counts of events dropped for each reason.
+pub fn select(events: &[Event], as_of: i64) -> (Vec<u32>, usize, usize) {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
+    let (mut late, mut dups) = (0, 0);
+    let mut keep = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        if e.ts > as_of {
+            late += 1;
+        } else if !seen.insert(e.event_id.as_str()) {
+            dups += 1;
+        } else {
+            keep.push(i as u32);
+        }
+    }
+    (keep, late, dups)
+}
+
+fn fold_into(set: &FeatureSet, events: &[Event], idx: &[u32], acc: &mut Aggregated) {
+    for &i in idx {
+        let plan = plan_event(set, &events[i as usize]);
+        let c = match acc.customers.get_mut(&plan.customer_id) {
+            Some(c) => c,
+            None => acc.customers.entry(plan.customer_id).or_default(),
+        };
+        c.events.push(i);
+        plan.customer.into_iter().for_each(|u| c.main.push(u));
+        if let Some(sid) = plan.session_id {
+            if !plan.session.is_empty() {
+                let s = match c.sessions.get_mut(&sid) {
+                    Some(s) => s,
+                    None => c.sessions.entry(sid).or_default(),
+                };
+                plan.session.into_iter().for_each(|u| s.push(u));
+            }
+        }
+        if let Some(item) = plan.item_id {
+            let g = match acc.items.get_mut(&item) {
+                Some(g) => g,
+                None => acc.items.entry(item).or_default(),
+            };
+            g.events.push(i);
+            plan.item.into_iter().for_each(|u| g.main.push(u));
+        }
+    }
+}
+
+/// Folds the selected events per entity group, on `threads` threads.
+pub fn aggregate(set: &FeatureSet, events: &[Event], idx: &[u32], threads: usize) -> Aggregated {
+    let threads = threads.max(1);
+    if threads == 1 || idx.len() < 10_000 {
+        let mut acc = Aggregated::default();
+        fold_into(set, events, idx, &mut acc);
+        return acc;
+    }
+    let chunk = idx.len().div_ceil(threads);
+    let parts: Vec<Aggregated> = std::thread::scope(|s| {
+        let handles: Vec<_> = idx
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut acc = Aggregated::default();
+                    fold_into(set, events, part, &mut acc);
+                    acc
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("aggregation threads do not panic"))
+            .collect()
+    });
+    let mut parts = parts.into_iter();
+    let mut acc = parts.next().unwrap_or_default();
+    for p in parts {
+        for (k, g) in p.customers {
+            match acc.customers.get_mut(&k) {
+                Some(cur) => cur.absorb(g),
+                None => {
+                    acc.customers.insert(k, g);
+                }
+            }
+        }
+        for (k, g) in p.items {
+            match acc.items.get_mut(&k) {
+                Some(cur) => cur.absorb(g),
+                None => {
+                    acc.items.insert(k, g);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// A group ready to write, with the events it holds (for re-merging).
+struct Pending {
+    write: GroupWrite,
+    events: Vec<u32>,
+}
+
+fn to_write(group: Group, acc: GroupAcc, events: &[Event]) -> Pending {
+    let ids = acc
+        .events
+        .iter()
+        .map(|&i| {
+            let e = &events[i as usize];
+            (e.event_id.clone(), e.ts)
+        })
+        .collect();
+    Pending {
+        write: GroupWrite {
+            group,
+            events: ids,
+            updates: acc.main.into_updates(),
+            sessions: acc
+                .sessions
+                .into_iter()
+                .map(|(sid, m)| (sid, m.into_updates()))
+                .collect(),
+        },
+        events: acc.events,
+    }
+}
+
+/// Re-folds one group from its events, leaving out the ids already applied.
+fn refold(set: &FeatureSet, events: &[Event], p: Pending, seen: &[String]) -> Option<Pending> {
+    let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
+    let keep: Vec<u32> = p
+        .events
+        .into_iter()
+        .filter(|&i| !seen.contains(events[i as usize].event_id.as_str()))
+        .collect();
+    if keep.is_empty() {
+        return None;
+    }
+    let mut acc = Aggregated::default();
+    fold_into(set, events, &keep, &mut acc);
+    match &p.write.group {
+        Group::Customer(id) => acc
+            .customers
+            .remove(id)
+            .map(|g| to_write(p.write.group.clone(), g, events)),
+        Group::Item(id) => acc
+            .items
+            .remove(id)
+            .map(|g| to_write(p.write.group.clone(), g, events)),
+    }
+}
+
+/// Totals of [`write`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteTotals {
+    pub entities: usize,
+    pub keys: usize,
+    pub conflicts: usize,
+    pub already_applied: usize,
+}
+
+/// Writes the aggregated groups (and static rows) to the store, batched and
+/// pipelined, re-merging groups that conflict with the live consumer.
+pub async fn write(
+    set: &FeatureSet,
+    store: &dyn FeatureStore,
+    events: &[Event],
+    agg: Aggregated,
+    statics: Vec<GroupWrite>,
+    job: &BackfillJob,
+    progress: &Progress,
+) -> Result<WriteTotals, BackfillError> {
+    let batch = if job.batch == 0 { 256 } else { job.batch };
+    let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
+    let mut pending: Vec<Pending> = statics
+        .into_iter()
+        .map(|w| Pending {
+            write: w,
+            events: Vec::new(),
+        })
+        .collect();
+    pending.extend(
+        agg.customers
+            .into_iter()
+            .map(|(id, g)| to_write(Group::Customer(id), g, events)),
+    );
+    pending.extend(
+        agg.items
+            .into_iter()
+            .map(|(id, g)| to_write(Group::Item(id), g, events)),
+    );
+    let mut totals = WriteTotals::default();
+    // each round strictly shrinks the conflicting groups, so this ends
+    while !pending.is_empty() {
+        let mut chunks: Vec<Vec<Pending>> = Vec::new();
+        let mut it = pending.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(batch).collect());
+        }
+        let results: Vec<(Vec<Pending>, _)> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let writes: Vec<GroupWrite> = chunk.iter().map(|p| p.write.clone()).collect();
+                let out = store.apply_groups(&writes).await?;
+                progress.advance(out.applied as u64, out.keys as u64);
+                Ok::<_, StoreError>((chunk, out))
+            })
+            .buffer_unordered(in_flight)
+            .try_collect()
+            .await?;
+        let mut retry = Vec::new();
+        for (chunk, out) in results {
+            totals.entities += out.applied;
+            totals.keys += out.keys;
+            let conflicts: HashMap<usize, Vec<String>> = out.conflicts.into_iter().collect();
+            for (i, p) in chunk.into_iter().enumerate() {
+                if let Some(seen) = conflicts.get(&i) {
+                    totals.conflicts += 1;
+                    totals.already_applied += seen.len();
+                    if let Some(again) = refold(set, events, p, seen) {
+                        retry.push(again);
+                    }
+                }
+            }
+        }
+        pending = retry;
+    }
+    Ok(totals)
+}
+
+/// Runs a whole backfill: read and validate, aggregate, write. The CPU
+/// work runs on the blocking pool.
+pub async fn run(
+    set: Arc<FeatureSet>,
+    store: &dyn FeatureStore,
+    job: &BackfillJob,
+) -> Result<BackfillSummary, BackfillError> {
+    let t = Instant::now();
+    let input = {
+        let (set, job) = (set.clone(), job.clone());
+        tokio::task::spawn_blocking(move || read_input(&set, &job))
+            .await
+            .map_err(|e| BackfillError::Invalid(format!("reader failed: {e}")))??
+    };
+    let read_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let events = Arc::new(input.events);
+    let (agg, after_as_of, duplicate_ids, selected) = {
+        let (set, events, as_of) = (set.clone(), events.clone(), job.as_of);
+        tokio::task::spawn_blocking(move || {
+            let (idx, late, dups) = select(&events, as_of);
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            (
+                aggregate(&set, &events, &idx, threads),
+                late,
+                dups,
+                idx.len(),
+            )
+        })
+        .await
+        .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
+    };
+    let aggregate_secs = t.elapsed().as_secs_f64();
+    let total_groups = agg.customers.len() + agg.items.len() + input.statics.len();
+    let static_rows = input.statics.len();
+    let progress = Progress::new("backfill", total_groups as u64);
+    let t = Instant::now();
+    let totals = write(&set, store, &events, agg, input.statics, job, &progress).await?;
+    progress.finish();
+    Ok(BackfillSummary {
+        files: input.files,
+        rows: events.len(),
+        selected,
+        after_as_of,
+        duplicate_ids,
+        entities: totals.entities,
+        keys: totals.keys,
+        conflicts: totals.conflicts,
+        already_applied: totals.already_applied,
+        static_rows,
+        read_secs,
+        aggregate_secs,
+        write_secs: t.elapsed().as_secs_f64(),
+    })
+}
