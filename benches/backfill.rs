@@ -99,7 +99,28 @@ fn main() {
         .unwrap_or(1);
 
     let t = Instant::now();
+    let mut sum = 0.0;
+    for e in &events {
+        sum += e.prop_f64("price").unwrap_or(0.0) + e.customer_id.len() as f64;
+    }
+    println!(
+        "touching each event once: {:.2} M events/s ({sum:.0})",
+        n as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
+    let t = Instant::now();
+    let mut updates = 0usize;
+    for e in &events {
+        let p = nextbest::features::aggregate::plan_event(&set, e);
+        updates += p.customer.len() + p.session.len() + p.item.len();
+    }
+    println!(
+        "plan_event alone: {:.2} M events/s, {:.1} updates/event",
+        n as f64 / t.elapsed().as_secs_f64() / 1e6,
+        updates as f64 / n as f64
+    );
+    let t = Instant::now();
     let (idx, _, _) = load::select(&events, T_END);
+    println!("select: {:.2} s", t.elapsed().as_secs_f64());
     let one = load::aggregate(&set, &events, &idx, 1);
     let one_secs = t.elapsed().as_secs_f64();
     drop(one);
@@ -107,20 +128,33 @@ fn main() {
     let (idx, _, _) = load::select(&events, T_END);
     let agg = load::aggregate(&set, &events, &idx, threads);
     let agg_secs = t.elapsed().as_secs_f64();
-    let groups = agg.customers.len() + agg.items.len();
+    let groups = agg.len();
     println!(
         "aggregate: {:.2} M events/s on {threads} threads ({agg_secs:.2} s), {:.2} M events/s on 1 thread; {groups} entity groups",
         n as f64 / agg_secs / 1e6,
         n as f64 / one_secs / 1e6,
     );
 
+    if std::env::var_os("NEXTBEST_BENCH_SKIP_REDIS").is_some() {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let url = common::redis_url();
+        // NEXTBEST_TEST_REDIS_URL, else a redis-server of our own (stopped on drop)
+        let mut own = None;
+        let url = match std::env::var("NEXTBEST_TEST_REDIS_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                let r = common::RedisProc::start();
+                let u = r.url();
+                own = Some(r);
+                u
+            }
+        };
         let store = RedisStore::connect(
             RedisSettings {
                 url: url.clone(),
@@ -144,7 +178,7 @@ fn main() {
         };
         let progress = Progress::hidden("bench", groups as u64);
         let t = Instant::now();
-        let totals = load::write(&set, &store, &events, agg, Vec::new(), &job, &progress)
+        let totals = load::write(&set, &store, &events, agg, &job, &progress)
             .await
             .expect("write");
         let secs = t.elapsed().as_secs_f64();
@@ -161,5 +195,6 @@ fn main() {
             "end to end (aggregate + write): {:.0} events/s",
             n as f64 / (secs + agg_secs)
         );
+        drop(own);
     });
 }

@@ -4,9 +4,10 @@
 //!    the job before anything is written.
 //! 2. Events after `as_of` are dropped; each event id is kept once (the
 //!    first occurrence), like the stream's dedupe.
-//! 3. [`aggregate`]: every event goes through `plan_event`, the streaming
-//!    path's own code, and the updates are folded per entity group
-//!    (`features::merge`), on all cores.
+//! 3. [`aggregate`]: every event goes through `visit_event` (the code
+//!    `plan_event` runs for the stream) and its changes are folded per
+//!    entity group (`features::merge`), each core owning a hash shard of
+//!    the customers and items.
 //! 4. [`write`]: one `apply_groups` call per batch of groups, several
 //!    batches in flight. Each group write carries the ids of its events and
 //!    is all-or-nothing: if the live consumer already applied some of them,
@@ -25,13 +26,15 @@
 use super::input::{self, InputError, Record};
 use super::progress::Progress;
 use crate::event::{check_id, Event};
-use crate::features::aggregate::{plan_event, Update};
+use crate::features::aggregate::{visit_event, Update};
 use crate::features::definition::{Aggregation, Entity, FeatureSet};
-use crate::features::merge::Merged;
+use crate::features::merge::{FoldLayout, Folded};
 use crate::features::store::{FeatureStore, Group, GroupWrite, StoreError};
 use futures::{StreamExt, TryStreamExt};
+use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -214,42 +217,11 @@ fn static_row(
     })
 }
 
-/// The folded updates of one entity group.
-#[derive(Debug, Default)]
-pub struct GroupAcc {
-    /// Indices of its events in the input.
-    pub events: Vec<u32>,
-    pub main: Merged,
-    /// Customer groups: per session.
-    pub sessions: HashMap<String, Merged>,
-}
-
-impl GroupAcc {
-    fn absorb(&mut self, other: GroupAcc) {
-        self.events.extend(other.events);
-        self.main.absorb(other.main);
-        for (sid, m) in other.sessions {
-            match self.sessions.get_mut(&sid) {
-                Some(cur) => cur.absorb(m),
-                None => {
-                    self.sessions.insert(sid, m);
-                }
-            }
-        }
-    }
-}
-
-/// Events folded per entity group.
-#[derive(Debug, Default)]
-pub struct Aggregated {
-    pub customers: HashMap<String, GroupAcc>,
-    pub items: HashMap<String, GroupAcc>,
-}
-
 /// Indices of the events to load: `ts <= as_of`, first occurrence of each id.
 /// Returns them with the counts of events dropped for each reason.
 pub fn select(events: &[Event], as_of: i64) -> (Vec<u32>, usize, usize) {
-    let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
+    let mut seen: HashSet<&str, FxBuildHasher> =
+        HashSet::with_capacity_and_hasher(events.len(), FxBuildHasher);
     let (mut late, mut dups) = (0, 0);
     let mut keep = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
@@ -264,90 +236,93 @@ pub fn select(events: &[Event], as_of: i64) -> (Vec<u32>, usize, usize) {
     (keep, late, dups)
 }
 
-fn fold_into(set: &FeatureSet, events: &[Event], idx: &[u32], acc: &mut Aggregated) {
-    for &i in idx {
-        let plan = plan_event(set, &events[i as usize]);
-        let c = match acc.customers.get_mut(&plan.customer_id) {
-            Some(c) => c,
-            None => acc.customers.entry(plan.customer_id).or_default(),
-        };
-        c.events.push(i);
-        plan.customer.into_iter().for_each(|u| c.main.push(u));
-        if let Some(sid) = plan.session_id {
-            if !plan.session.is_empty() {
-                let s = match c.sessions.get_mut(&sid) {
-                    Some(s) => s,
-                    None => c.sessions.entry(sid).or_default(),
-                };
-                plan.session.into_iter().for_each(|u| s.push(u));
-            }
-        }
-        if let Some(item) = plan.item_id {
-            let g = match acc.items.get_mut(&item) {
-                Some(g) => g,
-                None => acc.items.entry(item).or_default(),
-            };
-            g.events.push(i);
-            plan.item.into_iter().for_each(|u| g.main.push(u));
-        }
-    }
-}
-
-/// Folds the selected events per entity group, on `threads` threads.
-pub fn aggregate(set: &FeatureSet, events: &[Event], idx: &[u32], threads: usize) -> Aggregated {
-    let threads = threads.max(1);
-    if threads == 1 || idx.len() < 10_000 {
-        let mut acc = Aggregated::default();
-        fold_into(set, events, idx, &mut acc);
-        return acc;
-    }
-    let chunk = idx.len().div_ceil(threads);
-    let parts: Vec<Aggregated> = std::thread::scope(|s| {
-        let handles: Vec<_> = idx
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    let mut acc = Aggregated::default();
-                    fold_into(set, events, part, &mut acc);
-                    acc
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("aggregation threads do not panic"))
-            .collect()
-    });
-    let mut parts = parts.into_iter();
-    let mut acc = parts.next().unwrap_or_default();
-    for p in parts {
-        for (k, g) in p.customers {
-            match acc.customers.get_mut(&k) {
-                Some(cur) => cur.absorb(g),
-                None => {
-                    acc.customers.insert(k, g);
-                }
-            }
-        }
-        for (k, g) in p.items {
-            match acc.items.get_mut(&k) {
-                Some(cur) => cur.absorb(g),
-                None => {
-                    acc.items.insert(k, g);
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// A group ready to write, with the events it holds (for re-merging).
-struct Pending {
-    write: GroupWrite,
+/// The fold of one entity group's events, borrowing from them.
+struct GroupAcc<'e> {
     events: Vec<u32>,
+    main: Folded<'e>,
+    sessions: HashMap<&'e str, Folded<'e>, FxBuildHasher>,
 }
 
-fn to_write(group: Group, acc: GroupAcc, events: &[Event]) -> Pending {
+/// Which entity group of an event a fold is about.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    /// The customer and its session.
+    Customer,
+    Item,
+}
+
+fn group_id(e: &Event, side: Side) -> Option<&str> {
+    match side {
+        Side::Customer => Some(e.customer_id.as_str()),
+        Side::Item => e.item_id.as_deref(),
+    }
+}
+
+/// Folds one side of the events `idx` whose group falls in hash shard `k` of
+/// `shards` into group writes. The events are first sorted by group so each
+/// group is folded in one go, in cache, and written out before the next.
+fn fold_side(
+    set: &FeatureSet,
+    layout: &FoldLayout,
+    events: &[Event],
+    idx: &[u32],
+    side: Side,
+    k: usize,
+    shards: usize,
+) -> Vec<PendingGroup> {
+    let id = |i: u32| group_id(&events[i as usize], side).unwrap_or_default();
+    let mut keyed: Vec<(u64, u32)> = idx
+        .iter()
+        .filter_map(|&i| {
+            let g = group_id(&events[i as usize], side)?;
+            let h = FxBuildHasher.hash_one(g);
+            (shards == 1 || h % shards as u64 == k as u64).then_some((h, i))
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id(a.1).cmp(id(b.1))));
+    let (customer_side, item_side) = (side == Side::Customer, side == Side::Item);
+    let mut out = Vec::new();
+    for run in keyed.chunk_by(|a, b| a.0 == b.0 && id(a.1) == id(b.1)) {
+        let entity = match side {
+            Side::Customer => Entity::Customer,
+            Side::Item => Entity::Item,
+        };
+        let mut acc = GroupAcc {
+            events: run.iter().map(|(_, i)| *i).collect(),
+            main: layout.empty(entity),
+            sessions: HashMap::default(),
+        };
+        for &(_, i) in run {
+            let e = &events[i as usize];
+            visit_event(set, e, customer_side, item_side, |f, change| {
+                match (set.features[f].entity, e.session_id.as_deref()) {
+                    (Entity::Session, Some(sid)) => {
+                        let s = acc
+                            .sessions
+                            .entry(sid)
+                            .or_insert_with(|| layout.empty(Entity::Session));
+                        layout.push(s, f, change);
+                    }
+                    _ => layout.push(&mut acc.main, f, change),
+                }
+            });
+        }
+        let gid = id(run[0].1).to_string();
+        let group = match side {
+            Side::Customer => Group::Customer(gid),
+            Side::Item => Group::Item(gid),
+        };
+        out.push(to_pending(layout, group, acc, events));
+    }
+    out
+}
+
+fn to_pending(
+    layout: &FoldLayout,
+    group: Group,
+    acc: GroupAcc<'_>,
+    events: &[Event],
+) -> PendingGroup {
     let ids = acc
         .events
         .iter()
@@ -356,23 +331,75 @@ fn to_write(group: Group, acc: GroupAcc, events: &[Event]) -> Pending {
             (e.event_id.clone(), e.ts)
         })
         .collect();
-    Pending {
+    PendingGroup {
         write: GroupWrite {
             group,
             events: ids,
-            updates: acc.main.into_updates(),
+            updates: layout.merged(acc.main).into_updates(),
             sessions: acc
                 .sessions
                 .into_iter()
-                .map(|(sid, m)| (sid, m.into_updates()))
+                .filter(|(_, f)| !f.is_empty())
+                .map(|(sid, f)| (sid.to_string(), layout.merged(f).into_updates()))
                 .collect(),
         },
         events: acc.events,
     }
 }
 
+/// A group ready to write, with the events it holds (to re-fold it without
+/// some of them).
+#[derive(Debug, Clone)]
+pub struct PendingGroup {
+    pub write: GroupWrite,
+    pub events: Vec<u32>,
+}
+
+impl PendingGroup {
+    /// A static row (no events).
+    pub fn fixed(write: GroupWrite) -> PendingGroup {
+        PendingGroup {
+            write,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Folds the selected events per entity group into group writes, on
+/// `threads` threads (each owns a hash shard of the customers and items).
+pub fn aggregate(
+    set: &FeatureSet,
+    events: &[Event],
+    idx: &[u32],
+    threads: usize,
+) -> Vec<PendingGroup> {
+    let layout = FoldLayout::new(set);
+    let shards = if idx.len() < 512 { 1 } else { threads.max(1) };
+    std::thread::scope(|s| {
+        let layout = &layout;
+        let handles: Vec<_> = (0..shards)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut out = fold_side(set, layout, events, idx, Side::Customer, k, shards);
+                    out.extend(fold_side(set, layout, events, idx, Side::Item, k, shards));
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("aggregation threads do not panic"))
+            .collect()
+    })
+}
+
 /// Re-folds one group from its events, leaving out the ids already applied.
-fn refold(set: &FeatureSet, events: &[Event], p: Pending, seen: &[String]) -> Option<Pending> {
+fn refold(
+    set: &FeatureSet,
+    events: &[Event],
+    p: PendingGroup,
+    seen: &[String],
+) -> Option<PendingGroup> {
     let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
     let keep: Vec<u32> = p
         .events
@@ -382,18 +409,13 @@ fn refold(set: &FeatureSet, events: &[Event], p: Pending, seen: &[String]) -> Op
     if keep.is_empty() {
         return None;
     }
-    let mut acc = Aggregated::default();
-    fold_into(set, events, &keep, &mut acc);
-    match &p.write.group {
-        Group::Customer(id) => acc
-            .customers
-            .remove(id)
-            .map(|g| to_write(p.write.group.clone(), g, events)),
-        Group::Item(id) => acc
-            .items
-            .remove(id)
-            .map(|g| to_write(p.write.group.clone(), g, events)),
-    }
+    let side = match p.write.group {
+        Group::Customer(_) => Side::Customer,
+        Group::Item(_) => Side::Item,
+    };
+    fold_side(set, &FoldLayout::new(set), events, &keep, side, 0, 1)
+        .into_iter()
+        .find(|g| g.write.group == p.write.group)
 }
 
 /// Totals of [`write`].
@@ -411,39 +433,21 @@ pub async fn write(
     set: &FeatureSet,
     store: &dyn FeatureStore,
     events: &[Event],
-    agg: Aggregated,
-    statics: Vec<GroupWrite>,
+    mut pending: Vec<PendingGroup>,
     job: &BackfillJob,
     progress: &Progress,
 ) -> Result<WriteTotals, BackfillError> {
     let batch = if job.batch == 0 { 256 } else { job.batch };
     let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
-    let mut pending: Vec<Pending> = statics
-        .into_iter()
-        .map(|w| Pending {
-            write: w,
-            events: Vec::new(),
-        })
-        .collect();
-    pending.extend(
-        agg.customers
-            .into_iter()
-            .map(|(id, g)| to_write(Group::Customer(id), g, events)),
-    );
-    pending.extend(
-        agg.items
-            .into_iter()
-            .map(|(id, g)| to_write(Group::Item(id), g, events)),
-    );
     let mut totals = WriteTotals::default();
     // each round strictly shrinks the conflicting groups, so this ends
     while !pending.is_empty() {
-        let mut chunks: Vec<Vec<Pending>> = Vec::new();
+        let mut chunks: Vec<Vec<PendingGroup>> = Vec::new();
         let mut it = pending.into_iter().peekable();
         while it.peek().is_some() {
             chunks.push(it.by_ref().take(batch).collect());
         }
-        let results: Vec<(Vec<Pending>, _)> = futures::stream::iter(chunks)
+        let results: Vec<(Vec<PendingGroup>, _)> = futures::stream::iter(chunks)
             .map(|chunk| async move {
                 let writes: Vec<GroupWrite> = chunk.iter().map(|p| p.write.clone()).collect();
                 let out = store.apply_groups(&writes).await?;
@@ -490,7 +494,7 @@ pub async fn run(
     let read_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let events = Arc::new(input.events);
-    let (agg, after_as_of, duplicate_ids, selected) = {
+    let (mut groups, after_as_of, duplicate_ids, selected) = {
         let (set, events, as_of) = (set.clone(), events.clone(), job.as_of);
         tokio::task::spawn_blocking(move || {
             let (idx, late, dups) = select(&events, as_of);
@@ -508,11 +512,11 @@ pub async fn run(
         .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
     };
     let aggregate_secs = t.elapsed().as_secs_f64();
-    let total_groups = agg.customers.len() + agg.items.len() + input.statics.len();
     let static_rows = input.statics.len();
-    let progress = Progress::new("backfill", total_groups as u64);
+    groups.extend(input.statics.into_iter().map(PendingGroup::fixed));
+    let progress = Progress::new("backfill", groups.len() as u64);
     let t = Instant::now();
-    let totals = write(&set, store, &events, agg, input.statics, job, &progress).await?;
+    let totals = write(&set, store, &events, groups, job, &progress).await?;
     progress.finish();
     Ok(BackfillSummary {
         files: input.files,

@@ -18,6 +18,7 @@ use super::definition::{
 };
 use crate::event::Event;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// One change to one entity's state.
@@ -73,6 +74,94 @@ pub struct Plan {
     pub item: Vec<Update>,
 }
 
+/// One change to one feature of one entity, borrowing from the event: an
+/// [`Update`] without the feature's name. [`visit_event`] yields them;
+/// [`plan_event`] names them. The backfill folds them without allocating.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<'e> {
+    Add(f64),
+    AddWindowed {
+        bucket: i64,
+        amount: f64,
+    },
+    SetLast {
+        ts: i64,
+        seq: i64,
+        value: Cow<'e, str>,
+    },
+    MaxTs(i64),
+    PushRecent {
+        member: Cow<'e, str>,
+        ts: i64,
+        cap: usize,
+    },
+    AddResettable {
+        ts: i64,
+        amount: f64,
+    },
+    Reset(i64),
+}
+
+impl Change<'_> {
+    /// The [`Update`] of feature `feature`.
+    pub fn named(self, feature: String) -> Update {
+        match self {
+            Change::Add(amount) => Update::Add { feature, amount },
+            Change::AddWindowed { bucket, amount } => Update::AddWindowed {
+                feature,
+                bucket,
+                amount,
+            },
+            Change::SetLast { ts, seq, value } => Update::SetLast {
+                feature,
+                ts,
+                seq,
+                value: value.into_owned(),
+            },
+            Change::MaxTs(ts) => Update::MaxTs { feature, ts },
+            Change::PushRecent { member, ts, cap } => Update::PushRecent {
+                feature,
+                member: member.into_owned(),
+                ts,
+                cap,
+            },
+            Change::AddResettable { ts, amount } => Update::AddResettable {
+                feature,
+                ts,
+                amount,
+            },
+            Change::Reset(ts) => Update::Reset { feature, ts },
+        }
+    }
+}
+
+/// Calls `sink(feature index, change)` for every change an event makes,
+/// according to the definitions: customer features always, session features
+/// when the event has a session, item features when it has an item.
+/// `customer_side` / `item_side` select which entities to visit (the
+/// customer side includes the session).
+pub fn visit_event<'e>(
+    set: &FeatureSet,
+    e: &'e Event,
+    customer_side: bool,
+    item_side: bool,
+    mut sink: impl FnMut(usize, Change<'e>),
+) {
+    for &i in set.features_for(e.kind) {
+        let f = &set.features[i];
+        let wanted = match f.entity {
+            Entity::Customer => customer_side,
+            Entity::Session => customer_side && e.session_id.is_some(),
+            Entity::Item => item_side && e.item_id.is_some(),
+        };
+        if wanted {
+            if let Some(c) = change_for(f, e) {
+                sink(i, c);
+            }
+        }
+    }
+}
+
 /// Turns an event into updates according to the definitions.
 pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
     let mut plan = Plan {
@@ -83,33 +172,25 @@ pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
         item_id: e.item_id.clone(),
         ..Plan::default()
     };
-    for &i in set.features_for(e.kind) {
+    visit_event(set, e, true, true, |i, c| {
         let f = &set.features[i];
         let target = match f.entity {
             Entity::Customer => &mut plan.customer,
-            Entity::Session if e.session_id.is_some() => &mut plan.session,
-            Entity::Item if e.item_id.is_some() => &mut plan.item,
-            Entity::Session | Entity::Item => continue,
+            Entity::Session => &mut plan.session,
+            Entity::Item => &mut plan.item,
         };
-        if let Some(u) = update_for(f, e) {
-            target.push(u);
-        }
-    }
+        target.push(c.named(f.name.clone()));
+    });
     plan
 }
 
-fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
-    let feature = f.name.clone();
+fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
     let additive = |amount: f64| match f.window {
-        Some(w) => Update::AddWindowed {
-            feature: feature.clone(),
+        Some(w) => Change::AddWindowed {
             bucket: e.ts.div_euclid(w.bucket_ms()),
             amount,
         },
-        None => Update::Add {
-            feature: feature.clone(),
-            amount,
-        },
+        None => Change::Add(amount),
     };
     match &f.aggregation {
         Aggregation::Count => f.events.contains(&e.kind).then(|| additive(1.0)),
@@ -120,7 +201,7 @@ fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
             prop_defaults,
         } => {
             if reset_on.contains(&e.kind) {
-                return Some(Update::Reset { feature, ts: e.ts });
+                return Some(Change::Reset(e.ts));
             }
             if !f.events.contains(&e.kind) {
                 return None;
@@ -135,38 +216,35 @@ fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
             if reset_on.is_empty() {
                 Some(additive(amount))
             } else {
-                Some(Update::AddResettable {
-                    feature,
-                    ts: e.ts,
-                    amount,
-                })
+                Some(Change::AddResettable { ts: e.ts, amount })
             }
         }
-        Aggregation::Last { field } => field_value(field, e).map(|value| Update::SetLast {
-            feature,
+        Aggregation::Last { field } => field_value(field, e).map(|value| Change::SetLast {
             ts: e.ts,
             seq: e.seq.unwrap_or(0),
             value,
         }),
         Aggregation::DistinctRecent { field, cap } => {
-            field_value(field, e).map(|member| Update::PushRecent {
-                feature,
+            field_value(field, e).map(|member| Change::PushRecent {
                 member,
                 ts: e.ts,
                 cap: *cap,
             })
         }
-        Aggregation::TimeSinceLast => Some(Update::MaxTs { feature, ts: e.ts }),
+        Aggregation::TimeSinceLast => Some(Change::MaxTs(e.ts)),
         // never listed for an event type (a static feature has no `events`)
         Aggregation::Static { .. } => None,
     }
 }
 
-fn field_value(field: &Field, e: &Event) -> Option<String> {
+fn field_value<'e>(field: &Field, e: &'e Event) -> Option<Cow<'e, str>> {
     match field {
-        Field::ItemId => e.item_id.clone(),
-        Field::SessionId => e.session_id.clone(),
-        Field::Prop(p) => e.prop_text(p),
+        Field::ItemId => e.item_id.as_deref().map(Cow::Borrowed),
+        Field::SessionId => e.session_id.as_deref().map(Cow::Borrowed),
+        Field::Prop(p) => match e.props.get(p)? {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            _ => e.prop_text(p).map(Cow::Owned),
+        },
     }
 }
 

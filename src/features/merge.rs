@@ -14,8 +14,9 @@
 //! Pure like `aggregate`: no Redis, no clock. `tests` check the equivalence
 //! against `apply_update` on random update sequences and random prior states.
 
-use super::aggregate::{LastValue, Update};
-use super::definition::BUCKETS_PER_WINDOW;
+use super::aggregate::{Change, LastValue, Update};
+use super::definition::{Entity, FeatureSet, BUCKETS_PER_WINDOW};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 /// The fold of any number of updates to one entity.
@@ -224,6 +225,221 @@ impl Merged {
             out.push(Update::SetStatic { feature, value });
         }
         out
+    }
+}
+
+/// Where each feature's slot is in a [`Folded`]: features are numbered
+/// within their entity.
+#[derive(Debug, Clone)]
+pub struct FoldLayout {
+    local: Vec<usize>,
+    names: Vec<String>,
+    customer: usize,
+    session: usize,
+    item: usize,
+}
+
+impl FoldLayout {
+    pub fn new(set: &FeatureSet) -> FoldLayout {
+        let mut counts = [0usize; 3];
+        let local = set
+            .features
+            .iter()
+            .map(|f| {
+                let c = &mut counts[entity_slot(f.entity)];
+                *c += 1;
+                *c - 1
+            })
+            .collect();
+        FoldLayout {
+            local,
+            names: set.features.iter().map(|f| f.name.clone()).collect(),
+            customer: counts[0],
+            session: counts[1],
+            item: counts[2],
+        }
+    }
+
+    /// An empty fold for an entity.
+    pub fn empty<'e>(&self, e: Entity) -> Folded<'e> {
+        let n = match e {
+            Entity::Customer => self.customer,
+            Entity::Session => self.session,
+            Entity::Item => self.item,
+        };
+        Folded {
+            slots: (0..n).map(|_| Slot::Empty).collect(),
+            globals: Vec::new(),
+        }
+    }
+
+    /// Folds the change of feature `feature` (index in the set) in.
+    pub fn push<'e>(&self, into: &mut Folded<'e>, feature: usize, c: Change<'e>) {
+        let local = self.local[feature];
+        if matches!(into.slots[local], Slot::Empty) {
+            into.globals.push(feature);
+        }
+        into.slots[local].push(c);
+    }
+
+    /// The fold as a [`Merged`] (named updates).
+    pub fn merged(&self, f: Folded<'_>) -> Merged {
+        let mut m = Merged::default();
+        let mut slots = f.slots;
+        for g in f.globals {
+            let slot = std::mem::replace(&mut slots[self.local[g]], Slot::Empty);
+            slot.into_merged(&self.names[g], &mut m);
+        }
+        m
+    }
+}
+
+fn entity_slot(e: Entity) -> usize {
+    match e {
+        Entity::Customer => 0,
+        Entity::Session => 1,
+        Entity::Item => 2,
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// The fold of many [`Change`]s of one entity, borrowing from the events:
+/// the allocation-free form of [`Merged`], one slot per feature.
+#[derive(Debug)]
+pub struct Folded<'e> {
+    slots: Vec<Slot<'e>>,
+    /// Global indices of the features with a slot, in first-seen order.
+    globals: Vec<usize>,
+}
+
+impl Folded<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.globals.is_empty()
+    }
+}
+
+#[derive(Debug)]
+enum Slot<'e> {
+    Empty,
+    Add(f64),
+    Windowed(BTreeMap<i64, f64>),
+    Last {
+        ts: i64,
+        seq: i64,
+        value: Cow<'e, str>,
+    },
+    MaxTs(i64),
+    Recent {
+        cap: usize,
+        members: FxMap<Cow<'e, str>, i64>,
+    },
+    Resettable {
+        reset: Option<i64>,
+        parts: BTreeMap<i64, f64>,
+    },
+}
+
+impl<'e> Slot<'e> {
+    /// Same semantics as [`Merged::push`].
+    fn push(&mut self, c: Change<'e>) {
+        match (self, c) {
+            (Slot::Add(x), Change::Add(a)) => *x += a,
+            (Slot::Windowed(w), Change::AddWindowed { bucket, amount }) => {
+                *w.entry(bucket).or_insert(0.0) += amount
+            }
+            (
+                Slot::Last { ts, seq, value },
+                Change::SetLast {
+                    ts: t,
+                    seq: q,
+                    value: v,
+                },
+            ) => {
+                if (t, q) > (*ts, *seq)
+                    || ((t, q) == (*ts, *seq) && v.as_bytes() > value.as_bytes())
+                {
+                    (*ts, *seq, *value) = (t, q, v);
+                }
+            }
+            (Slot::MaxTs(ts), Change::MaxTs(t)) => *ts = (*ts).max(t),
+            (Slot::Recent { cap, members }, Change::PushRecent { member, ts, cap: c }) => {
+                *cap = c;
+                match members.get_mut(member.as_ref()) {
+                    Some(t) => *t = (*t).max(ts),
+                    None => {
+                        members.insert(member, ts);
+                    }
+                }
+            }
+            (Slot::Resettable { parts, .. }, Change::AddResettable { ts, amount }) => {
+                *parts.entry(ts).or_insert(0.0) += amount
+            }
+            (Slot::Resettable { reset, .. }, Change::Reset(ts)) => {
+                *reset = Some(reset.map_or(ts, |r| r.max(ts)))
+            }
+            (slot @ Slot::Empty, c) => {
+                *slot = match c {
+                    Change::Add(a) => Slot::Add(a),
+                    Change::AddWindowed { bucket, amount } => {
+                        Slot::Windowed(BTreeMap::from([(bucket, amount)]))
+                    }
+                    Change::SetLast { ts, seq, value } => Slot::Last { ts, seq, value },
+                    Change::MaxTs(t) => Slot::MaxTs(t),
+                    Change::PushRecent { member, ts, cap } => {
+                        let mut members = FxMap::default();
+                        members.insert(member, ts);
+                        Slot::Recent { cap, members }
+                    }
+                    Change::AddResettable { ts, amount } => Slot::Resettable {
+                        reset: None,
+                        parts: BTreeMap::from([(ts, amount)]),
+                    },
+                    Change::Reset(ts) => Slot::Resettable {
+                        reset: Some(ts),
+                        parts: BTreeMap::new(),
+                    },
+                };
+            }
+            // one feature has one aggregation, so its changes are all of one kind
+            (_, c) => debug_assert!(false, "feature changed with mixed kinds: {c:?}"),
+        }
+    }
+
+    fn into_merged(self, name: &str, m: &mut Merged) {
+        let f = || name.to_string();
+        match self {
+            Slot::Empty => {}
+            Slot::Add(amount) => m.push(Update::Add {
+                feature: f(),
+                amount,
+            }),
+            Slot::Windowed(w) => {
+                m.windows.insert(f(), w);
+            }
+            Slot::Last { ts, seq, value } => m.push(Update::SetLast {
+                feature: f(),
+                ts,
+                seq,
+                value: value.into_owned(),
+            }),
+            Slot::MaxTs(ts) => m.push(Update::MaxTs { feature: f(), ts }),
+            Slot::Recent { cap, members } => {
+                m.recent.insert(
+                    f(),
+                    (
+                        cap,
+                        members
+                            .into_iter()
+                            .map(|(k, v)| (k.into_owned(), v))
+                            .collect(),
+                    ),
+                );
+            }
+            Slot::Resettable { reset, parts } => {
+                m.resettable.insert(f(), (reset, parts));
+            }
+        }
     }
 }
 
