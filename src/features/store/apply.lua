@@ -8,6 +8,7 @@
 --       buckets_per_window, ops...
 -- ops:  A k field amount | W k field bucket amount | L k field ts seq value
 --       T k field ts | R k member ts cap | S k ts amount | X k ts | V k field value
+--       WB k field count (bucket amount)... | RB k cap count (member ts)...
 -- n = 0 (static enrichment) skips the dedupe.
 -- Returns 1 when applied; otherwise nothing was written and the reply lists
 -- the event ids already seen (the caller drops them and retries the rest).
@@ -103,6 +104,56 @@ while i <= #ARGV do
       redis.call('HSET', key, f .. '|t', ARGV[i + 3], f .. '|q', ARGV[i + 4], f, v)
     end
     i = i + 6
+  elseif op == 'WB' then
+    -- many buckets of one window at once (backfill): WB k field count b1 a1 ...
+    -- same result as one W op per bucket: the newest bucket sets max, older
+    -- buckets outside the window are dropped or skipped
+    local f = ARGV[i + 2]
+    local cnt = tonumber(ARGV[i + 3])
+    local top = nil
+    for j = 0, cnt - 1 do
+      local b = tonumber(ARGV[i + 4 + 2 * j])
+      if (not top) or b > top then
+        top = b
+      end
+    end
+    local m = redis.call('HGET', key, f .. '|max')
+    local newmax = top
+    if m then
+      m = tonumber(m)
+      if m > top then
+        newmax = m
+      elseif top > m then
+        local dead = {}
+        for j = m - n + 1, math.min(top - n, m) do
+          dead[#dead + 1] = f .. '|' .. string.format('%d', j)
+        end
+        if #dead > 0 then
+          redis.call('HDEL', key, unpack(dead))
+        end
+      end
+    end
+    if (not m) or newmax > m then
+      redis.call('HSET', key, f .. '|max', string.format('%d', newmax))
+    end
+    for j = 0, cnt - 1 do
+      local bs = ARGV[i + 4 + 2 * j]
+      if tonumber(bs) > newmax - n then
+        redis.call('HINCRBYFLOAT', key, f .. '|' .. bs, ARGV[i + 5 + 2 * j])
+      end
+    end
+    i = i + 4 + 2 * cnt
+  elseif op == 'RB' then
+    -- many members of one recent list at once (backfill): RB k cap count m1 t1 ...
+    local cnt = tonumber(ARGV[i + 3])
+    local args = {}
+    for j = 0, cnt - 1 do
+      args[#args + 1] = ARGV[i + 5 + 2 * j]
+      args[#args + 1] = ARGV[i + 4 + 2 * j]
+    end
+    redis.call('ZADD', key, 'GT', unpack(args))
+    redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[i + 2]) + 1))
+    i = i + 4 + 2 * cnt
   elseif op == 'T' then
     local f = ARGV[i + 2]
     local c = redis.call('HGET', key, f)

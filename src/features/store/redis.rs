@@ -401,7 +401,78 @@ impl GroupCall {
     }
 
     fn push(&mut self, base: &str, updates: &[Update]) {
+        // Several buckets of one window, or members of one recent list (a
+        // backfill's merged updates), go in one op each: fewer Redis calls.
+        let mut windows: Vec<(&str, Vec<(i64, f64)>)> = Vec::new();
+        let mut recents: Vec<(&str, usize, Vec<(&str, i64)>)> = Vec::new();
         for u in updates {
+            match u {
+                Update::AddWindowed {
+                    feature,
+                    bucket,
+                    amount,
+                } => match windows.iter_mut().find(|(f, _)| f == feature) {
+                    Some((_, b)) => b.push((*bucket, *amount)),
+                    None => windows.push((feature, vec![(*bucket, *amount)])),
+                },
+                Update::PushRecent {
+                    feature,
+                    member,
+                    ts,
+                    cap,
+                } => match recents.iter_mut().find(|(f, _, _)| f == feature) {
+                    Some((_, _, m)) => m.push((member, *ts)),
+                    None => recents.push((feature, *cap, vec![(member, *ts)])),
+                },
+                _ => {}
+            }
+        }
+        let batched_w: Vec<&str> = windows
+            .iter()
+            .filter(|(_, b)| b.len() > 1)
+            .map(|(f, _)| *f)
+            .collect();
+        let batched_r: Vec<&str> = recents
+            .iter()
+            .filter(|(_, _, m)| m.len() > 1)
+            .map(|(f, _, _)| *f)
+            .collect();
+        for (feature, buckets) in windows {
+            if buckets.len() < 2 {
+                continue; // the single-update form below
+            }
+            let k = self.key(base.to_string());
+            self.ops.extend([
+                "WB".into(),
+                k,
+                feature.to_string(),
+                buckets.len().to_string(),
+            ]);
+            for (b, a) in buckets {
+                self.ops.extend([b.to_string(), fmt_f64(a)]);
+            }
+        }
+        for (feature, cap, members) in recents {
+            if members.len() < 2 {
+                continue;
+            }
+            let k = self.key(format!("{base}:r:{feature}"));
+            self.ops
+                .extend(["RB".into(), k, cap.to_string(), members.len().to_string()]);
+            for (m, t) in members {
+                self.ops.extend([m.to_string(), t.to_string()]);
+            }
+        }
+        for u in updates {
+            match u {
+                Update::AddWindowed { feature, .. } if batched_w.contains(&feature.as_str()) => {
+                    continue
+                }
+                Update::PushRecent { feature, .. } if batched_r.contains(&feature.as_str()) => {
+                    continue
+                }
+                _ => {}
+            }
             match u {
                 Update::Add { feature, amount } => {
                     let k = self.key(base.to_string());
