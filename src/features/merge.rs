@@ -33,7 +33,7 @@ pub struct Merged {
     statics: HashMap<String, String>,
 }
 
-fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: String) -> &'a mut V {
+fn slot<V: Default>(map: &mut HashMap<String, V>, key: String) -> &mut V {
     map.entry(key).or_default()
 }
 

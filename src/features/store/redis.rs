@@ -375,6 +375,9 @@ impl RedisStore {
     }
 }
 
+/// Members of one recent list in one call: feature, cap, (member, ts).
+type RecentBatch<'a> = (&'a str, usize, Vec<(&'a str, i64)>);
+
 /// Builds one `EVALSHA apply` call for an entity group.
 struct GroupCall {
     keys: Vec<String>,
@@ -404,7 +407,7 @@ impl GroupCall {
         // Several buckets of one window, or members of one recent list (a
         // backfill's merged updates), go in one op each: fewer Redis calls.
         let mut windows: Vec<(&str, Vec<(i64, f64)>)> = Vec::new();
-        let mut recents: Vec<(&str, usize, Vec<(&str, i64)>)> = Vec::new();
+        let mut recents: Vec<RecentBatch<'_>> = Vec::new();
         for u in updates {
             match u {
                 Update::AddWindowed {
