@@ -18,7 +18,9 @@ use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
     ReadResult, StoreError,
 };
-use crate::features::aggregate::{EntityState, LastValue, Plan, Resettable, Update, Windowed};
+use crate::features::aggregate::{
+    apply_update, EntityState, LastValue, Plan, Resettable, Update, Windowed,
+};
 use crate::features::definition::{
     is_resettable, Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW,
 };
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
+const FRESH_LUA: &str = include_str!("fresh.lua");
 const READ_LUA: &str = include_str!("read.lua");
 
 /// Settings of the Redis store (part of the config's `[store]`).
@@ -75,6 +78,7 @@ pub struct RedisStore {
     session: Layout,
     item: Layout,
     apply_sha: String,
+    fresh_sha: String,
     read_sha: String,
 }
 
@@ -106,6 +110,7 @@ impl RedisStore {
             set,
             settings,
             apply_sha: redis::Script::new(APPLY_LUA).get_hash().to_string(),
+            fresh_sha: redis::Script::new(FRESH_LUA).get_hash().to_string(),
             read_sha: redis::Script::new(READ_LUA).get_hash().to_string(),
         };
         store.reload_scripts().await?;
@@ -114,7 +119,7 @@ impl RedisStore {
 
     async fn reload_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        for src in [APPLY_LUA, READ_LUA] {
+        for src in [APPLY_LUA, FRESH_LUA, READ_LUA] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(src)
@@ -181,6 +186,51 @@ impl RedisStore {
             keys.push(call.keys.len() - usize::from(g.events.is_empty()));
             let ids = g.events.iter().map(|(id, ts)| (id.as_str(), *ts));
             call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
+            if let Some(item) = item {
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+        }
+        (pipe, keys)
+    }
+
+    /// The pipeline writing the groups as fresh state (`fresh.lua`), and the
+    /// keys each writes. Static rows (no events) are not eligible: `None`.
+    fn fresh_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<Option<usize>>) {
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(groups.len());
+        for g in groups {
+            if g.events.is_empty() {
+                keys.push(None);
+                continue;
+            }
+            let (base, item) = match &g.group {
+                Group::Customer(id) => (self.customer_key(id), None),
+                Group::Item(id) => (self.item_key(id), Some(id)),
+            };
+            let mut w = FreshWrite::new(format!("{base}:seen"));
+            let maxts = g.events.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            let cutoff = maxts - self.settings.dedupe_window_ms;
+            w.zset(
+                1,
+                g.events
+                    .iter()
+                    .filter(|(_, t)| *t >= cutoff)
+                    .map(|(id, t)| (t.to_string(), id.clone()))
+                    .collect(),
+            );
+            w.state(&base, &state_of(&g.updates));
+            for (sid, updates) in &g.sessions {
+                if !updates.is_empty() {
+                    w.state(&format!("{base}:s:{sid}"), &state_of(updates));
+                }
+            }
+            keys.push(Some(w.keys.len()));
+            pipe.cmd("EVALSHA")
+                .arg(&self.fresh_sha)
+                .arg(w.keys.len())
+                .arg(&w.keys)
+                .arg(self.settings.ttl_seconds)
+                .arg(&w.ops);
             if let Some(item) = item {
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
@@ -372,6 +422,105 @@ impl RedisStore {
         )?;
         let xs = array(parts.next().ok_or_else(|| protocol("group without sums"))?)?;
         self.state_from(entity, c, hash, zs, xs)
+    }
+}
+
+/// The state merged updates leave on an empty entity (the reference
+/// semantics, `aggregate::apply_update`).
+fn state_of(updates: &[Update]) -> EntityState {
+    let mut st = EntityState::default();
+    updates.iter().for_each(|u| apply_update(&mut st, u));
+    st
+}
+
+/// Builds one `EVALSHA fresh` call: an entity state in the key layout of
+/// the module doc, as `apply.lua` would have left it on empty keys.
+struct FreshWrite {
+    keys: Vec<String>,
+    ops: Vec<String>,
+}
+
+impl FreshWrite {
+    fn new(seen: String) -> Self {
+        FreshWrite {
+            keys: vec![seen],
+            ops: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, k: String) -> usize {
+        self.keys.push(k);
+        self.keys.len()
+    }
+
+    fn hash(&mut self, key: usize, fields: Vec<(String, String)>) {
+        if fields.is_empty() {
+            return;
+        }
+        self.ops
+            .extend(["H".into(), key.to_string(), fields.len().to_string()]);
+        for (f, v) in fields {
+            self.ops.extend([f, v]);
+        }
+    }
+
+    /// `pairs`: (score, member).
+    fn zset(&mut self, key: usize, pairs: Vec<(String, String)>) {
+        if pairs.is_empty() {
+            return;
+        }
+        self.ops
+            .extend(["Z".into(), key.to_string(), pairs.len().to_string()]);
+        for (s, m) in pairs {
+            self.ops.extend([s, m]);
+        }
+    }
+
+    fn state(&mut self, base: &str, st: &EntityState) {
+        let mut fields = Vec::new();
+        for (f, x) in &st.nums {
+            fields.push((f.clone(), fmt_f64(*x)));
+        }
+        for (f, w) in &st.windows {
+            fields.push((format!("{f}|max"), w.max.to_string()));
+            for (b, x) in &w.buckets {
+                fields.push((format!("{f}|{b}"), fmt_f64(*x)));
+            }
+        }
+        for (f, l) in &st.lasts {
+            fields.push((f.clone(), l.value.clone()));
+            if l.ts != 0 || l.seq != 0 {
+                fields.push((format!("{f}|t"), l.ts.to_string()));
+                fields.push((format!("{f}|q"), l.seq.to_string()));
+            }
+        }
+        if !fields.is_empty() {
+            let k = self.key(base.to_string());
+            self.hash(k, fields);
+        }
+        for (f, list) in &st.recent {
+            let k = self.key(format!("{base}:r:{f}"));
+            self.zset(
+                k,
+                list.iter()
+                    .map(|(m, t)| (t.to_string(), m.clone()))
+                    .collect(),
+            );
+        }
+        for (f, r) in &st.resettable {
+            let mut fields: Vec<(String, String)> = r
+                .parts
+                .iter()
+                .map(|(t, x)| (t.to_string(), fmt_f64(*x)))
+                .collect();
+            if r.reset_ts > 0 {
+                fields.push(("rts".into(), r.reset_ts.to_string()));
+            }
+            if !fields.is_empty() {
+                let k = self.key(format!("{base}:x:{f}"));
+                self.hash(k, fields);
+            }
+        }
     }
 }
 
@@ -647,21 +796,48 @@ impl FeatureStore for RedisStore {
         if groups.is_empty() {
             return Ok(GroupOutcome::default());
         }
-        let (pipe, keys) = self.group_pipeline(groups);
+        // groups never written before: their final state in a few commands
+        let mut out = GroupOutcome::default();
+        let (fresh, fresh_keys) = self.fresh_pipeline(groups);
+        let mut rest: Vec<usize> = Vec::new();
+        let mut replies = if fresh_keys.iter().any(Option::is_some) {
+            self.run_pipeline(&fresh).await?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        for (i, k) in fresh_keys.iter().enumerate() {
+            match k {
+                None => rest.push(i),
+                Some(k) => match replies.next() {
+                    Some(Value::Int(1)) => {
+                        out.applied += 1;
+                        out.keys += k;
+                    }
+                    Some(_) => rest.push(i),
+                    None => return Err(protocol("apply_groups: missing fresh reply")),
+                },
+            }
+        }
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        // the others: merged updates through apply.lua (dedupe, then merge
+        // with what is there)
+        let others: Vec<GroupWrite> = rest.iter().map(|&i| groups[i].clone()).collect();
+        let (pipe, keys) = self.group_pipeline(&others);
         let replies = self.run_pipeline(&pipe).await?;
-        if replies.len() != groups.len() {
+        if replies.len() != others.len() {
             return Err(protocol(
                 "apply_groups: reply count differs from group count",
             ));
         }
-        let mut out = GroupOutcome::default();
-        for (i, r) in replies.into_iter().enumerate() {
+        for (j, r) in replies.into_iter().enumerate() {
             match r {
                 Value::Int(1) => {
                     out.applied += 1;
-                    out.keys += keys[i];
+                    out.keys += keys[j];
                 }
-                other => out.conflicts.push((i, strings(other)?)),
+                other => out.conflicts.push((rest[j], strings(other)?)),
             }
         }
         Ok(out)
