@@ -6,34 +6,27 @@
 -- KEYS[1]  dedupe sorted set; KEYS[2..] the data keys written
 -- ARGV: ttl_seconds, then ops: H k count (field value)... | Z k count (score member)...
 -- Returns 1 when written, 0 when some key already existed.
-for k = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then
-    return 0
-  end
+if redis.call('EXISTS', unpack(KEYS)) > 0 then
+  return 0
 end
 local i = 2
 while i <= #ARGV do
   local op = ARGV[i]
   local key = KEYS[tonumber(ARGV[i + 1])]
-  local cnt = tonumber(ARGV[i + 2])
-  local args = {}
-  for j = 0, 2 * cnt - 1 do
-    args[#args + 1] = ARGV[i + 3 + j]
-  end
-  for c = 1, #args, 1000 do
-    local part = {}
-    for j = c, math.min(c + 999, #args) do
-      part[#part + 1] = args[j]
-    end
+  local first = i + 3
+  local last = i + 2 + 2 * tonumber(ARGV[i + 2])
+  -- in slices of at most 4000 arguments (Lua's stack limit for unpack)
+  for c = first, last, 4000 do
+    local e = math.min(c + 3999, last)
     if op == 'H' then
-      redis.call('HSET', key, unpack(part))
+      redis.call('HSET', key, unpack(ARGV, c, e))
     elseif op == 'Z' then
-      redis.call('ZADD', key, unpack(part))
+      redis.call('ZADD', key, unpack(ARGV, c, e))
     else
       return redis.error_reply('nextbest fresh: unknown op ' .. tostring(op))
     end
   end
-  i = i + 3 + 2 * cnt
+  i = last + 1
 end
 local ttl = tonumber(ARGV[1])
 if ttl > 0 then
