@@ -539,3 +539,83 @@ async fn static_enrichment_is_readable_and_usable_by_models() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = EntityState::default();
 }
+
+#[test]
+fn export_training_writes_point_in_time_rows_as_parquet_and_csv() {
+    let set = set();
+    let dir = tmp_dir("bf-export");
+    let t0 = T_END - DAY;
+    let events: Vec<Event> = (0..4)
+        .map(|i| {
+            Event::from_value(event(
+                &format!("x{i}"),
+                "page_view",
+                "c1",
+                Some("p1"),
+                t0 + i * 60_000,
+            ))
+            .expect("event")
+        })
+        .collect();
+    std::fs::create_dir_all(dir.join("ev")).expect("dir");
+    write_parquet(&dir.join("ev/events.parquet"), &events);
+    let labels = dir.join("labels.csv");
+    // decision moments at the 3rd event's time (sees 2 views) and after all 4
+    std::fs::write(
+        &labels,
+        format!(
+            "customer_id,item_id,ts,label,context.is_mobile\nc1,p1,{},1,1\nc1,p2,{},0,0\n",
+            t0 + 2 * 60_000,
+            t0 + 10 * 60_000
+        ),
+    )
+    .expect("labels");
+    let items = dir.join("items.csv");
+    std::fs::write(
+        &items,
+        "item_id,category,price,brand,margin,in_stock\np1,shoes,59.9,acme,0.35,true\n",
+    )
+    .expect("items");
+    for out in ["rows.parquet", "rows.csv"] {
+        let job = nextbest::backfill::export::ExportJob {
+            events: vec![dir.join("ev/*.parquet").display().to_string()],
+            labels: labels.clone(),
+            out: dir.join(out),
+            items: Some(items.clone()),
+            customers: None,
+        };
+        let s = nextbest::backfill::export::export_training(set.clone(), &job).expect("export");
+        assert_eq!((s.events, s.rows), (4, 2));
+        let df = if out.ends_with(".parquet") {
+            ParquetReader::new(std::fs::File::open(dir.join(out)).expect("open"))
+                .finish()
+                .expect("parquet")
+        } else {
+            CsvReadOptions::default()
+                .try_into_reader_with_file_path(Some(dir.join(out)))
+                .and_then(|r| r.finish())
+                .expect("csv")
+        };
+        let col = |name: &str| -> Vec<f64> {
+            df.column(name)
+                .expect(name)
+                .cast(&DataType::Float64)
+                .expect("cast")
+                .f64()
+                .expect("f64")
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect()
+        };
+        assert_eq!(col("customer.views_1h"), vec![2.0, 4.0], "{out}");
+        assert_eq!(col("item.views_1h"), vec![2.0, 0.0], "{out}");
+        let margin = col("item.margin");
+        assert!(
+            (margin[0] - 0.35).abs() < 1e-6 && margin[1] == 0.0,
+            "{out}: {margin:?}"
+        );
+        assert_eq!(col("label"), vec![1.0, 0.0], "{out}");
+        assert!(df.column("context.is_mobile").is_ok());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

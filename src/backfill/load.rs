@@ -397,25 +397,25 @@ pub fn aggregate(
 fn refold(
     set: &FeatureSet,
     events: &[Event],
-    p: PendingGroup,
+    group: &Group,
+    idx: Vec<u32>,
     seen: &[String],
 ) -> Option<PendingGroup> {
     let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
-    let keep: Vec<u32> = p
-        .events
+    let keep: Vec<u32> = idx
         .into_iter()
         .filter(|&i| !seen.contains(events[i as usize].event_id.as_str()))
         .collect();
     if keep.is_empty() {
         return None;
     }
-    let side = match p.write.group {
+    let side = match group {
         Group::Customer(_) => Side::Customer,
         Group::Item(_) => Side::Item,
     };
     fold_side(set, &FoldLayout::new(set), events, &keep, side, 0, 1)
         .into_iter()
-        .find(|g| g.write.group == p.write.group)
+        .find(|g| g.write.group == *group)
 }
 
 /// Totals of [`write`].
@@ -442,34 +442,37 @@ pub async fn write(
     let mut totals = WriteTotals::default();
     // each round strictly shrinks the conflicting groups, so this ends
     while !pending.is_empty() {
-        let mut chunks: Vec<Vec<PendingGroup>> = Vec::new();
+        let mut chunks: Vec<(Vec<GroupWrite>, Vec<Vec<u32>>)> = Vec::new();
         let mut it = pending.into_iter().peekable();
         while it.peek().is_some() {
-            chunks.push(it.by_ref().take(batch).collect());
+            chunks.push(it.by_ref().take(batch).map(|p| (p.write, p.events)).unzip());
         }
-        let results: Vec<(Vec<PendingGroup>, _)> = futures::stream::iter(chunks)
-            .map(|chunk| async move {
-                let writes: Vec<GroupWrite> = chunk.iter().map(|p| p.write.clone()).collect();
+        // only the conflicting groups are kept: (group, its events, ids seen)
+        let conflicts: Vec<Vec<(Group, Vec<u32>, Vec<String>)>> = futures::stream::iter(chunks)
+            .map(|(writes, mut idx)| async move {
                 let out = store.apply_groups(&writes).await?;
                 progress.advance(out.applied as u64, out.keys as u64);
-                Ok::<_, StoreError>((chunk, out))
+                let conflicts = out
+                    .conflicts
+                    .into_iter()
+                    .map(|(i, seen)| (writes[i].group.clone(), std::mem::take(&mut idx[i]), seen))
+                    .collect::<Vec<_>>();
+                Ok::<_, StoreError>((out.applied, out.keys, conflicts))
             })
             .buffer_unordered(in_flight)
+            .map_ok(|(applied, keys, conflicts)| {
+                totals.entities += applied;
+                totals.keys += keys;
+                conflicts
+            })
             .try_collect()
             .await?;
         let mut retry = Vec::new();
-        for (chunk, out) in results {
-            totals.entities += out.applied;
-            totals.keys += out.keys;
-            let conflicts: HashMap<usize, Vec<String>> = out.conflicts.into_iter().collect();
-            for (i, p) in chunk.into_iter().enumerate() {
-                if let Some(seen) = conflicts.get(&i) {
-                    totals.conflicts += 1;
-                    totals.already_applied += seen.len();
-                    if let Some(again) = refold(set, events, p, seen) {
-                        retry.push(again);
-                    }
-                }
+        for (group, idx, seen) in conflicts.into_iter().flatten() {
+            totals.conflicts += 1;
+            totals.already_applied += seen.len();
+            if let Some(again) = refold(set, events, &group, idx, &seen) {
+                retry.push(again);
             }
         }
         pending = retry;

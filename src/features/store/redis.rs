@@ -12,7 +12,10 @@
 //!
 //! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
 //! slot; each event is applied per group by one Lua script (`apply.lua`),
-//! which dedupes by event id and mirrors `aggregate::apply_update`.
+//! which dedupes by event id and mirrors `aggregate::apply_update`. The
+//! backfill sends the merged updates of many events per call
+//! ([`FeatureStore::apply_groups`]), or, for a group with no keys yet, its
+//! final state (`fresh.lua`).
 
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
