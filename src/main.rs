@@ -254,7 +254,7 @@ fn backfill_summary(s: &load::BackfillSummary) -> String {
     format!(
         "backfill: {} rows read from {} file(s), {} loaded ({} after --as-of, {} repeated ids), \
          {} static rows; {} entities / {} keys written; {} events were already applied \
-         ({} entities re-merged); {:.1} s (read {:.1}, aggregate {:.1}, write {:.1}), {:.0} rows/s",
+         ({} entities had events applied before); {:.1} s (read {:.1}, aggregate {:.1}, write {:.1}), {:.0} rows/s",
         s.rows,
         s.files,
         s.selected,

@@ -418,6 +418,9 @@ fn refold(
         .find(|g| g.write.group == *group)
 }
 
+/// A group not written: the group, its events, the ids already applied.
+type Conflict = (Group, Vec<u32>, Vec<String>);
+
 /// Totals of [`write`].
 #[derive(Debug, Clone, Default)]
 pub struct WriteTotals {
@@ -448,7 +451,7 @@ pub async fn write(
             chunks.push(it.by_ref().take(batch).map(|p| (p.write, p.events)).unzip());
         }
         // only the conflicting groups are kept: (group, its events, ids seen)
-        let conflicts: Vec<Vec<(Group, Vec<u32>, Vec<String>)>> = futures::stream::iter(chunks)
+        let conflicts: Vec<Vec<Conflict>> = futures::stream::iter(chunks)
             .map(|(writes, mut idx)| async move {
                 let out = store.apply_groups(&writes).await?;
                 progress.advance(out.applied as u64, out.keys as u64);
