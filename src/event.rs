@@ -137,7 +137,7 @@ impl EventError {
 }
 
 /// Props with a known meaning are type-checked; others pass through.
-const NUMERIC_PROPS: [&str; 3] = ["price", "quantity", "dwell_ms"];
+pub const NUMERIC_PROPS: [&str; 3] = ["price", "quantity", "dwell_ms"];
 const STRING_PROPS: [&str; 2] = ["category", "page"];
 
 impl Event {

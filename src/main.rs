@@ -3,7 +3,11 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use nextbest::backfill::load::{self, BackfillJob};
 use nextbest::config::Config;
+use nextbest::features::store::memory::MemoryStore;
+use nextbest::features::store::redis::{RedisSettings, RedisStore};
+use nextbest::features::store::FeatureStore;
 use nextbest::features::FeatureSet;
 use nextbest::model::registry::{parse_version, ModelStatus, Registry};
 use nextbest::model::scorer::{LoadOptions, LoadedModel};
@@ -28,29 +32,71 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (and the Kafka consumer when brokers are configured).
-    Serve,
-    /// Load event history into the online store (not implemented yet).
+    Serve {
+        #[command(flatten)]
+        preload: Preload,
+    },
+    /// Load event history and static enrichment into the online store
+    /// (Redis when NEXTBEST_REDIS_URL is set; else the embedded store of this
+    /// process, which `serve --backfill-*` keeps).
     Backfill {
+        /// Event files or glob patterns: .jsonl (Kafka message format), .parquet, .csv.
         #[arg(long, num_args = 1..)]
-        events: Vec<PathBuf>,
+        events: Vec<String>,
+        /// Item catalog (.csv, .parquet, .jsonl): item_id + the item `static` features.
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Customer profiles: customer_id + the customer `static` features.
+        #[arg(long)]
+        customers: Option<PathBuf>,
+        /// Load only events with ts <= this (ms since epoch; default now).
+        #[arg(long)]
+        as_of: Option<i64>,
+        /// Entity groups per store call.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Store calls in flight.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
     },
     /// Write point-in-time training rows for labelled decision moments.
     ExportTraining {
-        /// Event files (JSON Lines, one event per line).
+        /// Event files or glob patterns: .jsonl, .parquet, .csv.
         #[arg(long, num_args = 1.., required = true)]
-        events: Vec<PathBuf>,
-        /// Labels CSV: customer_id,item_id,ts,label[,session_id][,context.*].
+        events: Vec<String>,
+        /// Labels (.csv or .parquet): customer_id,item_id,ts,label[,session_id][,context.*].
         #[arg(long)]
         labels: PathBuf,
-        /// Output CSV.
+        /// Output: Parquet if it ends in .parquet, else CSV.
         #[arg(long)]
         out: PathBuf,
+        /// Item catalog for the item `static` features (as `backfill --items`).
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Customer profiles for the customer `static` features.
+        #[arg(long)]
+        customers: Option<PathBuf>,
     },
     /// Model tools.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+/// `serve` options: history to load into the store before serving (useful
+/// with the embedded store, which starts empty).
+#[derive(clap::Args)]
+struct Preload {
+    /// Event files or globs to backfill before serving.
+    #[arg(long = "backfill-events", num_args = 1..)]
+    events: Vec<String>,
+    /// Item catalog to load before serving.
+    #[arg(long = "backfill-items")]
+    items: Option<PathBuf>,
+    /// Customer profiles to load before serving.
+    #[arg(long = "backfill-customers")]
+    customers: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -90,10 +136,22 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => {
+        Command::Serve { preload } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(async {
                 let app = nextbest::app::App::build(cfg).await?;
+                if !preload.events.is_empty() || preload.items.is_some() || preload.customers.is_some() {
+                    let job = BackfillJob {
+                        events: preload.events,
+                        items: preload.items,
+                        customers: preload.customers,
+                        as_of: nextbest::now_ms(),
+                        ..BackfillJob::default()
+                    };
+                    let st = app.state();
+                    let s = load::run(st.set.clone(), st.store.as_ref(), &job).await?;
+                    eprintln!("{}", backfill_summary(&s));
+                }
                 println!("{}", app.summary());
                 println!(
                     "  try:      curl -s -X POST {url}/v1/events -H 'content-type: application/json' -d '{{\"event_id\":\"e-1\",\"type\":\"add_to_cart\",\"customer_id\":\"c42\",\"ts\":'$(date +%s000)',\"item_id\":\"p7\",\"props\":{{\"price\":59.9,\"category\":\"shoes\"}}}}'\n            curl -s -X POST {url}/v1/recommend -H 'content-type: application/json' -d '{{\"customer_id\":\"c42\",\"k\":5,\"candidates\":[\"p1\",\"p7\",\"p9\"]}}'",
@@ -103,17 +161,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Command::Backfill { .. } => {
-            bail!("`nextbest backfill` is not implemented yet; use POST /v1/events or Kafka to load events")
+        Command::Backfill {
+            events,
+            items,
+            customers,
+            as_of,
+            batch,
+            in_flight,
+        } => {
+            if events.is_empty() && items.is_none() && customers.is_none() {
+                bail!("nothing to load: give --events, --items and/or --customers");
+            }
+            let job = BackfillJob {
+                events,
+                items,
+                customers,
+                as_of: as_of.unwrap_or_else(nextbest::now_ms),
+                batch,
+                in_flight,
+            };
+            backfill(cfg, job)
         }
         Command::ExportTraining {
             events,
             labels,
             out,
+            items,
+            customers,
         } => {
             let set = Arc::new(FeatureSet::load(&cfg.features)?);
             let t = std::time::Instant::now();
-            let s = nextbest::backfill::export::export_training(set, &events, &labels, &out)?;
+            let job = nextbest::backfill::export::ExportJob {
+                events,
+                labels,
+                out: out.clone(),
+                items,
+                customers,
+            };
+            let s = nextbest::backfill::export::export_training(set, &job)?;
             eprintln!(
                 "export-training: {} events replayed, {} rows × {} features written to {} in {:.1} s",
                 s.events,
@@ -128,6 +213,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ModelsCommand::Check { dir },
         } => models_check(&cfg, &dir),
     }
+}
+
+fn backfill(cfg: Config, job: BackfillJob) -> anyhow::Result<()> {
+    let set = Arc::new(FeatureSet::load(&cfg.features)?);
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let store: Arc<dyn FeatureStore> = match &cfg.store.redis_url {
+            Some(url) => Arc::new(
+                RedisStore::connect(
+                    RedisSettings {
+                        url: url.clone(),
+                        key_prefix: cfg.store.key_prefix.clone(),
+                        dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
+                        ttl_seconds: cfg.store.ttl_secs,
+                        // bulk calls carry many events: allow them time
+                        timeout_ms: cfg.store.timeout_ms.max(30_000),
+                    },
+                    set.clone(),
+                )
+                .await
+                .with_context(|| format!("cannot connect to redis at {url}"))?,
+            ),
+            None => {
+                eprintln!(
+                    "backfill: NEXTBEST_REDIS_URL is not set; loading the embedded store of this process \
+                     (checks and aggregates everything; to serve it, use `nextbest serve --backfill-events ...`)"
+                );
+                Arc::new(MemoryStore::new(set.clone(), (cfg.store.dedupe_window_secs * 1000) as i64))
+            }
+        };
+        eprintln!("backfill: into {}", store.describe());
+        let s = load::run(set, store.as_ref(), &job).await?;
+        println!("{}", backfill_summary(&s));
+        anyhow::Ok(())
+    })
+}
+
+fn backfill_summary(s: &load::BackfillSummary) -> String {
+    let secs = s.read_secs + s.aggregate_secs + s.write_secs;
+    format!(
+        "backfill: {} rows read from {} file(s), {} loaded ({} after --as-of, {} repeated ids), \
+         {} static rows; {} entities / {} keys written; {} events were already applied \
+         ({} entities had events applied before); {:.1} s (read {:.1}, aggregate {:.1}, write {:.1}), {:.0} rows/s",
+        s.rows,
+        s.files,
+        s.selected,
+        s.after_as_of,
+        s.duplicate_ids,
+        s.static_rows,
+        s.entities,
+        s.keys,
+        s.already_applied,
+        s.conflicts,
+        secs,
+        s.read_secs,
+        s.aggregate_secs,
+        s.write_secs,
+        s.rows as f64 / secs.max(1e-9),
+    )
 }
 
 fn models_check(cfg: &Config, dir: &Path) -> anyhow::Result<()> {

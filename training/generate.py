@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Generate a synthetic, deterministic e-commerce event history and decision-moment labels.
 
-Writes two files into --out-dir:
+Writes four files into --out-dir:
 
   events.jsonl  one event per line in the nextbest contract schema (DESIGN.md section 2),
                 sorted by ts; `seq` increases per customer.
   labels.csv    decision moments with candidate slates:
                 customer_id,item_id,ts,label,session_id,context.is_mobile,context.hour_of_day
+  items.csv     the catalog: item_id,category,price,brand,margin,in_stock
+  customers.csv profiles: customer_id,segment,country,lifetime_value
+                (both for the `static` features; drawn from their own random
+                stream, so events and labels do not depend on them)
 
 The world:
   * items belong to one of 20 categories, with a lognormal price per category, a latent
@@ -358,6 +362,30 @@ def write_labels(path, args, catalog, customers, per_cust):
     return n_rows, n_moments, n_pos_moments, n_pos
 
 
+BRANDS = ["acme", "globex", "initech", "umbrella", "stark", "wayne", "hooli", "vandelay"]
+COUNTRIES = ["FR", "DE", "US", "GB", "ES", "IT", "NL", "SE"]
+
+
+def write_static(items_path, customers_path, args, catalog, customers):
+    """Catalog and profiles for the `static` features (own random stream)."""
+    rng = np.random.default_rng([args.seed, 7])
+    with open(items_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["item_id", "category", "price", "brand", "margin", "in_stock"])
+        for i, iid in enumerate(catalog.ids):
+            w.writerow([iid, CATEGORIES[catalog.cat[i]], f"{catalog.price[i]:.2f}",
+                        BRANDS[int(rng.integers(len(BRANDS)))],
+                        f"{float(rng.uniform(0.05, 0.6)):.3f}",
+                        "true" if rng.random() < 0.93 else "false"])
+    with open(customers_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["customer_id", "segment", "country", "lifetime_value"])
+        for c in customers:
+            segment = "vip" if c.buy > 0.45 else ("regular" if c.buy > 0.2 else "occasional")
+            w.writerow([c.cid, segment, COUNTRIES[int(rng.integers(len(COUNTRIES)))],
+                        f"{float(rng.gamma(2.0, 150.0 * (0.5 + c.buy))):.2f}"])
+
+
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
@@ -370,6 +398,8 @@ def main(argv=None):
     labels_path = os.path.join(args.out_dir, "labels.csv")
     per_cust = write_events(events_path, catalog, customers, raw)
     n_rows, n_moments, n_pos_moments, n_pos = write_labels(labels_path, args, catalog, customers, per_cust)
+    write_static(os.path.join(args.out_dir, "items.csv"), os.path.join(args.out_dir, "customers.csv"),
+                 args, catalog, customers)
     counts: dict[str, int] = {}
     for e in raw:
         counts[e[2]] = counts.get(e[2], 0) + 1

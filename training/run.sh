@@ -38,7 +38,8 @@ t1=$(date +%s)
 
 echo "== 2/3 export-training ($bin)"
 NEXTBEST_FEATURES="$features" "$bin" export-training \
-  --events "$work/events.jsonl" --labels "$work/labels.csv" --out "$work/rows.csv"
+  --events "$work/events.jsonl" --labels "$work/labels.csv" --out "$work/rows.csv" \
+  --items "$work/items.csv" --customers "$work/customers.csv"
 [ -s "$work/rows.csv" ] || die "export-training wrote no $work/rows.csv"
 t2=$(date +%s)
 

@@ -1,43 +1,51 @@
 //! `nextbest export-training`: point-in-time training rows.
 //!
-//! Input: events (JSON Lines, the Kafka message format) and labels (CSV with
-//! at least `customer_id,item_id,ts,label`; other columns, e.g.
-//! `session_id` and `context.*`, pass through and feed context features).
-//! Output: CSV with the label columns followed by every numeric feature
-//! (`FeatureSet::numeric_names`) not already among them. Each row's features are computed from the
-//! events strictly before its `ts`, by replaying events in time order through
-//! the same aggregation and row code the server uses, so a model is trained
-//! on exactly what it will be served.
+//! Input: events (JSON Lines, Parquet or CSV, as for `backfill`), labels
+//! (CSV or Parquet with at least `customer_id,item_id,ts`, usually `label`;
+//! other columns, e.g. `session_id` and `context.*`, pass through and feed
+//! context features), and optionally the item catalog / customer profiles
+//! of `backfill --items/--customers`.
+//! Output: the label columns followed by every numeric feature
+//! (`FeatureSet::numeric_names`) not already among them, one row per label
+//! row in time order; Parquet when the output ends in `.parquet`, else CSV.
+//!
+//! Each row's features are computed from the events strictly before its
+//! `ts`, by replaying events in time order through the same aggregation and
+//! row code the server uses (`MemoryState`, `RowPlan`), so a model is trained
+//! on exactly what it will be served. Static features are not versioned in
+//! time: every row sees the catalog/profile files given.
 
+use super::input::{self, InputError};
+use super::load::read_static;
 use crate::event::Event;
 use crate::features::aggregate::plan_event;
 use crate::features::store::memory::MemoryState;
 use crate::features::vector::{RowInputs, RowPlan};
-use crate::features::FeatureSet;
-use std::io::{BufRead, Write};
-use std::path::Path;
+use crate::features::{Entity, FeatureSet};
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Errors of the export; each names the file and line or column.
+/// Errors of the export; each names the file and row or column.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {message}")]
-    Line {
-        path: String,
-        line: usize,
-        message: String,
-    },
-    #[error("{path}: missing column `{column}`")]
-    Column { path: String, column: String },
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
     #[error("{0}")]
     Feature(#[from] crate::features::vector::VectorError),
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportJob {
+    /// Event files or glob patterns.
+    pub events: Vec<String>,
+    pub labels: PathBuf,
+    pub out: PathBuf,
+    pub items: Option<PathBuf>,
+    pub customers: Option<PathBuf>,
 }
 
 /// Summary of an export.
@@ -50,118 +58,166 @@ pub struct ExportSummary {
 
 /// Reads a JSON Lines event file, failing on the first bad line.
 pub fn read_events(path: &Path) -> Result<Vec<Event>, ExportError> {
+    Ok(input::read_events(path)?)
+}
+
+/// The label columns the export needs, typed.
+struct Labels {
+    frame: DataFrame,
+    customer: Vec<String>,
+    item: Vec<String>,
+    session: Option<Vec<Option<String>>>,
+    ts: Vec<i64>,
+    /// `context.<name>` columns: name and values (missing/non-numeric → None).
+    context: Vec<(String, Vec<Option<f64>>)>,
+}
+
+fn read_labels(path: &Path) -> Result<Labels, ExportError> {
     let p = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|source| ExportError::Read {
-        path: p.clone(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|source| ExportError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
+    let frame = input::read_frame(path, Some(&["customer_id", "item_id", "session_id"]))?;
+    let csv = input::Format::of(path) == Some(input::Format::Csv);
+    let at = |i: usize| {
+        if csv {
+            format!("line {}", i + 2)
+        } else {
+            format!("row {}", i + 1)
         }
-        let e = Event::from_slice(line.as_bytes()).map_err(|e| ExportError::Line {
+    };
+    let column = |name: &str| {
+        frame.column(name).map_err(|_| InputError::MissingColumn {
             path: p.clone(),
-            line: i + 1,
+            column: name.into(),
+        })
+    };
+    let row_err = |i: usize, c: &str, message: &str| InputError::Row {
+        path: p.clone(),
+        at: at(i),
+        column: Some(c.to_string()),
+        message: message.to_string(),
+    };
+    let text = |name: &str| -> Result<Vec<Option<String>>, InputError> {
+        let c = column(name)?;
+        let s = c
+            .cast(&DataType::String)
+            .map_err(|e| InputError::Unreadable {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+        let ca = s.str().map_err(|e| InputError::Unreadable {
+            path: p.clone(),
             message: e.to_string(),
         })?;
-        out.push(e);
+        Ok(ca.iter().map(|v| v.map(str::to_string)).collect())
+    };
+    let required = |name: &str| -> Result<Vec<String>, InputError> {
+        text(name)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.filter(|s| !s.is_empty())
+                    .ok_or_else(|| row_err(i, name, "is empty"))
+            })
+            .collect()
+    };
+    let customer = required("customer_id")?;
+    let item = required("item_id")?;
+    let ts: Vec<i64> = text("ts")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.and_then(|s| {
+                let t = s.trim();
+                t.parse::<i64>().ok().or_else(|| {
+                    t.parse::<f64>()
+                        .ok()
+                        .filter(|x| x.fract() == 0.0)
+                        .map(|x| x as i64)
+                })
+            })
+            .ok_or_else(|| row_err(i, "ts", "is not an integer (ms since epoch)"))
+        })
+        .collect::<Result<_, _>>()?;
+    let session = match frame.column("session_id") {
+        Ok(_) => Some(text("session_id")?),
+        Err(_) => None,
+    };
+    let mut context = Vec::new();
+    for c in frame.columns() {
+        if let Some(name) = c.name().strip_prefix("context.") {
+            let values: Vec<Option<f64>> = match c.dtype() {
+                DataType::Boolean => c
+                    .bool()
+                    .map(|ca| {
+                        ca.iter()
+                            .map(|v| v.map(|b| f64::from(u8::from(b))))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                _ => match c.cast(&DataType::Float64) {
+                    Ok(f) => f.f64().map(|ca| ca.iter().collect()).unwrap_or_default(),
+                    Err(_) => vec![None; frame.height()],
+                },
+            };
+            context.push((name.to_string(), values));
+        }
     }
-    Ok(out)
+    Ok(Labels {
+        frame,
+        customer,
+        item,
+        session,
+        ts,
+        context,
+    })
 }
 
 /// Runs the export.
 pub fn export_training(
     set: Arc<FeatureSet>,
-    events_paths: &[std::path::PathBuf],
-    labels: &Path,
-    out: &Path,
+    job: &ExportJob,
 ) -> Result<ExportSummary, ExportError> {
+    // read and check everything before writing anything
     let mut events = Vec::new();
-    for p in events_paths {
-        events.extend(read_events(p)?);
+    for p in input::expand(&job.events)? {
+        events.extend(input::read_events(&p)?);
     }
     events.sort_by_key(|e| e.ts);
-    let lp = labels.display().to_string();
-    let mut rdr = csv::Reader::from_path(labels).map_err(|e| ExportError::Read {
-        path: lp.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let headers = rdr
-        .headers()
-        .map_err(|e| ExportError::Line {
-            path: lp.clone(),
-            line: 1,
-            message: e.to_string(),
-        })?
-        .clone();
-    let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| ExportError::Column {
-                path: lp.clone(),
-                column: name.into(),
-            })
-    };
-    let (c_cust, c_item, c_ts) = (col("customer_id")?, col("item_id")?, col("ts")?);
-    let c_sess = headers.iter().position(|h| h == "session_id");
-    let ctx_cols: Vec<(usize, String)> = headers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| h.strip_prefix("context.").map(|n| (i, n.to_string())))
-        .collect();
-    let mut labels_rows = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| ExportError::Line {
-            path: lp.clone(),
-            line: i + 2,
-            message: e.to_string(),
-        })?;
-        let ts: i64 = rec
-            .get(c_ts)
-            .and_then(|t| t.trim().parse().ok())
-            .ok_or_else(|| ExportError::Line {
-                path: lp.clone(),
-                line: i + 2,
-                message: "column `ts` is not an integer (ms)".into(),
-            })?;
-        labels_rows.push((ts, i, rec));
+    let mut statics = Vec::new();
+    if let Some(p) = &job.items {
+        statics.extend(read_static(&set, Entity::Item, p)?);
     }
-    labels_rows.sort_by_key(|(ts, i, _)| (*ts, *i));
+    if let Some(p) = &job.customers {
+        statics.extend(read_static(&set, Entity::Customer, p)?);
+    }
+    let labels = read_labels(&job.labels)?;
+    let n = labels.ts.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (labels.ts[i], i));
 
     // features already given as label columns (e.g. `context.is_mobile`) are not repeated
+    let headers: Vec<String> = labels
+        .frame
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
     let names: Vec<String> = set
         .numeric_names()
         .into_iter()
-        .filter(|n| !headers.iter().any(|h| h == n))
+        .filter(|n| !headers.contains(n))
         .collect();
     let plan = RowPlan::compile(&set, &names)?;
     let mut state = MemoryState::new(set.clone(), i64::MAX / 4);
-    let op = out.display().to_string();
-    let file = std::fs::File::create(out).map_err(|e| ExportError::Write {
-        path: op.clone(),
-        message: e.to_string(),
-    })?;
-    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    let mut header: Vec<String> = headers.iter().map(str::to_string).collect();
-    header.extend(names.iter().cloned());
-    w.write_record(&header).map_err(|e| ExportError::Write {
-        path: op.clone(),
-        message: e.to_string(),
-    })?;
+    state.apply_groups(&statics);
 
+    let mut columns: Vec<Vec<f32>> = vec![Vec::with_capacity(n); names.len()];
     let mut next_event = 0;
     let mut row = Vec::with_capacity(names.len());
-    let mut rows = 0;
-    for (ts, _, rec) in &labels_rows {
+    for &i in &order {
+        let ts = labels.ts[i];
         // apply every event strictly before the decision moment
         let start = next_event;
-        while next_event < events.len() && events[next_event].ts < *ts {
+        while next_event < events.len() && events[next_event].ts < ts {
             next_event += 1;
         }
         if next_event > start {
@@ -171,15 +227,17 @@ pub fn export_training(
                 .collect();
             state.apply(&plans);
         }
-        let customer = rec.get(c_cust).unwrap_or_default();
-        let item = rec.get(c_item).unwrap_or_default();
-        let session = c_sess.and_then(|c| rec.get(c)).filter(|s| !s.is_empty());
+        let customer = labels.customer[i].as_str();
+        let item = labels.item[i].as_str();
+        let session = labels
+            .session
+            .as_ref()
+            .and_then(|s| s[i].as_deref())
+            .filter(|s| !s.is_empty());
         let mut context = serde_json::Map::new();
-        for (c, name) in &ctx_cols {
-            if let Some(v) = rec.get(*c).and_then(|v| v.parse::<f64>().ok()) {
-                if let Some(n) = serde_json::Number::from_f64(v) {
-                    context.insert(name.clone(), serde_json::Value::Number(n));
-                }
+        for (name, values) in &labels.context {
+            if let Some(n) = values[i].and_then(serde_json::Number::from_f64) {
+                context.insert(name.clone(), serde_json::Value::Number(n));
             }
         }
         let (_, sess_state) = state.session(customer, session);
@@ -187,26 +245,46 @@ pub fn export_training(
             customer: state.customer(customer),
             session: sess_state,
             context: &context,
-            now: *ts,
+            now: ts,
         };
         row.clear();
         plan.push_row(&set, &inputs, item, state.item(item), &mut row);
-        let mut record: Vec<String> = rec.iter().map(str::to_string).collect();
-        record.extend(row.iter().map(|x| x.to_string()));
-        w.write_record(&record).map_err(|e| ExportError::Write {
-            path: op.clone(),
-            message: e.to_string(),
-        })?;
-        rows += 1;
+        for (col, x) in columns.iter_mut().zip(&row) {
+            col.push(*x);
+        }
     }
-    w.flush().map_err(|e| ExportError::Write {
+
+    let op = job.out.display().to_string();
+    let write_err = |e: PolarsError| ExportError::Write {
+        path: op.clone(),
+        message: e.to_string(),
+    };
+    let idx = IdxCa::from_vec("idx".into(), order.iter().map(|&i| i as IdxSize).collect());
+    let mut frame = labels.frame.take(&idx).map_err(write_err)?;
+    let features: Vec<Column> = names
+        .iter()
+        .zip(columns)
+        .map(|(name, values)| Column::new(name.as_str().into(), values))
+        .collect();
+    frame = frame.hstack(&features).map_err(write_err)?;
+    let file = std::fs::File::create(&job.out).map_err(|e| ExportError::Write {
         path: op.clone(),
         message: e.to_string(),
     })?;
-    let _ = std::io::stdout().flush();
+    let w = std::io::BufWriter::new(file);
+    if input::Format::of(&job.out) == Some(input::Format::Parquet) {
+        ParquetWriter::new(w)
+            .finish(&mut frame)
+            .map_err(write_err)?;
+    } else {
+        CsvWriter::new(w)
+            .include_header(true)
+            .finish(&mut frame)
+            .map_err(write_err)?;
+    }
     Ok(ExportSummary {
         events: events.len(),
-        rows,
+        rows: n,
         columns: names.len(),
     })
 }

@@ -1,5 +1,15 @@
-//! Batch jobs over event history. For now: the point-in-time training export
-//! (`nextbest export-training`), which replays events through the same
-//! aggregation code the server uses.
+//! Batch jobs over event history, sharing the streaming path's validation
+//! and aggregation code:
+//!
+//! - `nextbest backfill` ([`load`]): history and static enrichment into the
+//!   online store, exactly once with respect to the live consumer.
+//! - `nextbest export-training` ([`export`]): point-in-time training rows.
+//!
+//! [`input`] reads JSON Lines, Parquet and CSV (polars) and is the only place
+//! that knows file formats; [`progress`] reports on long jobs. Nothing here
+//! knows Redis keys (that is `features::store`).
 
 pub mod export;
+pub mod input;
+pub mod load;
+pub mod progress;

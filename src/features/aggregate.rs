@@ -18,6 +18,7 @@ use super::definition::{
 };
 use crate::event::Event;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// One change to one entity's state.
@@ -55,6 +56,8 @@ pub enum Update {
     },
     /// Resettable sum: drop contributions at or before ts.
     Reset { feature: String, ts: i64 },
+    /// Static enrichment: overwrite the value (stored like a `last` at ts 0).
+    SetStatic { feature: String, value: String },
 }
 
 /// Everything one event changes, grouped by store slot: the customer group
@@ -71,6 +74,94 @@ pub struct Plan {
     pub item: Vec<Update>,
 }
 
+/// One change to one feature of one entity, borrowing from the event: an
+/// [`Update`] without the feature's name. [`visit_event`] yields them;
+/// [`plan_event`] names them. The backfill folds them without allocating.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<'e> {
+    Add(f64),
+    AddWindowed {
+        bucket: i64,
+        amount: f64,
+    },
+    SetLast {
+        ts: i64,
+        seq: i64,
+        value: Cow<'e, str>,
+    },
+    MaxTs(i64),
+    PushRecent {
+        member: Cow<'e, str>,
+        ts: i64,
+        cap: usize,
+    },
+    AddResettable {
+        ts: i64,
+        amount: f64,
+    },
+    Reset(i64),
+}
+
+impl Change<'_> {
+    /// The [`Update`] of feature `feature`.
+    pub fn named(self, feature: String) -> Update {
+        match self {
+            Change::Add(amount) => Update::Add { feature, amount },
+            Change::AddWindowed { bucket, amount } => Update::AddWindowed {
+                feature,
+                bucket,
+                amount,
+            },
+            Change::SetLast { ts, seq, value } => Update::SetLast {
+                feature,
+                ts,
+                seq,
+                value: value.into_owned(),
+            },
+            Change::MaxTs(ts) => Update::MaxTs { feature, ts },
+            Change::PushRecent { member, ts, cap } => Update::PushRecent {
+                feature,
+                member: member.into_owned(),
+                ts,
+                cap,
+            },
+            Change::AddResettable { ts, amount } => Update::AddResettable {
+                feature,
+                ts,
+                amount,
+            },
+            Change::Reset(ts) => Update::Reset { feature, ts },
+        }
+    }
+}
+
+/// Calls `sink(feature index, change)` for every change an event makes,
+/// according to the definitions: customer features always, session features
+/// when the event has a session, item features when it has an item.
+/// `customer_side` / `item_side` select which entities to visit (the
+/// customer side includes the session).
+pub fn visit_event<'e>(
+    set: &FeatureSet,
+    e: &'e Event,
+    customer_side: bool,
+    item_side: bool,
+    mut sink: impl FnMut(usize, Change<'e>),
+) {
+    for &i in set.features_for(e.kind) {
+        let f = &set.features[i];
+        let wanted = match f.entity {
+            Entity::Customer => customer_side,
+            Entity::Session => customer_side && e.session_id.is_some(),
+            Entity::Item => item_side && e.item_id.is_some(),
+        };
+        if wanted {
+            if let Some(c) = change_for(f, e) {
+                sink(i, c);
+            }
+        }
+    }
+}
+
 /// Turns an event into updates according to the definitions.
 pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
     let mut plan = Plan {
@@ -81,33 +172,25 @@ pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
         item_id: e.item_id.clone(),
         ..Plan::default()
     };
-    for &i in set.features_for(e.kind) {
+    visit_event(set, e, true, true, |i, c| {
         let f = &set.features[i];
         let target = match f.entity {
             Entity::Customer => &mut plan.customer,
-            Entity::Session if e.session_id.is_some() => &mut plan.session,
-            Entity::Item if e.item_id.is_some() => &mut plan.item,
-            Entity::Session | Entity::Item => continue,
+            Entity::Session => &mut plan.session,
+            Entity::Item => &mut plan.item,
         };
-        if let Some(u) = update_for(f, e) {
-            target.push(u);
-        }
-    }
+        target.push(c.named(f.name.clone()));
+    });
     plan
 }
 
-fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
-    let feature = f.name.clone();
+fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
     let additive = |amount: f64| match f.window {
-        Some(w) => Update::AddWindowed {
-            feature: feature.clone(),
+        Some(w) => Change::AddWindowed {
             bucket: e.ts.div_euclid(w.bucket_ms()),
             amount,
         },
-        None => Update::Add {
-            feature: feature.clone(),
-            amount,
-        },
+        None => Change::Add(amount),
     };
     match &f.aggregation {
         Aggregation::Count => f.events.contains(&e.kind).then(|| additive(1.0)),
@@ -118,7 +201,7 @@ fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
             prop_defaults,
         } => {
             if reset_on.contains(&e.kind) {
-                return Some(Update::Reset { feature, ts: e.ts });
+                return Some(Change::Reset(e.ts));
             }
             if !f.events.contains(&e.kind) {
                 return None;
@@ -133,36 +216,35 @@ fn update_for(f: &FeatureDef, e: &Event) -> Option<Update> {
             if reset_on.is_empty() {
                 Some(additive(amount))
             } else {
-                Some(Update::AddResettable {
-                    feature,
-                    ts: e.ts,
-                    amount,
-                })
+                Some(Change::AddResettable { ts: e.ts, amount })
             }
         }
-        Aggregation::Last { field } => field_value(field, e).map(|value| Update::SetLast {
-            feature,
+        Aggregation::Last { field } => field_value(field, e).map(|value| Change::SetLast {
             ts: e.ts,
             seq: e.seq.unwrap_or(0),
             value,
         }),
         Aggregation::DistinctRecent { field, cap } => {
-            field_value(field, e).map(|member| Update::PushRecent {
-                feature,
+            field_value(field, e).map(|member| Change::PushRecent {
                 member,
                 ts: e.ts,
                 cap: *cap,
             })
         }
-        Aggregation::TimeSinceLast => Some(Update::MaxTs { feature, ts: e.ts }),
+        Aggregation::TimeSinceLast => Some(Change::MaxTs(e.ts)),
+        // never listed for an event type (a static feature has no `events`)
+        Aggregation::Static { .. } => None,
     }
 }
 
-fn field_value(field: &Field, e: &Event) -> Option<String> {
+fn field_value<'e>(field: &Field, e: &'e Event) -> Option<Cow<'e, str>> {
     match field {
-        Field::ItemId => e.item_id.clone(),
-        Field::SessionId => e.session_id.clone(),
-        Field::Prop(p) => e.prop_text(p),
+        Field::ItemId => e.item_id.as_deref().map(Cow::Borrowed),
+        Field::SessionId => e.session_id.as_deref().map(Cow::Borrowed),
+        Field::Prop(p) => match e.props.get(p)? {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            _ => e.prop_text(p).map(Cow::Owned),
+        },
     }
 }
 
@@ -308,6 +390,16 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
                 r.parts.retain(|t, _| *t > *ts);
             }
         }
+        Update::SetStatic { feature, value } => {
+            state.lasts.insert(
+                feature.clone(),
+                LastValue {
+                    ts: 0,
+                    seq: 0,
+                    value: value.clone(),
+                },
+            );
+        }
     }
 }
 
@@ -336,7 +428,7 @@ pub fn feature_value(f: &FeatureDef, state: &EntityState, now: i64) -> FeatureVa
     match numeric_value(f, state, now) {
         Some(x) => FeatureValue::Num(x),
         None => match &f.aggregation {
-            Aggregation::Last { .. } => state
+            Aggregation::Last { .. } | Aggregation::Static { .. } => state
                 .lasts
                 .get(&f.name)
                 .map(|l| FeatureValue::Text(l.value.clone()))
@@ -394,7 +486,7 @@ pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f6
                 },
             })
         }
-        Aggregation::Last { .. } if f.is_numeric() => Some(
+        Aggregation::Last { .. } | Aggregation::Static { .. } if f.is_numeric() => Some(
             state
                 .lasts
                 .get(&f.name)
@@ -405,7 +497,9 @@ pub fn numeric_value(f: &FeatureDef, state: &EntityState, now: i64) -> Option<f6
             Some(ts) => ((now as f64 - ts) / 1000.0).max(0.0),
             None => f.default,
         }),
-        Aggregation::Last { .. } | Aggregation::DistinctRecent { .. } => None,
+        Aggregation::Last { .. }
+        | Aggregation::Static { .. }
+        | Aggregation::DistinctRecent { .. } => None,
     }
 }
 

@@ -80,6 +80,13 @@ pub enum Aggregation {
         cap: usize,
     },
     TimeSinceLast,
+    /// Static enrichment (item catalog, customer profile): set only by
+    /// `nextbest backfill --items/--customers` from the file column `column`,
+    /// never by events; each load overwrites the previous value.
+    Static {
+        column: String,
+        numeric: bool,
+    },
 }
 
 /// A sliding window, kept as [`BUCKETS_PER_WINDOW`] time buckets.
@@ -140,6 +147,7 @@ impl FeatureDef {
                 matches!(field, Field::Prop(p) if NUMERIC_PROPS.contains(&p.as_str()))
             }
             Aggregation::DistinctRecent { .. } => false,
+            Aggregation::Static { numeric, .. } => *numeric,
         }
     }
 
@@ -207,6 +215,7 @@ struct RawFile {
 struct RawFeature {
     name: String,
     entity: Entity,
+    #[serde(default)]
     events: Vec<String>,
     aggregation: String,
     window: Option<String>,
@@ -219,6 +228,11 @@ struct RawFeature {
     prop_defaults: HashMap<String, f64>,
     cap: Option<usize>,
     default: Option<f64>,
+    /// static: the file column holding the value (default: the name).
+    column: Option<String>,
+    /// static: `number` or `text`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +361,12 @@ impl FeatureSet {
             return self.context.iter().any(|c| c.name == rest);
         }
         self.derived.iter().any(|d| d.name == name)
+    }
+
+    /// Static features of an entity (loaded from catalog/profile files).
+    pub fn statics(&self, e: Entity) -> impl Iterator<Item = &FeatureDef> {
+        self.of_entity(e)
+            .filter(|f| matches!(f.aggregation, Aggregation::Static { .. }))
     }
 
     /// Whether this set has any feature needing a resettable-sum key.
@@ -485,8 +505,22 @@ fn check_feature(f: RawFeature) -> Result<FeatureDef, DefinitionError> {
         ));
     }
     let events = parse_types(&q, "events", &f.events)?;
-    if events.is_empty() {
+    let is_static = f.aggregation == "static";
+    if is_static {
+        if !f.events.is_empty() || f.window.is_some() || f.entity == Entity::Session {
+            return Err(invalid(
+                &q,
+                "a static feature belongs to `customer` or `item` and takes no `events` or `window`",
+            ));
+        }
+    } else if events.is_empty() {
         return Err(invalid(&q, "`events` must list at least one event type"));
+    }
+    if !is_static && (f.column.is_some() || f.kind.is_some()) {
+        return Err(invalid(
+            &q,
+            "`column` and `type` are for static features only",
+        ));
     }
     let window = match f.window.as_deref() {
         None => None,
@@ -551,10 +585,23 @@ fn check_feature(f: RawFeature) -> Result<FeatureDef, DefinitionError> {
             },
         },
         "time_since_last" => Aggregation::TimeSinceLast,
+        "static" => Aggregation::Static {
+            column: f.column.clone().unwrap_or_else(|| f.name.clone()),
+            numeric: match f.kind.as_deref() {
+                Some("number") => true,
+                Some("text") => false,
+                other => {
+                    return Err(invalid(
+                        &q,
+                        format!("static needs `type` = \"number\" or \"text\", got {other:?}"),
+                    ))
+                }
+            },
+        },
         other => {
             return Err(invalid(
                 &q,
-                format!("unknown aggregation `{other}` (count, sum, last, distinct_recent, time_since_last)"),
+                format!("unknown aggregation `{other}` (count, sum, last, distinct_recent, time_since_last, static)"),
             ))
         }
     };

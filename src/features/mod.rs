@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod definition;
+pub mod merge;
 pub mod store;
 pub mod vector;
 

@@ -2,7 +2,10 @@
 //! and the engine of the training export. Same semantics as Redis, no
 //! persistence: a restart starts empty.
 
-use super::{session_feature, ApplyOutcome, FeatureStore, ReadQuery, ReadResult, StoreError};
+use super::{
+    session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
+    ReadResult, StoreError,
+};
 use crate::features::aggregate::{apply_update, EntityState, Plan};
 use crate::features::definition::FeatureSet;
 use async_trait::async_trait;
@@ -106,6 +109,50 @@ impl MemoryState {
         out
     }
 
+    /// Applies merged group writes (see [`FeatureStore::apply_groups`]).
+    pub fn apply_groups(&mut self, groups: &[GroupWrite]) -> GroupOutcome {
+        let mut out = GroupOutcome::default();
+        let window = self.dedupe_window_ms;
+        for (i, g) in groups.iter().enumerate() {
+            let (state, seen, sessions) = match &g.group {
+                Group::Customer(id) => {
+                    let c = self.customers.entry(id.clone()).or_default();
+                    (&mut c.state, &mut c.seen, Some(&mut c.sessions))
+                }
+                Group::Item(id) => {
+                    let it = self.items.entry(id.clone()).or_default();
+                    (&mut it.state, &mut it.seen, None)
+                }
+            };
+            let dups: Vec<String> = g
+                .events
+                .iter()
+                .filter(|(id, _)| seen.ids.contains_key(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !dups.is_empty() {
+                out.conflicts.push((i, dups));
+                continue;
+            }
+            for (id, ts) in &g.events {
+                seen.insert(id, *ts, window);
+            }
+            g.updates.iter().for_each(|u| apply_update(state, u));
+            out.keys += 1;
+            if let Some(sessions) = sessions {
+                for (sid, updates) in &g.sessions {
+                    if !updates.is_empty() {
+                        let s = sessions.entry(sid.clone()).or_default();
+                        updates.iter().for_each(|u| apply_update(s, u));
+                        out.keys += 1;
+                    }
+                }
+            }
+            out.applied += 1;
+        }
+        out
+    }
+
     /// The customer's state (empty if unknown).
     pub fn customer(&self, id: &str) -> &EntityState {
         self.customers.get(id).map(|c| &c.state).unwrap_or(&EMPTY)
@@ -172,6 +219,11 @@ impl FeatureStore for MemoryStore {
     async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         Ok(st.apply(plans))
+    }
+
+    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        Ok(st.apply_groups(groups))
     }
 
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {

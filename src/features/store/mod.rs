@@ -10,7 +10,7 @@
 pub mod memory;
 pub mod redis;
 
-use super::aggregate::{EntityState, Plan};
+use super::aggregate::{EntityState, Plan, Update};
 use super::definition::{Aggregation, Entity, FeatureSet, Field};
 use async_trait::async_trait;
 
@@ -34,6 +34,40 @@ pub struct ApplyOutcome {
     pub duplicates: usize,
     /// Customers whose features changed, for push notifications.
     pub changed_customers: Vec<String>,
+}
+
+/// Which entity group a [`GroupWrite`] changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// The customer and its sessions.
+    Customer(String),
+    Item(String),
+}
+
+/// The merged updates of many events to one entity group (the backfill's
+/// bulk path, see `features::merge`), or static values (no events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupWrite {
+    pub group: Group,
+    /// `(event id, ts)` of every event merged in, each once. Empty for
+    /// static enrichment, which is not deduped (a load overwrites).
+    pub events: Vec<(String, i64)>,
+    /// Updates of the customer or item itself.
+    pub updates: Vec<Update>,
+    /// Customer groups only: updates per session id.
+    pub sessions: Vec<(String, Vec<Update>)>,
+}
+
+/// What [`FeatureStore::apply_groups`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupOutcome {
+    /// Groups written.
+    pub applied: usize,
+    /// Store keys written (Redis keys; entities and their sub-keys in memory).
+    pub keys: usize,
+    /// Groups not written because some of their events were applied before
+    /// (e.g. by the live consumer): index into the input and the ids seen.
+    pub conflicts: Vec<(usize, Vec<String>)>,
 }
 
 /// One read: a customer, optionally its session, and items.
@@ -60,6 +94,11 @@ pub struct ReadResult {
 pub trait FeatureStore: Send + Sync + 'static {
     /// Applies event plans; each event id changes each entity group at most once.
     async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError>;
+    /// Applies merged group writes. All-or-nothing per group: if any of a
+    /// group's event ids was applied before, nothing of that group is written
+    /// and the group is reported in `conflicts` (the caller re-merges without
+    /// those events and retries), so every event still counts exactly once.
+    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError>;
     /// Reads customer, session and item states in one round trip.
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError>;
     /// Every item id seen so far (for popularity lists).

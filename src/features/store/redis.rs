@@ -12,10 +12,18 @@
 //!
 //! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
 //! slot; each event is applied per group by one Lua script (`apply.lua`),
-//! which dedupes by event id and mirrors `aggregate::apply_update`.
+//! which dedupes by event id and mirrors `aggregate::apply_update`. The
+//! backfill sends the merged updates of many events per call
+//! ([`FeatureStore::apply_groups`]), or, for a group with no keys yet, its
+//! final state (`fresh.lua`).
 
-use super::{session_feature, ApplyOutcome, FeatureStore, ReadQuery, ReadResult, StoreError};
-use crate::features::aggregate::{EntityState, LastValue, Plan, Resettable, Update, Windowed};
+use super::{
+    session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
+    ReadResult, StoreError,
+};
+use crate::features::aggregate::{
+    apply_update, EntityState, LastValue, Plan, Resettable, Update, Windowed,
+};
 use crate::features::definition::{
     is_resettable, Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW,
 };
@@ -26,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const APPLY_LUA: &str = include_str!("apply.lua");
+const FRESH_LUA: &str = include_str!("fresh.lua");
 const READ_LUA: &str = include_str!("read.lua");
 
 /// Settings of the Redis store (part of the config's `[store]`).
@@ -72,6 +81,7 @@ pub struct RedisStore {
     session: Layout,
     item: Layout,
     apply_sha: String,
+    fresh_sha: String,
     read_sha: String,
 }
 
@@ -103,6 +113,7 @@ impl RedisStore {
             set,
             settings,
             apply_sha: redis::Script::new(APPLY_LUA).get_hash().to_string(),
+            fresh_sha: redis::Script::new(FRESH_LUA).get_hash().to_string(),
             read_sha: redis::Script::new(READ_LUA).get_hash().to_string(),
         };
         store.reload_scripts().await?;
@@ -111,7 +122,7 @@ impl RedisStore {
 
     async fn reload_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        for src in [APPLY_LUA, READ_LUA] {
+        for src in [APPLY_LUA, FRESH_LUA, READ_LUA] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(src)
@@ -143,18 +154,91 @@ impl RedisStore {
             if let Some(sid) = &p.session_id {
                 call.push(&format!("{cbase}:s:{sid}"), &p.session);
             }
-            call.invoke(&mut pipe, &self.apply_sha, p, &self.settings);
+            let ids = std::iter::once((p.event_id.as_str(), p.ts));
+            call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
             let has_item = p.item_id.is_some();
             if let Some(item) = &p.item_id {
                 let ibase = self.item_key(item);
                 let mut call = GroupCall::new(format!("{ibase}:seen"));
                 call.push(&ibase, &p.item);
-                call.invoke(&mut pipe, &self.apply_sha, p, &self.settings);
+                let ids = std::iter::once((p.event_id.as_str(), p.ts));
+                call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
             shape.push((true, has_item));
         }
         (pipe, shape)
+    }
+
+    /// The pipeline for [`FeatureStore::apply_groups`] and the number of
+    /// keys each group's call writes.
+    fn group_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<usize>) {
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(groups.len());
+        for g in groups {
+            let (base, item) = match &g.group {
+                Group::Customer(id) => (self.customer_key(id), None),
+                Group::Item(id) => (self.item_key(id), Some(id)),
+            };
+            let mut call = GroupCall::new(format!("{base}:seen"));
+            call.push(&base, &g.updates);
+            for (sid, updates) in &g.sessions {
+                call.push(&format!("{base}:s:{sid}"), updates);
+            }
+            // the dedupe set is written only when there are events
+            keys.push(call.keys.len() - usize::from(g.events.is_empty()));
+            let ids = g.events.iter().map(|(id, ts)| (id.as_str(), *ts));
+            call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
+            if let Some(item) = item {
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+        }
+        (pipe, keys)
+    }
+
+    /// The pipeline writing the groups as fresh state (`fresh.lua`), and the
+    /// keys each writes. Static rows (no events) are not eligible: `None`.
+    fn fresh_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<Option<usize>>) {
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(groups.len());
+        for g in groups {
+            if g.events.is_empty() {
+                keys.push(None);
+                continue;
+            }
+            let (base, item) = match &g.group {
+                Group::Customer(id) => (self.customer_key(id), None),
+                Group::Item(id) => (self.item_key(id), Some(id)),
+            };
+            let mut w = FreshWrite::new(format!("{base}:seen"));
+            let maxts = g.events.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            let cutoff = maxts - self.settings.dedupe_window_ms;
+            w.zset(
+                1,
+                g.events
+                    .iter()
+                    .filter(|(_, t)| *t >= cutoff)
+                    .map(|(id, t)| (t.to_string(), id.clone()))
+                    .collect(),
+            );
+            w.state(&base, &state_of(&g.updates));
+            for (sid, updates) in &g.sessions {
+                if !updates.is_empty() {
+                    w.state(&format!("{base}:s:{sid}"), &state_of(updates));
+                }
+            }
+            keys.push(Some(w.keys.len()));
+            pipe.cmd("EVALSHA")
+                .arg(&self.fresh_sha)
+                .arg(w.keys.len())
+                .arg(&w.keys)
+                .arg(self.settings.ttl_seconds)
+                .arg(&w.ops);
+            if let Some(item) = item {
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+        }
+        (pipe, keys)
     }
 
     async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
@@ -263,7 +347,7 @@ impl RedisStore {
             };
             let num = || value.parse::<f64>().unwrap_or(0.0);
             match (&def.aggregation, suffix) {
-                (Aggregation::Last { .. }, None) => {
+                (Aggregation::Last { .. } | Aggregation::Static { .. }, None) => {
                     st.lasts
                         .entry(base.to_string())
                         .or_insert_with(LastValue::default)
@@ -344,6 +428,108 @@ impl RedisStore {
     }
 }
 
+/// The state merged updates leave on an empty entity (the reference
+/// semantics, `aggregate::apply_update`).
+fn state_of(updates: &[Update]) -> EntityState {
+    let mut st = EntityState::default();
+    updates.iter().for_each(|u| apply_update(&mut st, u));
+    st
+}
+
+/// Builds one `EVALSHA fresh` call: an entity state in the key layout of
+/// the module doc, as `apply.lua` would have left it on empty keys.
+struct FreshWrite {
+    keys: Vec<String>,
+    ops: Vec<String>,
+}
+
+impl FreshWrite {
+    fn new(seen: String) -> Self {
+        FreshWrite {
+            keys: vec![seen],
+            ops: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, k: String) -> usize {
+        self.keys.push(k);
+        self.keys.len()
+    }
+
+    fn hash(&mut self, key: usize, fields: Vec<(String, String)>) {
+        if fields.is_empty() {
+            return;
+        }
+        self.ops
+            .extend(["H".into(), key.to_string(), fields.len().to_string()]);
+        for (f, v) in fields {
+            self.ops.extend([f, v]);
+        }
+    }
+
+    /// `pairs`: (score, member).
+    fn zset(&mut self, key: usize, pairs: Vec<(String, String)>) {
+        if pairs.is_empty() {
+            return;
+        }
+        self.ops
+            .extend(["Z".into(), key.to_string(), pairs.len().to_string()]);
+        for (s, m) in pairs {
+            self.ops.extend([s, m]);
+        }
+    }
+
+    fn state(&mut self, base: &str, st: &EntityState) {
+        let mut fields = Vec::new();
+        for (f, x) in &st.nums {
+            fields.push((f.clone(), fmt_f64(*x)));
+        }
+        for (f, w) in &st.windows {
+            fields.push((format!("{f}|max"), w.max.to_string()));
+            for (b, x) in &w.buckets {
+                fields.push((format!("{f}|{b}"), fmt_f64(*x)));
+            }
+        }
+        for (f, l) in &st.lasts {
+            fields.push((f.clone(), l.value.clone()));
+            if l.ts != 0 || l.seq != 0 {
+                fields.push((format!("{f}|t"), l.ts.to_string()));
+                fields.push((format!("{f}|q"), l.seq.to_string()));
+            }
+        }
+        if !fields.is_empty() {
+            let k = self.key(base.to_string());
+            self.hash(k, fields);
+        }
+        for (f, list) in &st.recent {
+            let k = self.key(format!("{base}:r:{f}"));
+            self.zset(
+                k,
+                list.iter()
+                    .map(|(m, t)| (t.to_string(), m.clone()))
+                    .collect(),
+            );
+        }
+        for (f, r) in &st.resettable {
+            let mut fields: Vec<(String, String)> = r
+                .parts
+                .iter()
+                .map(|(t, x)| (t.to_string(), fmt_f64(*x)))
+                .collect();
+            if r.reset_ts > 0 {
+                fields.push(("rts".into(), r.reset_ts.to_string()));
+            }
+            if !fields.is_empty() {
+                let k = self.key(format!("{base}:x:{f}"));
+                self.hash(k, fields);
+            }
+        }
+    }
+}
+
+/// Members of one recent list in one call: feature, cap, (member, ts).
+type RecentBatch<'a> = (&'a str, usize, Vec<(&'a str, i64)>);
+
 /// Builds one `EVALSHA apply` call for an entity group.
 struct GroupCall {
     keys: Vec<String>,
@@ -370,7 +556,78 @@ impl GroupCall {
     }
 
     fn push(&mut self, base: &str, updates: &[Update]) {
+        // Several buckets of one window, or members of one recent list (a
+        // backfill's merged updates), go in one op each: fewer Redis calls.
+        let mut windows: Vec<(&str, Vec<(i64, f64)>)> = Vec::new();
+        let mut recents: Vec<RecentBatch<'_>> = Vec::new();
         for u in updates {
+            match u {
+                Update::AddWindowed {
+                    feature,
+                    bucket,
+                    amount,
+                } => match windows.iter_mut().find(|(f, _)| f == feature) {
+                    Some((_, b)) => b.push((*bucket, *amount)),
+                    None => windows.push((feature, vec![(*bucket, *amount)])),
+                },
+                Update::PushRecent {
+                    feature,
+                    member,
+                    ts,
+                    cap,
+                } => match recents.iter_mut().find(|(f, _, _)| f == feature) {
+                    Some((_, _, m)) => m.push((member, *ts)),
+                    None => recents.push((feature, *cap, vec![(member, *ts)])),
+                },
+                _ => {}
+            }
+        }
+        let batched_w: Vec<&str> = windows
+            .iter()
+            .filter(|(_, b)| b.len() > 1)
+            .map(|(f, _)| *f)
+            .collect();
+        let batched_r: Vec<&str> = recents
+            .iter()
+            .filter(|(_, _, m)| m.len() > 1)
+            .map(|(f, _, _)| *f)
+            .collect();
+        for (feature, buckets) in windows {
+            if buckets.len() < 2 {
+                continue; // the single-update form below
+            }
+            let k = self.key(base.to_string());
+            self.ops.extend([
+                "WB".into(),
+                k,
+                feature.to_string(),
+                buckets.len().to_string(),
+            ]);
+            for (b, a) in buckets {
+                self.ops.extend([b.to_string(), fmt_f64(a)]);
+            }
+        }
+        for (feature, cap, members) in recents {
+            if members.len() < 2 {
+                continue;
+            }
+            let k = self.key(format!("{base}:r:{feature}"));
+            self.ops
+                .extend(["RB".into(), k, cap.to_string(), members.len().to_string()]);
+            for (m, t) in members {
+                self.ops.extend([m.to_string(), t.to_string()]);
+            }
+        }
+        for u in updates {
+            match u {
+                Update::AddWindowed { feature, .. } if batched_w.contains(&feature.as_str()) => {
+                    continue
+                }
+                Update::PushRecent { feature, .. } if batched_r.contains(&feature.as_str()) => {
+                    continue
+                }
+                _ => {}
+            }
             match u {
                 Update::Add { feature, amount } => {
                     let k = self.key(base.to_string());
@@ -440,18 +697,33 @@ impl GroupCall {
                     let k = self.key(format!("{base}:x:{feature}"));
                     self.ops.extend(["X".into(), k, ts.to_string()]);
                 }
+                Update::SetStatic { feature, value } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["V".into(), k, feature.clone(), value.clone()]);
+                }
             }
         }
     }
 
-    fn invoke(self, pipe: &mut redis::Pipeline, sha: &str, p: &Plan, s: &RedisSettings) {
-        pipe.cmd("EVALSHA")
+    /// Adds the `EVALSHA apply` call for the events `ids` (`(event id, ts)`).
+    fn invoke<'a>(
+        self,
+        pipe: &mut redis::Pipeline,
+        sha: &str,
+        ids: impl ExactSizeIterator<Item = (&'a str, i64)>,
+        s: &RedisSettings,
+    ) {
+        let cmd = pipe
+            .cmd("EVALSHA")
             .arg(sha)
             .arg(self.keys.len())
             .arg(&self.keys)
-            .arg(&p.event_id)
-            .arg(p.ts)
-            .arg(s.dedupe_window_ms)
+            .arg(ids.len());
+        for (id, ts) in ids {
+            cmd.arg(id).arg(ts);
+        }
+        cmd.arg(s.dedupe_window_ms)
             .arg(s.ttl_seconds)
             .arg(BUCKETS_PER_WINDOW)
             .arg(&self.ops);
@@ -519,6 +791,58 @@ impl FeatureStore for RedisStore {
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();
+        Ok(out)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(groups = groups.len()))]
+    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+        if groups.is_empty() {
+            return Ok(GroupOutcome::default());
+        }
+        // groups never written before: their final state in a few commands
+        let mut out = GroupOutcome::default();
+        let (fresh, fresh_keys) = self.fresh_pipeline(groups);
+        let mut rest: Vec<usize> = Vec::new();
+        let mut replies = if fresh_keys.iter().any(Option::is_some) {
+            self.run_pipeline(&fresh).await?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        for (i, k) in fresh_keys.iter().enumerate() {
+            match k {
+                None => rest.push(i),
+                Some(k) => match replies.next() {
+                    Some(Value::Int(1)) => {
+                        out.applied += 1;
+                        out.keys += k;
+                    }
+                    Some(_) => rest.push(i),
+                    None => return Err(protocol("apply_groups: missing fresh reply")),
+                },
+            }
+        }
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        // the others: merged updates through apply.lua (dedupe, then merge
+        // with what is there)
+        let others: Vec<GroupWrite> = rest.iter().map(|&i| groups[i].clone()).collect();
+        let (pipe, keys) = self.group_pipeline(&others);
+        let replies = self.run_pipeline(&pipe).await?;
+        if replies.len() != others.len() {
+            return Err(protocol(
+                "apply_groups: reply count differs from group count",
+            ));
+        }
+        for (j, r) in replies.into_iter().enumerate() {
+            match r {
+                Value::Int(1) => {
+                    out.applied += 1;
+                    out.keys += keys[j];
+                }
+                other => out.conflicts.push((rest[j], strings(other)?)),
+            }
+        }
         Ok(out)
     }
 

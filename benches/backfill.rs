@@ -1,0 +1,200 @@
+//! Backfill throughput on generated history (default 5M events):
+//! aggregation (events/s, `select` + `aggregate` on all cores and on one)
+//! and the Redis bulk write (keys/s, entities/s). Redis comes from
+//! NEXTBEST_TEST_REDIS_URL, else a redis-server is started on a free port.
+//!
+//!   cargo bench --bench backfill                      # 5M events
+//!   NEXTBEST_BENCH_EVENTS=500000 cargo bench --bench backfill
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use nextbest::backfill::load::{self, BackfillJob};
+use nextbest::backfill::progress::Progress;
+use nextbest::event::{Event, EventType};
+use nextbest::features::store::redis::{RedisSettings, RedisStore};
+use nextbest::features::store::FeatureStore;
+use nextbest::features::FeatureSet;
+use serde_json::{json, Map};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+const T_END: i64 = 1_793_491_200_000;
+const DAY: i64 = 24 * 3_600_000;
+
+/// `n` events of `customers` customers over 7 days, a realistic type mix.
+fn generate(n: usize, customers: u64, items: u64) -> Vec<Event> {
+    let mut r = Rng(0x5EED_1234_ABCD_0001);
+    let kinds = [
+        (EventType::PageView, 60),
+        (EventType::Click, 15),
+        (EventType::AddToCart, 10),
+        (EventType::RemoveFromCart, 3),
+        (EventType::Purchase, 3),
+        (EventType::Search, 6),
+        (EventType::SessionStart, 3),
+    ];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut pick = r.below(100);
+        let mut kind = EventType::PageView;
+        for (k, w) in kinds {
+            if pick < w {
+                kind = k;
+                break;
+            }
+            pick -= w;
+        }
+        let c = r.below(customers);
+        let item = (kind != EventType::Search && kind != EventType::SessionStart)
+            .then(|| format!("p{}", r.below(items)));
+        let mut props = Map::new();
+        props.insert("price".into(), json!((r.below(20000) as f64) / 100.0));
+        props.insert("quantity".into(), json!(1 + r.below(3)));
+        props.insert("category".into(), json!(format!("cat{}", r.below(20))));
+        props.insert("dwell_ms".into(), json!(r.below(60000)));
+        out.push(Event {
+            event_id: format!("b{i}"),
+            kind,
+            customer_id: format!("c{c}"),
+            ts: T_END - r.below(7 * DAY as u64) as i64,
+            session_id: Some(format!("s{c}-{}", r.below(4))),
+            item_id: item,
+            seq: Some(i as i64),
+            props,
+        });
+    }
+    out
+}
+
+fn main() {
+    let n: usize = std::env::var("NEXTBEST_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let customers = (n / 50).max(10) as u64;
+    let items = 20_000;
+    let set = Arc::new(
+        FeatureSet::load(&common::repo().join("feature-store/features.toml"))
+            .expect("features load"),
+    );
+    let t = Instant::now();
+    let events = generate(n, customers, items);
+    println!(
+        "generated {n} events ({customers} customers, {items} items) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    let t = Instant::now();
+    let mut sum = 0.0;
+    for e in &events {
+        sum += e.prop_f64("price").unwrap_or(0.0) + e.customer_id.len() as f64;
+    }
+    println!(
+        "touching each event once: {:.2} M events/s ({sum:.0})",
+        n as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
+    let t = Instant::now();
+    let mut updates = 0usize;
+    for e in &events {
+        let p = nextbest::features::aggregate::plan_event(&set, e);
+        updates += p.customer.len() + p.session.len() + p.item.len();
+    }
+    println!(
+        "plan_event alone: {:.2} M events/s, {:.1} updates/event",
+        n as f64 / t.elapsed().as_secs_f64() / 1e6,
+        updates as f64 / n as f64
+    );
+    let t = Instant::now();
+    let (idx, _, _) = load::select(&events, T_END);
+    println!("select: {:.2} s", t.elapsed().as_secs_f64());
+    let one = load::aggregate(&set, &events, &idx, 1);
+    let one_secs = t.elapsed().as_secs_f64();
+    drop(one);
+    let t = Instant::now();
+    let (idx, _, _) = load::select(&events, T_END);
+    let agg = load::aggregate(&set, &events, &idx, threads);
+    let agg_secs = t.elapsed().as_secs_f64();
+    let groups = agg.len();
+    println!(
+        "aggregate: {:.2} M events/s on {threads} threads ({agg_secs:.2} s), {:.2} M events/s on 1 thread; {groups} entity groups",
+        n as f64 / agg_secs / 1e6,
+        n as f64 / one_secs / 1e6,
+    );
+
+    if std::env::var_os("NEXTBEST_BENCH_SKIP_REDIS").is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // NEXTBEST_TEST_REDIS_URL, else a redis-server of our own (stopped on drop)
+        let mut own = None;
+        let url = match std::env::var("NEXTBEST_TEST_REDIS_URL") {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                let r = common::RedisProc::start();
+                let u = r.url();
+                own = Some(r);
+                u
+            }
+        };
+        let store = RedisStore::connect(
+            RedisSettings {
+                url: url.clone(),
+                key_prefix: common::unique("bench"),
+                dedupe_window_ms: 7 * DAY,
+                ttl_seconds: 3600,
+                timeout_ms: 60_000,
+            },
+            set.clone(),
+        )
+        .await
+        .expect("redis connects");
+        let job = BackfillJob {
+            batch: std::env::var("NEXTBEST_BENCH_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+            in_flight: 4,
+            as_of: T_END,
+            ..BackfillJob::default()
+        };
+        let progress = Progress::hidden("bench", groups as u64);
+        let t = Instant::now();
+        let totals = load::write(&set, &store, &events, agg, &job, &progress)
+            .await
+            .expect("write");
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "redis write: {:.0} keys/s ({} keys), {:.0} entities/s ({} entities), {:.0} events/s, {secs:.1} s; redis {}",
+            totals.keys as f64 / secs,
+            totals.keys,
+            totals.entities as f64 / secs,
+            totals.entities,
+            n as f64 / secs,
+            store.describe(),
+        );
+        println!(
+            "end to end (aggregate + write): {:.0} events/s",
+            n as f64 / (secs + agg_secs)
+        );
+        drop(own);
+    });
+}

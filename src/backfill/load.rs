@@ -1,0 +1,542 @@
+//! `nextbest backfill`: history and enrichment into the online store.
+//!
+//! 1. Everything is read and validated first (`input`); a bad file fails
+//!    the job before anything is written.
+//! 2. Events after `as_of` are dropped; each event id is kept once (the
+//!    first occurrence), like the stream's dedupe.
+//! 3. [`aggregate`]: every event goes through `visit_event` (the code
+//!    `plan_event` runs for the stream) and its changes are folded per
+//!    entity group (`features::merge`), each core owning a hash shard of
+//!    the customers and items.
+//! 4. [`write`]: one `apply_groups` call per batch of groups, several
+//!    batches in flight. Each group write carries the ids of its events and
+//!    is all-or-nothing: if the live consumer already applied some of them,
+//!    the group is re-merged without those events and written again. So an
+//!    event counts exactly once whether it arrived by stream, by backfill,
+//!    or both, and because every update commutes (counts add, `last` keeps
+//!    the greatest event time, ...) a backfill never overwrites newer
+//!    streaming state: the newest *event time* wins, not the newest write.
+//!    The same backfill twice finds every id already seen and changes
+//!    nothing.
+//!
+//! Static enrichment (`--items`, `--customers`) writes the `static` features
+//! of features.toml; a load overwrites the previous value, so loading the
+//! same file twice is also a no-op.
+
+use super::input::{self, InputError, Record};
+use super::progress::Progress;
+use crate::event::{check_id, Event};
+use crate::features::aggregate::{visit_event, Update};
+use crate::features::definition::{Aggregation, Entity, FeatureSet};
+use crate::features::merge::{FoldLayout, Folded};
+use crate::features::store::{FeatureStore, Group, GroupWrite, StoreError};
+use futures::{StreamExt, TryStreamExt};
+use rustc_hash::FxBuildHasher;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Errors of a backfill.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to load.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillJob {
+    /// Event files or glob patterns.
+    pub events: Vec<String>,
+    /// Item catalog file (column `item_id` + the item `static` features).
+    pub items: Option<PathBuf>,
+    /// Customer profile file (column `customer_id` + the customer `static` features).
+    pub customers: Option<PathBuf>,
+    /// Only events with `ts <= as_of` are loaded.
+    pub as_of: i64,
+    /// Groups per store call (default 256).
+    pub batch: usize,
+    /// Store calls in flight (default 4).
+    pub in_flight: usize,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillSummary {
+    pub files: usize,
+    /// Event rows read.
+    pub rows: usize,
+    /// Events loaded (read, minus after `as_of`, minus repeated ids).
+    pub selected: usize,
+    /// Events after `as_of`, not loaded.
+    pub after_as_of: usize,
+    /// Repeated event ids in the input, loaded once.
+    pub duplicate_ids: usize,
+    /// Entity groups (customers, items) written, including static rows.
+    pub entities: usize,
+    /// Store keys written.
+    pub keys: usize,
+    /// Groups re-merged because the live consumer had applied some events.
+    pub conflicts: usize,
+    /// Events already applied before (by the stream or an earlier backfill).
+    pub already_applied: usize,
+    pub static_rows: usize,
+    pub read_secs: f64,
+    pub aggregate_secs: f64,
+    pub write_secs: f64,
+}
+
+/// The input, read and validated.
+pub struct LoadedInput {
+    pub files: usize,
+    pub events: Vec<Event>,
+    pub statics: Vec<GroupWrite>,
+}
+
+/// Reads and validates every input file (nothing is written).
+pub fn read_input(set: &FeatureSet, job: &BackfillJob) -> Result<LoadedInput, BackfillError> {
+    let files = input::expand(&job.events)?;
+    let mut events = Vec::new();
+    for f in &files {
+        events.extend(input::read_events(f)?);
+    }
+    let mut statics = Vec::new();
+    if let Some(p) = &job.items {
+        statics.extend(read_static(set, Entity::Item, p)?);
+    }
+    if let Some(p) = &job.customers {
+        statics.extend(read_static(set, Entity::Customer, p)?);
+    }
+    Ok(LoadedInput {
+        files: files.len(),
+        events,
+        statics,
+    })
+}
+
+/// Reads a catalog/profile file into static group writes.
+pub fn read_static(
+    set: &FeatureSet,
+    entity: Entity,
+    path: &Path,
+) -> Result<Vec<GroupWrite>, InputError> {
+    let p = path.display().to_string();
+    let id_col = match entity {
+        Entity::Item => "item_id",
+        _ => "customer_id",
+    };
+    let defs: Vec<(String, String, bool)> = set
+        .statics(entity)
+        .filter_map(|f| match &f.aggregation {
+            Aggregation::Static { column, numeric } => {
+                Some((f.name.clone(), column.clone(), *numeric))
+            }
+            _ => None,
+        })
+        .collect();
+    let (columns, records) = input::read_records(path, Some(&[id_col]))?;
+    for c in std::iter::once(id_col).chain(defs.iter().map(|(_, c, _)| c.as_str())) {
+        if !columns.iter().any(|x| x == c) {
+            return Err(InputError::MissingColumn {
+                path: p,
+                column: c.to_string(),
+            });
+        }
+    }
+    records
+        .into_iter()
+        .map(|r| static_row(&p, id_col, &defs, entity, r))
+        .collect()
+}
+
+fn static_row(
+    path: &str,
+    id_col: &str,
+    defs: &[(String, String, bool)],
+    entity: Entity,
+    r: Record,
+) -> Result<GroupWrite, InputError> {
+    let err = |column: &str, message: String| InputError::Row {
+        path: path.to_string(),
+        at: r.at.clone(),
+        column: Some(column.to_string()),
+        message,
+    };
+    let id = match r.fields.get(id_col) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(err(id_col, "missing or not text".into())),
+    };
+    check_id(id_col, &id).map_err(|e| err(id_col, e.to_string()))?;
+    let mut updates = Vec::new();
+    for (name, column, numeric) in defs {
+        let value = match (r.fields.get(column), numeric) {
+            (None | Some(Value::Null), _) => continue,
+            (Some(Value::Bool(b)), true) => u8::from(*b).to_string(),
+            (Some(Value::Number(n)), true) => match n.as_f64() {
+                Some(x) if x.is_finite() => format!("{x}"),
+                _ => return Err(err(column, "must be a finite number".into())),
+            },
+            (Some(Value::String(s)), true) => match s.trim() {
+                "true" => "1".into(),
+                "false" => "0".into(),
+                t => match t.parse::<f64>() {
+                    Ok(x) if x.is_finite() => format!("{x}"),
+                    _ => return Err(err(column, format!("`{s}` is not a number"))),
+                },
+            },
+            (Some(Value::String(s)), false) => s.clone(),
+            (Some(v @ (Value::Number(_) | Value::Bool(_))), false) => v.to_string(),
+            (Some(other), _) => {
+                return Err(err(
+                    column,
+                    format!("must be a number or text, got {other}"),
+                ))
+            }
+        };
+        updates.push(Update::SetStatic {
+            feature: name.clone(),
+            value,
+        });
+    }
+    Ok(GroupWrite {
+        group: match entity {
+            Entity::Item => Group::Item(id),
+            _ => Group::Customer(id),
+        },
+        events: Vec::new(),
+        updates,
+        sessions: Vec::new(),
+    })
+}
+
+/// Indices of the events to load: `ts <= as_of`, first occurrence of each id.
+/// Returns them with the counts of events dropped for each reason.
+pub fn select(events: &[Event], as_of: i64) -> (Vec<u32>, usize, usize) {
+    let mut seen: HashSet<&str, FxBuildHasher> =
+        HashSet::with_capacity_and_hasher(events.len(), FxBuildHasher);
+    let (mut late, mut dups) = (0, 0);
+    let mut keep = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        if e.ts > as_of {
+            late += 1;
+        } else if !seen.insert(e.event_id.as_str()) {
+            dups += 1;
+        } else {
+            keep.push(i as u32);
+        }
+    }
+    (keep, late, dups)
+}
+
+/// The fold of one entity group's events, borrowing from them.
+struct GroupAcc<'e> {
+    events: Vec<u32>,
+    main: Folded<'e>,
+    sessions: HashMap<&'e str, Folded<'e>, FxBuildHasher>,
+}
+
+/// Which entity group of an event a fold is about.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    /// The customer and its session.
+    Customer,
+    Item,
+}
+
+fn group_id(e: &Event, side: Side) -> Option<&str> {
+    match side {
+        Side::Customer => Some(e.customer_id.as_str()),
+        Side::Item => e.item_id.as_deref(),
+    }
+}
+
+/// Folds one side of the events `idx` whose group falls in hash shard `k` of
+/// `shards` into group writes. The events are first sorted by group so each
+/// group is folded in one go, in cache, and written out before the next.
+fn fold_side(
+    set: &FeatureSet,
+    layout: &FoldLayout,
+    events: &[Event],
+    idx: &[u32],
+    side: Side,
+    k: usize,
+    shards: usize,
+) -> Vec<PendingGroup> {
+    let id = |i: u32| group_id(&events[i as usize], side).unwrap_or_default();
+    let mut keyed: Vec<(u64, u32)> = idx
+        .iter()
+        .filter_map(|&i| {
+            let g = group_id(&events[i as usize], side)?;
+            let h = FxBuildHasher.hash_one(g);
+            (shards == 1 || h % shards as u64 == k as u64).then_some((h, i))
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id(a.1).cmp(id(b.1))));
+    let (customer_side, item_side) = (side == Side::Customer, side == Side::Item);
+    let mut out = Vec::new();
+    for run in keyed.chunk_by(|a, b| a.0 == b.0 && id(a.1) == id(b.1)) {
+        let entity = match side {
+            Side::Customer => Entity::Customer,
+            Side::Item => Entity::Item,
+        };
+        let mut acc = GroupAcc {
+            events: run.iter().map(|(_, i)| *i).collect(),
+            main: layout.empty(entity),
+            sessions: HashMap::default(),
+        };
+        for &(_, i) in run {
+            let e = &events[i as usize];
+            visit_event(set, e, customer_side, item_side, |f, change| {
+                match (set.features[f].entity, e.session_id.as_deref()) {
+                    (Entity::Session, Some(sid)) => {
+                        let s = acc
+                            .sessions
+                            .entry(sid)
+                            .or_insert_with(|| layout.empty(Entity::Session));
+                        layout.push(s, f, change);
+                    }
+                    _ => layout.push(&mut acc.main, f, change),
+                }
+            });
+        }
+        let gid = id(run[0].1).to_string();
+        let group = match side {
+            Side::Customer => Group::Customer(gid),
+            Side::Item => Group::Item(gid),
+        };
+        out.push(to_pending(layout, group, acc, events));
+    }
+    out
+}
+
+fn to_pending(
+    layout: &FoldLayout,
+    group: Group,
+    acc: GroupAcc<'_>,
+    events: &[Event],
+) -> PendingGroup {
+    let ids = acc
+        .events
+        .iter()
+        .map(|&i| {
+            let e = &events[i as usize];
+            (e.event_id.clone(), e.ts)
+        })
+        .collect();
+    PendingGroup {
+        write: GroupWrite {
+            group,
+            events: ids,
+            updates: layout.merged(acc.main).into_updates(),
+            sessions: acc
+                .sessions
+                .into_iter()
+                .filter(|(_, f)| !f.is_empty())
+                .map(|(sid, f)| (sid.to_string(), layout.merged(f).into_updates()))
+                .collect(),
+        },
+        events: acc.events,
+    }
+}
+
+/// A group ready to write, with the events it holds (to re-fold it without
+/// some of them).
+#[derive(Debug, Clone)]
+pub struct PendingGroup {
+    pub write: GroupWrite,
+    pub events: Vec<u32>,
+}
+
+impl PendingGroup {
+    /// A static row (no events).
+    pub fn fixed(write: GroupWrite) -> PendingGroup {
+        PendingGroup {
+            write,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Folds the selected events per entity group into group writes, on
+/// `threads` threads (each owns a hash shard of the customers and items).
+pub fn aggregate(
+    set: &FeatureSet,
+    events: &[Event],
+    idx: &[u32],
+    threads: usize,
+) -> Vec<PendingGroup> {
+    let layout = FoldLayout::new(set);
+    let shards = if idx.len() < 512 { 1 } else { threads.max(1) };
+    std::thread::scope(|s| {
+        let layout = &layout;
+        let handles: Vec<_> = (0..shards)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut out = fold_side(set, layout, events, idx, Side::Customer, k, shards);
+                    out.extend(fold_side(set, layout, events, idx, Side::Item, k, shards));
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("aggregation threads do not panic"))
+            .collect()
+    })
+}
+
+/// Re-folds one group from its events, leaving out the ids already applied.
+fn refold(
+    set: &FeatureSet,
+    events: &[Event],
+    group: &Group,
+    idx: Vec<u32>,
+    seen: &[String],
+) -> Option<PendingGroup> {
+    let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
+    let keep: Vec<u32> = idx
+        .into_iter()
+        .filter(|&i| !seen.contains(events[i as usize].event_id.as_str()))
+        .collect();
+    if keep.is_empty() {
+        return None;
+    }
+    let side = match group {
+        Group::Customer(_) => Side::Customer,
+        Group::Item(_) => Side::Item,
+    };
+    fold_side(set, &FoldLayout::new(set), events, &keep, side, 0, 1)
+        .into_iter()
+        .find(|g| g.write.group == *group)
+}
+
+/// A group not written: the group, its events, the ids already applied.
+type Conflict = (Group, Vec<u32>, Vec<String>);
+
+/// Totals of [`write`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteTotals {
+    pub entities: usize,
+    pub keys: usize,
+    pub conflicts: usize,
+    pub already_applied: usize,
+}
+
+/// Writes the aggregated groups (and static rows) to the store, batched and
+/// pipelined, re-merging groups that conflict with the live consumer.
+pub async fn write(
+    set: &FeatureSet,
+    store: &dyn FeatureStore,
+    events: &[Event],
+    mut pending: Vec<PendingGroup>,
+    job: &BackfillJob,
+    progress: &Progress,
+) -> Result<WriteTotals, BackfillError> {
+    let batch = if job.batch == 0 { 256 } else { job.batch };
+    let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
+    let mut totals = WriteTotals::default();
+    // each round strictly shrinks the conflicting groups, so this ends
+    while !pending.is_empty() {
+        let mut chunks: Vec<(Vec<GroupWrite>, Vec<Vec<u32>>)> = Vec::new();
+        let mut it = pending.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(batch).map(|p| (p.write, p.events)).unzip());
+        }
+        // only the conflicting groups are kept: (group, its events, ids seen)
+        let conflicts: Vec<Vec<Conflict>> = futures::stream::iter(chunks)
+            .map(|(writes, mut idx)| async move {
+                let out = store.apply_groups(&writes).await?;
+                progress.advance(out.applied as u64, out.keys as u64);
+                let conflicts = out
+                    .conflicts
+                    .into_iter()
+                    .map(|(i, seen)| (writes[i].group.clone(), std::mem::take(&mut idx[i]), seen))
+                    .collect::<Vec<_>>();
+                Ok::<_, StoreError>((out.applied, out.keys, conflicts))
+            })
+            .buffer_unordered(in_flight)
+            .map_ok(|(applied, keys, conflicts)| {
+                totals.entities += applied;
+                totals.keys += keys;
+                conflicts
+            })
+            .try_collect()
+            .await?;
+        let mut retry = Vec::new();
+        for (group, idx, seen) in conflicts.into_iter().flatten() {
+            totals.conflicts += 1;
+            totals.already_applied += seen.len();
+            if let Some(again) = refold(set, events, &group, idx, &seen) {
+                retry.push(again);
+            }
+        }
+        pending = retry;
+    }
+    Ok(totals)
+}
+
+/// Runs a whole backfill: read and validate, aggregate, write. The CPU
+/// work runs on the blocking pool.
+pub async fn run(
+    set: Arc<FeatureSet>,
+    store: &dyn FeatureStore,
+    job: &BackfillJob,
+) -> Result<BackfillSummary, BackfillError> {
+    let t = Instant::now();
+    let input = {
+        let (set, job) = (set.clone(), job.clone());
+        tokio::task::spawn_blocking(move || read_input(&set, &job))
+            .await
+            .map_err(|e| BackfillError::Invalid(format!("reader failed: {e}")))??
+    };
+    let read_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let events = Arc::new(input.events);
+    let (mut groups, after_as_of, duplicate_ids, selected) = {
+        let (set, events, as_of) = (set.clone(), events.clone(), job.as_of);
+        tokio::task::spawn_blocking(move || {
+            let (idx, late, dups) = select(&events, as_of);
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            (
+                aggregate(&set, &events, &idx, threads),
+                late,
+                dups,
+                idx.len(),
+            )
+        })
+        .await
+        .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
+    };
+    let aggregate_secs = t.elapsed().as_secs_f64();
+    let static_rows = input.statics.len();
+    groups.extend(input.statics.into_iter().map(PendingGroup::fixed));
+    let progress = Progress::new("backfill", groups.len() as u64);
+    let t = Instant::now();
+    let totals = write(&set, store, &events, groups, job, &progress).await?;
+    progress.finish();
+    Ok(BackfillSummary {
+        files: input.files,
+        rows: events.len(),
+        selected,
+        after_as_of,
+        duplicate_ids,
+        entities: totals.entities,
+        keys: totals.keys,
+        conflicts: totals.conflicts,
+        already_applied: totals.already_applied,
+        static_rows,
+        read_secs,
+        aggregate_secs,
+        write_secs: t.elapsed().as_secs_f64(),
+    })
+}
