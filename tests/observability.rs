@@ -74,6 +74,21 @@ async fn traffic_moves_request_stage_model_event_and_fallback_series() {
     );
     assert!(delta("nextbest_events_applied_total", &["type=\"add_to_cart\""]) >= 1.0);
     assert!(delta("nextbest_event_freshness_seconds_count", &[]) >= 2.0);
+    // a redelivered event counts as a duplicate of its type, not as applied
+    let mid = app.metrics().await;
+    app.post(
+        "/v1/events",
+        json!(event("o2", "add_to_cart", &c, Some("i1"), t)),
+    )
+    .await;
+    let end = app.metrics().await;
+    let d = |name: &str, labels: &[&str]| {
+        metric_sum(&end, name, labels) - metric_sum(&mid, name, labels)
+    };
+    assert!(
+        d("nextbest_events_duplicate_total", &["type=\"add_to_cart\""]) >= 1.0,
+        "{end}"
+    );
     assert!(
         after.contains("nextbest_models_serving{model=\"ranker\",version=\"1\"} 1"),
         "{after}"

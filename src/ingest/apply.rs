@@ -28,13 +28,15 @@ pub async fn apply_events(
     })?;
     metrics::histogram!(crate::metrics::APPLY_SECONDS).record(t.elapsed().as_secs_f64());
     let now = crate::now_ms();
-    for e in events {
+    for (i, e) in events.iter().enumerate() {
+        if out.duplicate.get(i).copied().unwrap_or(false) {
+            metrics::counter!(crate::metrics::EVENTS_DUPLICATE, "type" => e.kind.as_str())
+                .increment(1);
+            continue;
+        }
         metrics::counter!(crate::metrics::EVENTS_APPLIED, "type" => e.kind.as_str()).increment(1);
         metrics::histogram!(crate::metrics::EVENT_FRESHNESS)
             .record(((now - e.ts) as f64 / 1000.0).max(0.0));
-    }
-    if out.duplicates > 0 {
-        metrics::counter!(crate::metrics::EVENTS_DUPLICATE).increment(out.duplicates as u64);
     }
     Ok(out)
 }

@@ -103,6 +103,7 @@ impl MemoryState {
             if dup {
                 out.duplicates += 1;
             }
+            out.duplicate.push(dup);
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();

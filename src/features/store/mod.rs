@@ -32,6 +32,8 @@ pub struct ApplyOutcome {
     pub applied: usize,
     /// Events already seen (same event id), skipped.
     pub duplicates: usize,
+    /// Per input plan, in order: whether it was a duplicate.
+    pub duplicate: Vec<bool>,
     /// Customers whose features changed, for push notifications.
     pub changed_customers: Vec<String>,
 }

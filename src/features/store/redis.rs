@@ -788,6 +788,7 @@ impl FeatureStore for RedisStore {
             if !c && !i {
                 out.duplicates += 1;
             }
+            out.duplicate.push(!c && !i);
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();
