@@ -131,6 +131,24 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, InputError> {
     Ok(out)
 }
 
+/// Fails naming the first of `required` that is not among `columns`.
+pub fn require_columns<'a>(
+    path: &str,
+    columns: &[String],
+    required: impl IntoIterator<Item = &'a str>,
+) -> Result<(), InputError> {
+    match required
+        .into_iter()
+        .find(|c| !columns.iter().any(|x| x == c))
+    {
+        Some(c) => Err(InputError::MissingColumn {
+            path: path.to_string(),
+            column: c.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// One record of a file: its location (`line 3`, `row 3`) and fields.
 pub struct Record {
     pub at: String,
@@ -144,14 +162,7 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, InputError> {
         Some(Format::JsonLines) => read_event_lines(path),
         Some(_) => {
             let (columns, records) = read_frame_records(path, None)?;
-            for c in ["event_id", "type", "customer_id", "ts"] {
-                if !columns.iter().any(|x| x == c) {
-                    return Err(InputError::MissingColumn {
-                        path: p,
-                        column: c.to_string(),
-                    });
-                }
-            }
+            require_columns(&p, &columns, ["event_id", "type", "customer_id", "ts"])?;
             records
                 .into_iter()
                 .map(|r| event_from_record(&p, r))

@@ -142,14 +142,8 @@ pub fn read_static(
         })
         .collect();
     let (columns, records) = input::read_records(path, Some(&[id_col]))?;
-    for c in std::iter::once(id_col).chain(defs.iter().map(|(_, c, _)| c.as_str())) {
-        if !columns.iter().any(|x| x == c) {
-            return Err(InputError::MissingColumn {
-                path: p,
-                column: c.to_string(),
-            });
-        }
-    }
+    let required = std::iter::once(id_col).chain(defs.iter().map(|(_, c, _)| c.as_str()));
+    input::require_columns(&p, &columns, required)?;
     records
         .into_iter()
         .map(|r| static_row(&p, id_col, &defs, entity, r))
