@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/nextbest-target
 BIN := $(CARGO_TARGET_DIR)/release/nextbest
 export ORT_DYLIB_PATH ?= $(CURDIR)/.deps/lib/libonnxruntime.so.1.31.1
 
-.PHONY: setup build run test lint unit bench model clean-services
+.PHONY: setup build build-all run test lint unit bench model clean-services
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,15 @@ build: setup
 	cargo build --release --locked
 	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest
 	@echo "built target/release/nextbest"
+
+# Every target at once, as `cargo test` will build them: the tests'
+# dev-dependencies change the features of shared crates, so a plain
+# `cargo build` followed by `cargo test` compiles polars twice (~11 min on
+# a fresh machine); this way the tests reuse everything.
+build-all: setup
+	cargo build --release --locked --all-targets
+	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest
+	@echo "built target/release/nextbest and the tests"
 
 run: build
 	@echo "starting nextbest (embedded store, shipped model); Ctrl-C to stop"
@@ -23,7 +32,7 @@ lint:
 	cargo clippy --release --locked --all-targets -- -D warnings
 
 # Starts Redis and Tansu on free ports, runs every test, stops them.
-test: build lint
+test: build-all lint
 	@scripts/services.sh start
 	@source .deps/services.env && set -o pipefail && \
 	  cargo test --release --locked -- --test-threads=4 2>&1 | tee .deps/test.log; \
