@@ -139,6 +139,9 @@ impl EventError {
 /// Props with a known meaning are type-checked; others pass through.
 pub const NUMERIC_PROPS: [&str; 3] = ["price", "quantity", "dwell_ms"];
 const STRING_PROPS: [&str; 2] = ["category", "page"];
+/// The largest accepted value of a numeric prop: sums of products of them
+/// stay finite (a non-finite sum would be refused by Redis).
+const MAX_NUMERIC_PROP: f64 = 1e12;
 
 impl Event {
     /// Parses and validates one event from raw bytes (a Kafka message, a line).
@@ -190,11 +193,11 @@ impl Event {
         for name in NUMERIC_PROPS {
             if let Some(v) = props.get(name) {
                 match v.as_f64() {
-                    Some(x) if x.is_finite() && x >= 0.0 => {}
+                    Some(x) if (0.0..=MAX_NUMERIC_PROP).contains(&x) => {}
                     _ => {
                         return Err(EventError::invalid(
                             &format!("props.{name}"),
-                            "must be a non-negative number",
+                            "must be a number from 0 to 1e12",
                         ))
                     }
                 }
@@ -262,7 +265,7 @@ fn parse_ts(v: &Value) -> Result<i64, EventError> {
     if ts > MAX_TS_MS {
         return Err(EventError::invalid(
             "ts",
-            format!("{ts} is after 2200-01-01"),
+            format!("{v} is after 2200-01-01"),
         ));
     }
     Ok(ts)

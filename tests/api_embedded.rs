@@ -121,6 +121,10 @@ async fn bad_requests_name_the_field() {
         ),
         (json!({"customer_id": "c", "budget_ms": -5}), "budget_ms"),
         (json!({"customer_id": "c", "context": [1]}), "context"),
+        (
+            json!({"customer_id": "c", "context": {"is_mobile": "yes"}}),
+            "context.is_mobile",
+        ),
         (json!({"customer_id": "c", "model": "nope"}), "model"),
         (json!({"customer_id": "c", "kk": 1}), "kk"),
     ];

@@ -76,6 +76,17 @@ pub fn validate(
         Some(Value::Object(m)) => m,
         Some(_) => return Err(field_err("context", "must be an object")),
     };
+    // declared context features are model inputs: numbers or booleans
+    for c in &state.set.context {
+        match context.get(&c.name) {
+            None | Some(Value::Null | Value::Bool(_)) => {}
+            Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {}
+            Some(_) => {
+                let f = format!("context.{}", c.name);
+                return Err(field_err(&f, "must be a number or a boolean"));
+            }
+        }
+    }
     if let Some(sid) = obj.remove("session_id") {
         context.insert("session_id".into(), sid);
     }

@@ -184,6 +184,9 @@ pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
     plan
 }
 
+/// The largest contribution of one event to a sum (see `change_for`).
+pub const MAX_CONTRIBUTION: f64 = 1e18;
+
 fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
     let additive = |amount: f64| match f.window {
         Some(w) => Change::AddWindowed {
@@ -212,6 +215,11 @@ fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
                     Factor::Const(x) => *x,
                     Factor::Prop(p) => e.prop_f64(p).or_else(|| prop_defaults.get(p).copied())?,
                 };
+            }
+            // an absurd contribution (a custom prop of 1e300, say) is left
+            // out rather than turning the sum into inf, which Redis refuses
+            if !amount.is_finite() || amount.abs() > MAX_CONTRIBUTION {
+                return None;
             }
             if reset_on.is_empty() {
                 Some(additive(amount))
@@ -547,6 +555,35 @@ mod tests {
     }
 
     const T0: i64 = 1_764_355_200_000;
+
+    #[test]
+    fn absurd_contributions_never_reach_a_sum() {
+        let set = FeatureSet::parse(
+            r#"
+[[feature]]
+name = "spent"
+entity = "customer"
+events = ["purchase"]
+aggregation = "sum"
+value = "props.amount"
+"#,
+        )
+        .expect("definitions parse");
+        let spent = |amount: f64| {
+            plan_event(
+                &set,
+                &ev("e", "purchase", T0, Some("p1"), json!({"amount": amount})),
+            )
+            .customer
+        };
+        assert_eq!(spent(5.0).len(), 1);
+        assert!(spent(1e300).is_empty(), "1e300 would make the sum inf");
+        // known numeric props are bounded at the door
+        let too_big = json!({"event_id": "e", "type": "purchase", "customer_id": "c1", "ts": T0,
+            "item_id": "p1", "props": {"price": 1e13}});
+        let err = Event::from_value(too_big).expect_err("price above 1e12 is refused");
+        assert!(err.to_string().contains("props.price"), "{err}");
+    }
 
     fn history() -> Vec<Event> {
         vec![
