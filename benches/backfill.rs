@@ -9,6 +9,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use common::Rng;
+
 use nextbest::backfill::load::{self, BackfillJob};
 use nextbest::backfill::progress::Progress;
 use nextbest::event::{Event, EventType};
@@ -18,16 +20,6 @@ use nextbest::features::FeatureSet;
 use serde_json::{json, Map};
 use std::sync::Arc;
 use std::time::Instant;
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 const T_END: i64 = 1_793_491_200_000;
 const DAY: i64 = 24 * 3_600_000;

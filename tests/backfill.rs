@@ -31,16 +31,6 @@ fn set() -> Arc<FeatureSet> {
     Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features load"))
 }
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// A random history over 10 days: every event type, duplicates (same id,
 /// redelivered) and shuffled order.
 fn history(seed: u64, n: usize) -> Vec<Event> {
@@ -72,14 +62,7 @@ fn history(seed: u64, n: usize) -> Vec<Event> {
         }
         out.push(Event::from_value(v).expect("generated event is valid"));
     }
-    for _ in 0..n / 8 {
-        let j = r.below(n as u64) as usize;
-        out.push(out[j].clone());
-    }
-    for i in (1..out.len()).rev() {
-        let j = r.below(i as u64 + 1) as usize;
-        out.swap(i, j);
-    }
+    redeliver_and_shuffle(&mut out, &mut r, n / 8);
     out
 }
 

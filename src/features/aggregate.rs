@@ -302,6 +302,15 @@ impl EntityState {
     }
 }
 
+/// Whether a `last` value `(ts, seq, value)` replaces the current one: the
+/// greater `(ts, seq)`, and on a tie the greater value (by bytes), so the
+/// outcome does not depend on the order updates arrive in. `apply.lua`
+/// implements the same rule.
+pub fn last_wins(new: (i64, i64, &str), cur: (i64, i64, &str)) -> bool {
+    (new.0, new.1) > (cur.0, cur.1)
+        || ((new.0, new.1) == (cur.0, cur.1) && new.2.as_bytes() > cur.2.as_bytes())
+}
+
 /// Applies one update. This is the reference semantics; the Redis Lua script
 /// in `store/apply.lua` does exactly the same.
 pub fn apply_update(state: &mut EntityState, u: &Update) {
@@ -338,14 +347,10 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
             seq,
             value,
         } => {
-            let newer = match state.lasts.get(feature) {
-                None => true,
-                Some(cur) => {
-                    (*ts, *seq) > (cur.ts, cur.seq)
-                        || ((*ts, *seq) == (cur.ts, cur.seq)
-                            && value.as_bytes() > cur.value.as_bytes())
-                }
-            };
+            let newer = state
+                .lasts
+                .get(feature)
+                .is_none_or(|cur| last_wins((*ts, *seq, value), (cur.ts, cur.seq, &cur.value)));
             if newer {
                 state.lasts.insert(
                     feature.clone(),

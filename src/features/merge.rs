@@ -14,7 +14,7 @@
 //! Pure like `aggregate`: no Redis, no clock. `tests` check the equivalence
 //! against `apply_update` on random update sequences and random prior states.
 
-use super::aggregate::{Change, LastValue, Update};
+use super::aggregate::{last_wins, Change, LastValue, Update};
 use super::definition::{Entity, FeatureSet, BUCKETS_PER_WINDOW};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -75,14 +75,10 @@ impl Merged {
                 seq,
                 value,
             } => {
-                let newer = match self.lasts.get(&feature) {
-                    None => true,
-                    Some(cur) => {
-                        (ts, seq) > (cur.ts, cur.seq)
-                            || ((ts, seq) == (cur.ts, cur.seq)
-                                && value.as_bytes() > cur.value.as_bytes())
-                    }
-                };
+                let newer = self
+                    .lasts
+                    .get(&feature)
+                    .is_none_or(|cur| last_wins((ts, seq, &value), (cur.ts, cur.seq, &cur.value)));
                 if newer {
                     self.lasts.insert(feature, LastValue { ts, seq, value });
                 }
@@ -356,9 +352,7 @@ impl<'e> Slot<'e> {
                     value: v,
                 },
             ) => {
-                if (t, q) > (*ts, *seq)
-                    || ((t, q) == (*ts, *seq) && v.as_bytes() > value.as_bytes())
-                {
+                if last_wins((t, q, &v), (*ts, *seq, value)) {
                     (*ts, *seq, *value) = (t, q, v);
                 }
             }

@@ -335,3 +335,30 @@ impl TestApp {
             .expect("text")
     }
 }
+
+/// A small deterministic generator (xorshift) for generated histories.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Appends `repeats` redeliveries (copies of random events, same id) and
+/// shuffles the whole history.
+pub fn redeliver_and_shuffle<T: Clone>(out: &mut Vec<T>, r: &mut Rng, repeats: usize) {
+    let n = out.len();
+    for _ in 0..repeats {
+        let j = r.below(n as u64) as usize;
+        out.push(out[j].clone());
+    }
+    for i in (1..out.len()).rev() {
+        let j = r.below(i as u64 + 1) as usize;
+        out.swap(i, j);
+    }
+}
