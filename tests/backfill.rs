@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use nextbest::backfill::load::{self, BackfillError, BackfillJob};
-use nextbest::event::Event;
+use nextbest::event::{Event, EventType};
 use nextbest::features::aggregate::{entity_values, plan_event, EntityState, FeatureValue};
 use nextbest::features::store::memory::MemoryStore;
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
@@ -35,19 +35,11 @@ fn set() -> Arc<FeatureSet> {
 /// redelivered) and shuffled order.
 fn history(seed: u64, n: usize) -> Vec<Event> {
     let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let kinds = [
-        "page_view",
-        "click",
-        "add_to_cart",
-        "remove_from_cart",
-        "purchase",
-        "search",
-        "session_start",
-    ];
+    let kinds = EventType::ALL;
     let t0 = T_END - 10 * DAY;
     let mut out = Vec::new();
     for i in 0..n {
-        let kind = kinds[r.below(kinds.len() as u64) as usize];
+        let kind = kinds[r.below(kinds.len() as u64) as usize].as_str();
         let mut v = json!({
             "event_id": format!("h{seed}-{i}"), "type": kind,
             "customer_id": format!("c{}", r.below(CUSTOMERS)),

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use nextbest::event::Event;
+use nextbest::event::{Event, EventType};
 use nextbest::features::aggregate::{plan_event, EntityState};
 use nextbest::features::store::memory::MemoryStore;
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
@@ -20,19 +20,11 @@ fn set() -> Arc<FeatureSet> {
 
 fn history(seed: u64, n: usize) -> Vec<Event> {
     let mut r = Rng(seed);
-    let kinds = [
-        "page_view",
-        "click",
-        "add_to_cart",
-        "remove_from_cart",
-        "purchase",
-        "search",
-        "session_start",
-    ];
+    let kinds = EventType::ALL;
     let t0 = now_ms() - 3 * 24 * 3_600_000;
     let mut out = Vec::new();
     for i in 0..n {
-        let kind = kinds[r.below(kinds.len() as u64) as usize];
+        let kind = kinds[r.below(kinds.len() as u64) as usize].as_str();
         let item = format!("p{}", r.below(12));
         let mut v = json!({
             "event_id": format!("h{seed}-{i}"), "type": kind, "customer_id": format!("c{}", r.below(3)),
