@@ -390,6 +390,7 @@ pub fn aggregate(
 /// Re-folds one group from its events, leaving out the ids already applied.
 fn refold(
     set: &FeatureSet,
+    layout: &FoldLayout,
     events: &[Event],
     group: &Group,
     idx: Vec<u32>,
@@ -407,7 +408,7 @@ fn refold(
         Group::Customer(_) => Side::Customer,
         Group::Item(_) => Side::Item,
     };
-    fold_side(set, &FoldLayout::new(set), events, &keep, side, 0, 1)
+    fold_side(set, layout, events, &keep, side, 0, 1)
         .into_iter()
         .find(|g| g.write.group == *group)
 }
@@ -437,6 +438,7 @@ pub async fn write(
     let batch = if job.batch == 0 { 256 } else { job.batch };
     let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
     let mut totals = WriteTotals::default();
+    let layout = FoldLayout::new(set);
     // each round strictly shrinks the conflicting groups, so this ends
     while !pending.is_empty() {
         let mut chunks: Vec<(Vec<GroupWrite>, Vec<Vec<u32>>)> = Vec::new();
@@ -468,7 +470,7 @@ pub async fn write(
         for (group, idx, seen) in conflicts.into_iter().flatten() {
             totals.conflicts += 1;
             totals.already_applied += seen.len();
-            if let Some(again) = refold(set, events, &group, idx, &seen) {
+            if let Some(again) = refold(set, &layout, events, &group, idx, &seen) {
                 retry.push(again);
             }
         }
