@@ -7,6 +7,7 @@
 //! event id per entity group, and read a customer, its session and any number
 //! of items in one round trip. Only this module knows Redis keys.
 
+pub mod dump;
 pub mod memory;
 pub mod redis;
 

@@ -15,8 +15,10 @@
 //! which dedupes by event id and mirrors `aggregate::apply_update`. The
 //! backfill sends the merged updates of many events per call
 //! ([`FeatureStore::apply_groups`]), or, for a group with no keys yet, its
-//! final state (`fresh.lua`).
+//! final state (`fresh.lua`: one `RESTORE` per key of a payload built by
+//! [`dump`], after checking that none of the group's keys exists).
 
+use super::dump;
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
     ReadResult, StoreError,
@@ -83,6 +85,8 @@ pub struct RedisStore {
     apply_sha: String,
     fresh_sha: String,
     read_sha: String,
+    /// Whether the server takes `dump` payloads (Redis ≥ 7.0), asked once.
+    restore: tokio::sync::OnceCell<bool>,
 }
 
 impl RedisStore {
@@ -115,6 +119,7 @@ impl RedisStore {
             apply_sha: redis::Script::new(APPLY_LUA).get_hash().to_string(),
             fresh_sha: redis::Script::new(FRESH_LUA).get_hash().to_string(),
             read_sha: redis::Script::new(READ_LUA).get_hash().to_string(),
+            restore: tokio::sync::OnceCell::new(),
         };
         store.reload_scripts().await?;
         Ok(store)
@@ -130,6 +135,43 @@ impl RedisStore {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Whether `fresh.lua` can be used: Redis takes our `RESTORE` payloads
+    /// (listpack encodings, RDB 10: Redis ≥ 7.0). Asked once, with a probe
+    /// key that expires in a second; older servers get `apply.lua` for
+    /// every group (slower, same result).
+    async fn restore_supported(&self) -> Result<bool, StoreError> {
+        self.restore
+            .get_or_try_init(|| async {
+                let key = format!("{}:probe:restore", self.settings.key_prefix);
+                let mut conn = self.conn.clone();
+                let reply: Result<(), redis::RedisError> = redis::cmd("RESTORE")
+                    .arg(&key)
+                    .arg(1000)
+                    .arg(dump::hash(&[("probe", "1")]))
+                    .arg("REPLACE")
+                    .query_async(&mut conn)
+                    .await;
+                match reply {
+                    Ok(()) => {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+                        Ok(true)
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                        ) =>
+                    {
+                        tracing::warn!(error = %e, "redis does not take RESTORE payloads (needs Redis >= 7.0); backfill writes take the slower apply.lua path");
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+            .copied()
     }
 
     fn customer_key(&self, id: &str) -> String {
@@ -210,17 +252,15 @@ impl RedisStore {
                 Group::Customer(id) => (self.customer_key(id), None),
                 Group::Item(id) => (self.item_key(id), Some(id)),
             };
-            let mut w = FreshWrite::new(format!("{base}:seen"));
             let maxts = g.events.iter().map(|(_, t)| *t).max().unwrap_or(0);
             let cutoff = maxts - self.settings.dedupe_window_ms;
-            w.zset(
-                1,
-                g.events
-                    .iter()
-                    .filter(|(_, t)| *t >= cutoff)
-                    .map(|(id, t)| (t.to_string(), id.clone()))
-                    .collect(),
-            );
+            let mut ids: Vec<(&str, i64)> = g
+                .events
+                .iter()
+                .filter(|(_, t)| *t >= cutoff)
+                .map(|(id, t)| (id.as_str(), *t))
+                .collect();
+            let mut w = FreshWrite::new(format!("{base}:seen"), &mut ids);
             w.state(&base, &state_of(&g.updates));
             for (sid, updates) in &g.sessions {
                 if !updates.is_empty() {
@@ -232,8 +272,8 @@ impl RedisStore {
                 .arg(&self.fresh_sha)
                 .arg(w.keys.len())
                 .arg(&w.keys)
-                .arg(self.settings.ttl_seconds)
-                .arg(&w.ops);
+                .arg(self.settings.ttl_seconds.saturating_mul(1000))
+                .arg(&w.payloads);
             if let Some(item) = item {
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
@@ -437,45 +477,26 @@ fn state_of(updates: &[Update]) -> EntityState {
 }
 
 /// Builds one `EVALSHA fresh` call: an entity state in the key layout of
-/// the module doc, as `apply.lua` would have left it on empty keys.
+/// the module doc, as `apply.lua` would have left it on empty keys, one
+/// `RESTORE` payload per key (`dump`).
 struct FreshWrite {
     keys: Vec<String>,
-    ops: Vec<String>,
+    payloads: Vec<Vec<u8>>,
 }
 
 impl FreshWrite {
-    fn new(seen: String) -> Self {
+    /// Starts with the dedupe set: `ids` as (event id, ts).
+    fn new(seen: String, ids: &mut [(&str, i64)]) -> Self {
         FreshWrite {
             keys: vec![seen],
-            ops: Vec::new(),
+            payloads: vec![dump::zset(ids)],
         }
     }
 
-    fn key(&mut self, k: String) -> usize {
-        self.keys.push(k);
-        self.keys.len()
-    }
-
-    fn hash(&mut self, key: usize, fields: Vec<(String, String)>) {
-        if fields.is_empty() {
-            return;
-        }
-        self.ops
-            .extend(["H".into(), key.to_string(), fields.len().to_string()]);
-        for (f, v) in fields {
-            self.ops.extend([f, v]);
-        }
-    }
-
-    /// `pairs`: (score, member).
-    fn zset(&mut self, key: usize, pairs: Vec<(String, String)>) {
-        if pairs.is_empty() {
-            return;
-        }
-        self.ops
-            .extend(["Z".into(), key.to_string(), pairs.len().to_string()]);
-        for (s, m) in pairs {
-            self.ops.extend([s, m]);
+    fn hash(&mut self, key: String, fields: &[(String, String)]) {
+        if !fields.is_empty() {
+            self.keys.push(key);
+            self.payloads.push(dump::hash(fields));
         }
     }
 
@@ -497,18 +518,15 @@ impl FreshWrite {
                 fields.push((format!("{f}|q"), l.seq.to_string()));
             }
         }
-        if !fields.is_empty() {
-            let k = self.key(base.to_string());
-            self.hash(k, fields);
-        }
+        self.hash(base.to_string(), &fields);
         for (f, list) in &st.recent {
-            let k = self.key(format!("{base}:r:{f}"));
-            self.zset(
-                k,
-                list.iter()
-                    .map(|(m, t)| (t.to_string(), m.clone()))
-                    .collect(),
-            );
+            if list.is_empty() {
+                continue;
+            }
+            let mut members: Vec<(&str, i64)> =
+                list.iter().map(|(m, t)| (m.as_str(), *t)).collect();
+            self.keys.push(format!("{base}:r:{f}"));
+            self.payloads.push(dump::zset(&mut members));
         }
         for (f, r) in &st.resettable {
             let mut fields: Vec<(String, String)> = r
@@ -519,10 +537,7 @@ impl FreshWrite {
             if r.reset_ts > 0 {
                 fields.push(("rts".into(), r.reset_ts.to_string()));
             }
-            if !fields.is_empty() {
-                let k = self.key(format!("{base}:x:{f}"));
-                self.hash(k, fields);
-            }
+            self.hash(format!("{base}:x:{f}"), &fields);
         }
     }
 }
@@ -802,7 +817,11 @@ impl FeatureStore for RedisStore {
         }
         // groups never written before: their final state in a few commands
         let mut out = GroupOutcome::default();
-        let (fresh, fresh_keys) = self.fresh_pipeline(groups);
+        let (fresh, fresh_keys) = if self.restore_supported().await? {
+            self.fresh_pipeline(groups)
+        } else {
+            (redis::pipe(), vec![None; groups.len()])
+        };
         let mut rest: Vec<usize> = Vec::new();
         let mut replies = if fresh_keys.iter().any(Option::is_some) {
             self.run_pipeline(&fresh).await?.into_iter()
