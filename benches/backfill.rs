@@ -11,6 +11,10 @@ mod common;
 
 use common::Rng;
 
+/// The allocator of the `nextbest` binary (src/main.rs), so the figures are its.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use nextbest::backfill::load::{self, BackfillJob};
 use nextbest::backfill::progress::Progress;
 use nextbest::event::{Event, EventType};

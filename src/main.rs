@@ -10,6 +10,11 @@ use nextbest::features::store::redis::{RedisSettings, RedisStore};
 use nextbest::features::store::FeatureStore;
 use nextbest::features::FeatureSet;
 use nextbest::model::registry::{parse_version, ModelStatus, Registry};
+
+/// mimalloc: the backfill's aggregation allocates many small values on
+/// every core; with glibc malloc it ran at half the speed (benches/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use nextbest::model::scorer::{LoadOptions, LoadedModel};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -273,7 +273,11 @@ fn fold_side(
             (shards == 1 || h % shards as u64 == k as u64).then_some((h, i))
         })
         .collect();
-    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id(a.1).cmp(id(b.1))));
+    // by hash, then input order: no string compares while sorting. Should
+    // two ids share a hash, their events interleave and a group is folded
+    // in several runs; each run is still a correct write of that group's
+    // events (updates commute, the later runs merge through `apply.lua`).
+    keyed.sort_unstable();
     let (customer_side, item_side) = (side == Side::Customer, side == Side::Item);
     let mut out = Vec::new();
     for run in keyed.chunk_by(|a, b| a.0 == b.0 && id(a.1) == id(b.1)) {
