@@ -145,6 +145,19 @@ pub fn visit_event<'e>(
     e: &'e Event,
     customer_side: bool,
     item_side: bool,
+    sink: impl FnMut(usize, Change<'e>),
+) {
+    visit_event_with(set, e, &e, customer_side, item_side, sink)
+}
+
+/// [`visit_event`] reading the event's props from `props` (the same values,
+/// resolved beforehand: [`PropTable`]).
+pub fn visit_event_with<'e>(
+    set: &FeatureSet,
+    e: &'e Event,
+    props: &impl Props<'e>,
+    customer_side: bool,
+    item_side: bool,
     mut sink: impl FnMut(usize, Change<'e>),
 ) {
     for &i in set.features_for(e.kind) {
@@ -155,10 +168,181 @@ pub fn visit_event<'e>(
             Entity::Item => item_side && e.item_id.is_some(),
         };
         if wanted {
-            if let Some(c) = change_for(f, e) {
+            if let Some(c) = change_for(f, e, props) {
                 sink(i, c);
             }
         }
+    }
+}
+
+/// Where [`change_for`] reads an event's props: the event's own map (the
+/// stream), or a [`PropRow`] resolved once per event (the backfill's fold,
+/// which visits events in group order, where every map lookup would be a
+/// cache miss). Both give the same values.
+pub trait Props<'e> {
+    /// A numeric prop (`None` when absent or not a number).
+    fn num(&self, name: &str) -> Option<f64>;
+    /// A prop as text: strings as-is, numbers and booleans printed.
+    fn text(&self, name: &str) -> Option<Cow<'e, str>>;
+}
+
+impl<'e> Props<'e> for &'e Event {
+    fn num(&self, name: &str) -> Option<f64> {
+        self.prop_f64(name)
+    }
+
+    fn text(&self, name: &str) -> Option<Cow<'e, str>> {
+        PropVal::of(self.props.get(name)).text()
+    }
+}
+
+/// One prop of one event, resolved.
+#[derive(Debug, Clone, Copy)]
+enum PropVal<'e> {
+    Missing,
+    Str(&'e str),
+    Num(f64, &'e serde_json::Value),
+    Other(&'e serde_json::Value),
+}
+
+impl<'e> PropVal<'e> {
+    fn of(v: Option<&'e serde_json::Value>) -> PropVal<'e> {
+        match v {
+            None => PropVal::Missing,
+            Some(serde_json::Value::String(s)) => PropVal::Str(s),
+            Some(v @ serde_json::Value::Number(n)) => match n.as_f64() {
+                Some(x) => PropVal::Num(x, v),
+                None => PropVal::Other(v),
+            },
+            Some(v) => PropVal::Other(v),
+        }
+    }
+
+    fn num(self) -> Option<f64> {
+        match self {
+            PropVal::Num(x, _) => Some(x),
+            _ => None,
+        }
+    }
+
+    fn text(self) -> Option<Cow<'e, str>> {
+        match self {
+            PropVal::Missing => None,
+            PropVal::Str(s) => Some(Cow::Borrowed(s)),
+            PropVal::Num(_, v) | PropVal::Other(v) => match v {
+                serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+                serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The props the features read ([`FeatureSet::prop_names`]), resolved for
+/// many events in one pass in input order, one small row per event.
+pub struct PropTable<'s, 'e> {
+    names: &'s [String],
+    vals: Vec<PropVal<'e>>,
+    /// Built for some events only: event index → row.
+    rows: Option<rustc_hash::FxHashMap<u32, u32>>,
+}
+
+impl<'s, 'e> PropTable<'s, 'e> {
+    /// Resolves the props of every event, on `threads` threads.
+    pub fn build(set: &'s FeatureSet, events: &'e [Event], threads: usize) -> Self {
+        let names = set.prop_names();
+        let w = names.len();
+        let mut vals = vec![PropVal::Missing; events.len() * w];
+        if w > 0 {
+            let per = events.len().div_ceil(threads.max(1)).max(1);
+            std::thread::scope(|s| {
+                for (evs, out) in events.chunks(per).zip(vals.chunks_mut(per * w)) {
+                    s.spawn(move || {
+                        for (e, row) in evs.iter().zip(out.chunks_mut(w)) {
+                            resolve(names, e, row);
+                        }
+                    });
+                }
+            });
+        }
+        PropTable {
+            names,
+            vals,
+            rows: None,
+        }
+    }
+
+    /// Resolves the props of the events `idx` only.
+    pub fn build_for(set: &'s FeatureSet, events: &'e [Event], idx: &[u32]) -> Self {
+        let names = set.prop_names();
+        let w = names.len();
+        let mut vals = vec![PropVal::Missing; idx.len() * w];
+        let mut rows = rustc_hash::FxHashMap::default();
+        for (r, &i) in idx.iter().enumerate() {
+            resolve(names, &events[i as usize], &mut vals[r * w..(r + 1) * w]);
+            rows.insert(i, r as u32);
+        }
+        PropTable {
+            names,
+            vals,
+            rows: Some(rows),
+        }
+    }
+
+    /// The props of event `i` (its index in the events given to `build`);
+    /// with `build_for`, `i` must be one of its `idx`.
+    pub fn row(&self, i: usize) -> PropRow<'_, 'e> {
+        let w = self.names.len();
+        let r = match &self.rows {
+            None => i,
+            Some(rows) => rows.get(&(i as u32)).map_or(usize::MAX, |&r| r as usize),
+        };
+        PropRow {
+            names: self.names,
+            vals: self.vals.get(r * w..(r + 1) * w).unwrap_or_default(),
+        }
+    }
+}
+
+fn resolve<'e>(names: &[String], e: &'e Event, row: &mut [PropVal<'e>]) {
+    for (v, name) in row.iter_mut().zip(names) {
+        *v = PropVal::of(e.props.get(name));
+    }
+}
+
+/// The resolved props of one event (see [`PropTable`]).
+pub struct PropRow<'t, 'e> {
+    names: &'t [String],
+    vals: &'t [PropVal<'e>],
+}
+
+impl<'e> PropRow<'_, 'e> {
+    fn get(&self, name: &str) -> PropVal<'e> {
+        let k = self.names.iter().position(|n| n == name);
+        k.and_then(|k| self.vals.get(k).copied())
+            .unwrap_or(PropVal::Missing)
+    }
+}
+
+impl PropRow<'_, '_> {
+    /// Loads the row and the first byte of its text values (to bring them
+    /// into the cache ahead of use); the value is meaningless.
+    pub fn warm(&self) -> u64 {
+        self.vals.iter().fold(0, |acc, v| match v {
+            PropVal::Str(s) => acc.wrapping_add(s.as_bytes().first().copied().unwrap_or(0) as u64),
+            PropVal::Num(x, _) => acc.wrapping_add(x.to_bits()),
+            _ => acc.wrapping_add(1),
+        })
+    }
+}
+
+impl<'e> Props<'e> for PropRow<'_, 'e> {
+    fn num(&self, name: &str) -> Option<f64> {
+        self.get(name).num()
+    }
+
+    fn text(&self, name: &str) -> Option<Cow<'e, str>> {
+        self.get(name).text()
     }
 }
 
@@ -187,7 +371,7 @@ pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
 /// The largest contribution of one event to a sum (see `change_for`).
 pub const MAX_CONTRIBUTION: f64 = 1e18;
 
-fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
+fn change_for<'e>(f: &FeatureDef, e: &'e Event, props: &impl Props<'e>) -> Option<Change<'e>> {
     let additive = |amount: f64| match f.window {
         Some(w) => Change::AddWindowed {
             bucket: e.ts.div_euclid(w.bucket_ms()),
@@ -213,7 +397,7 @@ fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
             for factor in factors {
                 amount *= match factor {
                     Factor::Const(x) => *x,
-                    Factor::Prop(p) => e.prop_f64(p).or_else(|| prop_defaults.get(p).copied())?,
+                    Factor::Prop(p) => props.num(p).or_else(|| prop_defaults.get(p).copied())?,
                 };
             }
             // an absurd contribution (a custom prop of 1e300, say) is left
@@ -227,13 +411,13 @@ fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
                 Some(Change::AddResettable { ts: e.ts, amount })
             }
         }
-        Aggregation::Last { field } => field_value(field, e).map(|value| Change::SetLast {
+        Aggregation::Last { field } => field_value(field, e, props).map(|value| Change::SetLast {
             ts: e.ts,
             seq: e.seq.unwrap_or(0),
             value,
         }),
         Aggregation::DistinctRecent { field, cap } => {
-            field_value(field, e).map(|member| Change::PushRecent {
+            field_value(field, e, props).map(|member| Change::PushRecent {
                 member,
                 ts: e.ts,
                 cap: *cap,
@@ -245,14 +429,11 @@ fn change_for<'e>(f: &FeatureDef, e: &'e Event) -> Option<Change<'e>> {
     }
 }
 
-fn field_value<'e>(field: &Field, e: &'e Event) -> Option<Cow<'e, str>> {
+fn field_value<'e>(field: &Field, e: &'e Event, props: &impl Props<'e>) -> Option<Cow<'e, str>> {
     match field {
         Field::ItemId => e.item_id.as_deref().map(Cow::Borrowed),
         Field::SessionId => e.session_id.as_deref().map(Cow::Borrowed),
-        Field::Prop(p) => match e.props.get(p)? {
-            serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
-            _ => e.prop_text(p).map(Cow::Owned),
-        },
+        Field::Prop(p) => props.text(p),
     }
 }
 

@@ -197,6 +197,8 @@ pub struct FeatureSet {
     pub context: Vec<ContextDef>,
     /// For each event type, the indices of the features it updates.
     by_type: BTreeMap<EventType, Vec<usize>>,
+    /// Every prop a feature reads, each once (see `aggregate::PropTable`).
+    prop_names: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -256,7 +258,35 @@ struct RawContext {
     default: f64,
 }
 
+impl Aggregation {
+    /// The names of the event props this aggregation reads.
+    pub fn props(&self) -> Vec<&str> {
+        match self {
+            Aggregation::Sum { factors, .. } => factors
+                .iter()
+                .filter_map(|f| match f {
+                    Factor::Prop(p) => Some(p.as_str()),
+                    Factor::Const(_) => None,
+                })
+                .collect(),
+            Aggregation::Last {
+                field: Field::Prop(p),
+            }
+            | Aggregation::DistinctRecent {
+                field: Field::Prop(p),
+                ..
+            } => vec![p.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl FeatureSet {
+    /// Every prop a feature reads, each once.
+    pub fn prop_names(&self) -> &[String] {
+        &self.prop_names
+    }
+
     /// Reads and checks a definitions file.
     pub fn load(path: &Path) -> Result<FeatureSet, DefinitionError> {
         let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
@@ -287,11 +317,20 @@ impl FeatureSet {
             }
             features.push(def);
         }
+        let mut prop_names: Vec<String> = Vec::new();
+        for f in &features {
+            for name in f.aggregation.props() {
+                if !prop_names.iter().any(|n| n == name) {
+                    prop_names.push(name.to_string());
+                }
+            }
+        }
         let mut set = FeatureSet {
             features,
             derived: Vec::new(),
             context: Vec::new(),
             by_type: BTreeMap::new(),
+            prop_names,
         };
         for c in raw.context {
             let q = format!("context.{}", c.name);

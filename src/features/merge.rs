@@ -279,6 +279,21 @@ impl FoldLayout {
     }
 
     /// The fold as a [`Merged`] (named updates).
+    /// The fold's equivalent updates, pruned: the same updates as
+    /// `self.merged(f).into_updates()` (in another order), built straight
+    /// from the slots — the backfill's path, where the `Merged` maps would
+    /// only be built to be taken apart again.
+    pub fn updates(&self, f: Folded<'_>) -> Vec<Update> {
+        let n = f.globals.iter().map(|&g| f.slots[self.local[g]].len()).sum();
+        let mut out = Vec::with_capacity(n);
+        let mut slots = f.slots;
+        for g in f.globals {
+            let slot = std::mem::replace(&mut slots[self.local[g]], Slot::Empty);
+            slot.into_updates(&self.names[g], &mut out);
+        }
+        out
+    }
+
     pub fn merged(&self, f: Folded<'_>) -> Merged {
         let mut m = Merged::default();
         let mut slots = f.slots;
@@ -319,7 +334,8 @@ impl Folded<'_> {
 enum Slot<'e> {
     Empty,
     Add(f64),
-    Windowed(BTreeMap<i64, f64>),
+    /// At most the newest `BUCKETS_PER_WINDOW` buckets (see [`push_bucket`]).
+    Windowed(Vec<(i64, f64)>),
     Last {
         ts: i64,
         seq: i64,
@@ -336,13 +352,34 @@ enum Slot<'e> {
     },
 }
 
+/// Adds `amount` to `bucket` of a window, keeping only the buckets
+/// [`Merged::into_updates`] would keep (those within `BUCKETS_PER_WINDOW`
+/// of the newest): a bucket that old is never written, since the newest
+/// bucket only grows. Keeps a long history's fold to a dozen entries per
+/// window instead of one per bucket ever seen.
+fn push_bucket(w: &mut Vec<(i64, f64)>, bucket: i64, amount: f64) {
+    let newest = w.iter().map(|(b, _)| *b).max().unwrap_or(bucket);
+    if bucket <= newest - BUCKETS_PER_WINDOW {
+        return;
+    }
+    match w.iter_mut().find(|(b, _)| *b == bucket) {
+        Some((_, x)) => *x += amount,
+        None => {
+            w.push((bucket, amount));
+            if bucket > newest {
+                w.retain(|(b, _)| *b > bucket - BUCKETS_PER_WINDOW);
+            }
+        }
+    }
+}
+
 impl<'e> Slot<'e> {
     /// Same semantics as [`Merged::push`].
     fn push(&mut self, c: Change<'e>) {
         match (self, c) {
             (Slot::Add(x), Change::Add(a)) => *x += a,
             (Slot::Windowed(w), Change::AddWindowed { bucket, amount }) => {
-                *w.entry(bucket).or_insert(0.0) += amount
+                push_bucket(w, bucket, amount)
             }
             (
                 Slot::Last { ts, seq, value },
@@ -376,7 +413,9 @@ impl<'e> Slot<'e> {
                 *slot = match c {
                     Change::Add(a) => Slot::Add(a),
                     Change::AddWindowed { bucket, amount } => {
-                        Slot::Windowed(BTreeMap::from([(bucket, amount)]))
+                        let mut w = Vec::with_capacity(BUCKETS_PER_WINDOW as usize);
+                        w.push((bucket, amount));
+                        Slot::Windowed(w)
                     }
                     Change::SetLast { ts, seq, value } => Slot::Last { ts, seq, value },
                     Change::MaxTs(t) => Slot::MaxTs(t),
@@ -400,6 +439,77 @@ impl<'e> Slot<'e> {
         }
     }
 
+    /// At least the number of updates [`Slot::into_updates`] makes.
+    fn len(&self) -> usize {
+        match self {
+            Slot::Empty => 0,
+            Slot::Windowed(w) => w.len(),
+            Slot::Recent { cap, members } => members.len().min(*cap),
+            Slot::Resettable { parts, .. } => parts.len() + 1,
+            _ => 1,
+        }
+    }
+
+    fn into_updates(self, name: &str, out: &mut Vec<Update>) {
+        let f = || name.to_string();
+        match self {
+            Slot::Empty => {}
+            Slot::Add(amount) => out.push(Update::Add {
+                feature: f(),
+                amount,
+            }),
+            Slot::Windowed(w) => {
+                let max = w.iter().map(|(b, _)| *b).max().unwrap_or(0);
+                out.extend(
+                    w.into_iter()
+                        .filter(|(b, _)| *b > max - BUCKETS_PER_WINDOW)
+                        .map(|(bucket, amount)| Update::AddWindowed {
+                            feature: f(),
+                            bucket,
+                            amount,
+                        }),
+                );
+            }
+            Slot::Last { ts, seq, value } => out.push(Update::SetLast {
+                feature: f(),
+                ts,
+                seq,
+                value: value.into_owned(),
+            }),
+            Slot::MaxTs(ts) => out.push(Update::MaxTs { feature: f(), ts }),
+            Slot::Recent { cap, members } => {
+                let mut list: Vec<(Cow<'_, str>, i64)> = members.into_iter().collect();
+                // the order of `aggregate::apply_update` (and of Redis sorted sets)
+                list.sort_by(|a, b| {
+                    b.1.cmp(&a.1)
+                        .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
+                });
+                list.truncate(cap);
+                out.extend(list.into_iter().map(|(member, ts)| Update::PushRecent {
+                    feature: f(),
+                    member: member.into_owned(),
+                    ts,
+                    cap,
+                }));
+            }
+            Slot::Resettable { reset, parts } => {
+                if let Some(ts) = reset {
+                    out.push(Update::Reset { feature: f(), ts });
+                }
+                out.extend(
+                    parts
+                        .into_iter()
+                        .filter(|(ts, _)| reset.is_none_or(|r| *ts > r))
+                        .map(|(ts, amount)| Update::AddResettable {
+                            feature: f(),
+                            ts,
+                            amount,
+                        }),
+                );
+            }
+        }
+    }
+
     fn into_merged(self, name: &str, m: &mut Merged) {
         let f = || name.to_string();
         match self {
@@ -409,7 +519,7 @@ impl<'e> Slot<'e> {
                 amount,
             }),
             Slot::Windowed(w) => {
-                m.windows.insert(f(), w);
+                m.windows.insert(f(), w.into_iter().collect());
             }
             Slot::Last { ts, seq, value } => m.push(Update::SetLast {
                 feature: f(),
@@ -441,6 +551,7 @@ impl<'e> Slot<'e> {
 mod tests {
     use super::*;
     use crate::features::aggregate::{apply_update, EntityState};
+    use crate::features::definition::FeatureSet;
 
     struct Rng(u64);
     impl Rng {
@@ -487,6 +598,109 @@ mod tests {
                 amount: r.below(9) as f64,
             },
             _ => Update::Reset { feature, ts },
+        }
+    }
+
+    #[test]
+    fn fold_updates_are_the_merged_updates() {
+        let set = FeatureSet::parse(
+            r#"
+[[feature]]
+name = "n"
+entity = "customer"
+events = ["page_view"]
+aggregation = "count"
+[[feature]]
+name = "w"
+entity = "customer"
+events = ["page_view"]
+aggregation = "count"
+window = "1h"
+[[feature]]
+name = "l"
+entity = "customer"
+events = ["page_view"]
+aggregation = "last"
+value = "item_id"
+[[feature]]
+name = "t"
+entity = "customer"
+events = ["page_view"]
+aggregation = "time_since_last"
+[[feature]]
+name = "r"
+entity = "customer"
+events = ["page_view"]
+aggregation = "distinct_recent"
+value = "item_id"
+cap = 3
+[[feature]]
+name = "s"
+entity = "customer"
+events = ["add_to_cart"]
+aggregation = "sum"
+value = "props.price"
+reset_on = ["purchase"]
+"#,
+        )
+        .expect("definitions parse");
+        let layout = FoldLayout::new(&set);
+        let sorted = |u: Vec<Update>| {
+            let mut v: Vec<String> = u.iter().map(|u| format!("{u:?}")).collect();
+            v.sort();
+            v
+        };
+        for seed in 1..200u64 {
+            let mut r = Rng(seed * 104_729);
+            let (mut a, mut b) = (
+                layout.empty(Entity::Customer),
+                layout.empty(Entity::Customer),
+            );
+            for _ in 0..r.below(80) {
+                let ts = 1_000_000 + r.below(40) as i64 * 100_000;
+                let (f, c) = match r.below(7) {
+                    0 => (0, Change::Add(r.below(5) as f64)),
+                    1 => (
+                        1,
+                        Change::AddWindowed {
+                            bucket: r.below(40) as i64,
+                            amount: 1.0,
+                        },
+                    ),
+                    2 => (
+                        2,
+                        Change::SetLast {
+                            ts,
+                            seq: r.below(3) as i64,
+                            value: Cow::Owned(format!("v{}", r.below(4))),
+                        },
+                    ),
+                    3 => (3, Change::MaxTs(ts)),
+                    4 => (
+                        4,
+                        Change::PushRecent {
+                            member: Cow::Owned(format!("m{}", r.below(8))),
+                            ts,
+                            cap: 3,
+                        },
+                    ),
+                    5 => (
+                        5,
+                        Change::AddResettable {
+                            ts,
+                            amount: r.below(9) as f64,
+                        },
+                    ),
+                    _ => (5, Change::Reset(ts)),
+                };
+                layout.push(&mut a, f, c.clone());
+                layout.push(&mut b, f, c);
+            }
+            assert_eq!(
+                sorted(layout.updates(a)),
+                sorted(layout.merged(b).into_updates()),
+                "seed {seed}"
+            );
         }
     }
 

@@ -128,15 +128,15 @@ impl MemoryState {
             let dups: Vec<String> = g
                 .events
                 .iter()
-                .filter(|(id, _)| seen.ids.contains_key(id))
-                .map(|(id, _)| id.clone())
+                .filter(|(id, _)| seen.ids.contains_key(*id))
+                .map(|(id, _)| id.to_string())
                 .collect();
             if !dups.is_empty() {
                 out.conflicts.push((i, dups));
                 continue;
             }
-            for (id, ts) in &g.events {
-                seen.insert(id, *ts, window);
+            for (id, ts) in g.events.iter() {
+                seen.insert(id, ts, window);
             }
             g.updates.iter().for_each(|u| apply_update(state, u));
             out.keys += 1;

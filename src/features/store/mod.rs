@@ -54,11 +54,63 @@ pub struct GroupWrite {
     pub group: Group,
     /// `(event id, ts)` of every event merged in, each once. Empty for
     /// static enrichment, which is not deduped (a load overwrites).
-    pub events: Vec<(String, i64)>,
+    pub events: EventIds,
     /// Updates of the customer or item itself.
     pub updates: Vec<Update>,
     /// Customer groups only: updates per session id.
     pub sessions: Vec<(String, Vec<Update>)>,
+}
+
+/// `(event id, ts)` pairs in one buffer: a backfill carries millions of
+/// ids, so this is one allocation per group instead of one per id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventIds {
+    text: String,
+    ends: Vec<u32>,
+    ts: Vec<i64>,
+}
+
+impl EventIds {
+    /// Room for `n` ids of `bytes` bytes in all.
+    pub fn with_capacity(n: usize, bytes: usize) -> Self {
+        EventIds {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, id: &str, ts: i64) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len() as u32);
+        self.ts.push(ts);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// The pairs, in the order pushed.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, i64)> + '_ {
+        (0..self.ts.len()).map(|k| {
+            let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
+            (&self.text[start..self.ends[k] as usize], self.ts[k])
+        })
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<(S, i64)> for EventIds {
+    fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
+        let mut out = EventIds::default();
+        for (id, ts) in iter {
+            out.push(id.as_ref(), ts);
+        }
+        out
+    }
 }
 
 /// What [`FeatureStore::apply_groups`] did.

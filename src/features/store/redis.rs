@@ -229,7 +229,7 @@ impl RedisStore {
             }
             // the dedupe set is written only when there are events
             keys.push(call.keys.len() - usize::from(g.events.is_empty()));
-            let ids = g.events.iter().map(|(id, ts)| (id.as_str(), *ts));
+            let ids = g.events.iter();
             call.invoke(&mut pipe, &self.apply_sha, ids, &self.settings);
             if let Some(item) = item {
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
@@ -252,14 +252,9 @@ impl RedisStore {
                 Group::Customer(id) => (self.customer_key(id), None),
                 Group::Item(id) => (self.item_key(id), Some(id)),
             };
-            let maxts = g.events.iter().map(|(_, t)| *t).max().unwrap_or(0);
+            let maxts = g.events.iter().map(|(_, t)| t).max().unwrap_or(0);
             let cutoff = maxts - self.settings.dedupe_window_ms;
-            let mut ids: Vec<(&str, i64)> = g
-                .events
-                .iter()
-                .filter(|(_, t)| *t >= cutoff)
-                .map(|(id, t)| (id.as_str(), *t))
-                .collect();
+            let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
             let mut w = FreshWrite::new(format!("{base}:seen"), &mut ids);
             w.state(&base, &state_of(&g.updates));
             for (sid, updates) in &g.sessions {
