@@ -143,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { preload } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let dedupe_window_ms = (cfg.store.dedupe_window_secs * 1000) as i64;
             rt.block_on(async {
                 let app = nextbest::app::App::build(cfg).await?;
                 if !preload.events.is_empty() || preload.items.is_some() || preload.customers.is_some() {
@@ -151,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         items: preload.items,
                         customers: preload.customers,
                         as_of: nextbest::now_ms(),
+                        dedupe_window_ms,
                         ..BackfillJob::default()
                     };
                     let st = app.state();
@@ -184,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 as_of: as_of.unwrap_or_else(nextbest::now_ms),
                 batch,
                 in_flight,
+                dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
             };
             backfill(cfg, job)
         }
@@ -251,6 +254,9 @@ fn backfill(cfg: Config, job: BackfillJob) -> anyhow::Result<()> {
         eprintln!("backfill: into {}", store.describe());
         let s = load::run(set, store.as_ref(), &job).await?;
         println!("{}", backfill_summary(&s));
+        if s.beyond_dedupe_window > 0 {
+            eprintln!("{}", beyond_window_warning(&s, cfg.store.dedupe_window_secs));
+        }
         anyhow::Ok(())
     })
 }
@@ -276,6 +282,16 @@ fn backfill_summary(s: &load::BackfillSummary) -> String {
         s.aggregate_secs,
         s.write_secs,
         s.rows as f64 / secs.max(1e-9),
+    )
+}
+
+fn beyond_window_warning(s: &load::BackfillSummary, window_secs: u64) -> String {
+    format!(
+        "backfill: warning: {} events are older than their entity's newest event by more than \
+         store.dedupe_window_secs ({window_secs} s), so their ids are not remembered: loading \
+         them again would count them again. To re-run a backfill of this history safely, raise \
+         store.dedupe_window_secs to cover it (one sorted-set member per event per entity).",
+        s.beyond_dedupe_window
     )
 }
 

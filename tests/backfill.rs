@@ -294,6 +294,73 @@ async fn twice_is_once_and_overlap_with_the_live_consumer_counts_each_event_once
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Ids are remembered for the dedupe window before a group's newest event;
+/// the summary counts the events beyond it (which a re-run would count
+/// again), per entity group, as the test works it out on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_beyond_the_dedupe_window_are_counted() {
+    let set = set();
+    let events = history(11, 400);
+    let dir = tmp_dir("bf-window");
+    let file = dir.join("events.jsonl");
+    write_jsonl(&file, &events);
+    let files = vec![file.display().to_string()];
+    let window = 2 * DAY;
+
+    let mut first: std::collections::HashMap<&str, &Event> = Default::default();
+    for e in &events {
+        first.entry(e.event_id.as_str()).or_insert(e);
+    }
+    let mut groups: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for e in first.values() {
+        groups
+            .entry(format!("c:{}", e.customer_id))
+            .or_default()
+            .push(e.ts);
+        if let Some(item) = &e.item_id {
+            groups.entry(format!("i:{item}")).or_default().push(e.ts);
+        }
+    }
+    let want: usize = groups
+        .values()
+        .map(|ts| {
+            let newest = ts.iter().copied().max().unwrap_or(0);
+            ts.iter().filter(|t| **t < newest - window).count()
+        })
+        .sum();
+    assert!(want > 0, "the 10-day history reaches beyond a 2-day window");
+
+    let store = MemoryStore::new(set.clone(), window);
+    let s = load::run(
+        set.clone(),
+        &store,
+        &BackfillJob {
+            dedupe_window_ms: window,
+            ..job(files.clone())
+        },
+    )
+    .await
+    .expect("backfill");
+    assert_eq!(s.beyond_dedupe_window, want);
+
+    let store = MemoryStore::new(set.clone(), 30 * DAY);
+    let s = load::run(
+        set.clone(),
+        &store,
+        &BackfillJob {
+            dedupe_window_ms: 30 * DAY,
+            ..job(files)
+        },
+    )
+    .await
+    .expect("backfill");
+    assert_eq!(
+        s.beyond_dedupe_window, 0,
+        "a window longer than the history"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsonl_parquet_csv_and_globs_give_the_same_state_and_as_of_cuts() {
     let set = set();

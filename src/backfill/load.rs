@@ -65,6 +65,9 @@ pub struct BackfillJob {
     pub batch: usize,
     /// Store calls in flight (default 4).
     pub in_flight: usize,
+    /// The store's dedupe window (`store.dedupe_window_secs`), to count the
+    /// events whose ids it will not remember; 0: not counted.
+    pub dedupe_window_ms: i64,
 }
 
 /// What a backfill did.
@@ -87,6 +90,10 @@ pub struct BackfillSummary {
     pub conflicts: usize,
     /// Events already applied before (by the stream or an earlier backfill).
     pub already_applied: usize,
+    /// Events older than their group's newest event by more than the dedupe
+    /// window: their ids are not remembered, so loading them again would
+    /// count them again (feature-store/README.md).
+    pub beyond_dedupe_window: usize,
     pub static_rows: usize,
     pub read_secs: f64,
     pub aggregate_secs: f64,
@@ -406,6 +413,18 @@ pub struct PendingGroup {
 }
 
 impl PendingGroup {
+    /// How many of its events are older than its newest by more than `window_ms`.
+    pub fn beyond_window(&self, window_ms: i64) -> usize {
+        if window_ms <= 0 {
+            return 0;
+        }
+        let ts = || self.write.events.iter().map(|(_, t)| t);
+        let newest = ts().max().unwrap_or(0);
+        ts().filter(|t| *t < newest - window_ms).count()
+    }
+}
+
+impl PendingGroup {
     /// A static row (no events).
     pub fn fixed(write: GroupWrite) -> PendingGroup {
         PendingGroup {
@@ -582,6 +601,10 @@ pub async fn run(
         .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
     };
     let aggregate_secs = t.elapsed().as_secs_f64();
+    let beyond_dedupe_window = groups
+        .iter()
+        .map(|g| g.beyond_window(job.dedupe_window_ms))
+        .sum();
     let static_rows = input.statics.len();
     groups.extend(input.statics.into_iter().map(PendingGroup::fixed));
     let progress = Progress::new("backfill", groups.len() as u64);
@@ -598,6 +621,7 @@ pub async fn run(
         keys: totals.keys,
         conflicts: totals.conflicts,
         already_applied: totals.already_applied,
+        beyond_dedupe_window,
         static_rows,
         read_secs,
         aggregate_secs,

@@ -284,7 +284,11 @@ impl FoldLayout {
     /// from the slots — the backfill's path, where the `Merged` maps would
     /// only be built to be taken apart again.
     pub fn updates(&self, f: Folded<'_>) -> Vec<Update> {
-        let n = f.globals.iter().map(|&g| f.slots[self.local[g]].len()).sum();
+        let n = f
+            .globals
+            .iter()
+            .map(|&g| f.slots[self.local[g]].len())
+            .sum();
         let mut out = Vec::with_capacity(n);
         let mut slots = f.slots;
         for g in f.globals {
