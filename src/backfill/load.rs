@@ -203,7 +203,7 @@ fn static_row(
             }
         };
         updates.push(Update::SetStatic {
-            feature: name.clone(),
+            feature: name.as_str().into(),
             value,
         });
     }

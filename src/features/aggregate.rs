@@ -21,43 +21,47 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+/// A feature's name in an [`Update`]: inline up to 24 bytes, so folding
+/// millions of updates does not allocate a `String` per update.
+pub type FeatureName = compact_str::CompactString;
+
 /// One change to one entity's state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     /// Lifetime count or sum: field `f` += amount.
-    Add { feature: String, amount: f64 },
+    Add { feature: FeatureName, amount: f64 },
     /// Windowed count or sum in bucket `bucket` (see module doc).
     AddWindowed {
-        feature: String,
+        feature: FeatureName,
         bucket: i64,
         amount: f64,
     },
     /// `last`: keep the value with the greatest `(ts, seq)`.
     SetLast {
-        feature: String,
+        feature: FeatureName,
         ts: i64,
         seq: i64,
         value: String,
     },
     /// `time_since_last`: keep the greatest ts.
-    MaxTs { feature: String, ts: i64 },
+    MaxTs { feature: FeatureName, ts: i64 },
     /// `distinct_recent`: member seen at ts; keep the `cap` latest.
     PushRecent {
-        feature: String,
+        feature: FeatureName,
         member: String,
         ts: i64,
         cap: usize,
     },
     /// Resettable sum: a contribution at ts (ignored if a later reset exists).
     AddResettable {
-        feature: String,
+        feature: FeatureName,
         ts: i64,
         amount: f64,
     },
     /// Resettable sum: drop contributions at or before ts.
-    Reset { feature: String, ts: i64 },
+    Reset { feature: FeatureName, ts: i64 },
     /// Static enrichment: overwrite the value (stored like a `last` at ts 0).
-    SetStatic { feature: String, value: String },
+    SetStatic { feature: FeatureName, value: String },
 }
 
 /// Everything one event changes, grouped by store slot: the customer group
@@ -104,7 +108,7 @@ pub enum Change<'e> {
 
 impl Change<'_> {
     /// The [`Update`] of feature `feature`.
-    pub fn named(self, feature: String) -> Update {
+    pub fn named(self, feature: FeatureName) -> Update {
         match self {
             Change::Add(amount) => Update::Add { feature, amount },
             Change::AddWindowed { bucket, amount } => Update::AddWindowed {
@@ -363,7 +367,7 @@ pub fn plan_event(set: &FeatureSet, e: &Event) -> Plan {
             Entity::Session => &mut plan.session,
             Entity::Item => &mut plan.item,
         };
-        target.push(c.named(f.name.clone()));
+        target.push(c.named(f.name.as_str().into()));
     });
     plan
 }
@@ -497,7 +501,7 @@ pub fn last_wins(new: (i64, i64, &str), cur: (i64, i64, &str)) -> bool {
 pub fn apply_update(state: &mut EntityState, u: &Update) {
     match u {
         Update::Add { feature, amount } => {
-            *state.nums.entry(feature.clone()).or_insert(0.0) += amount;
+            *state.nums.entry(feature.to_string()).or_insert(0.0) += amount;
         }
         Update::AddWindowed {
             feature,
@@ -505,9 +509,9 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
             amount,
         } => {
             let b = *bucket;
-            let w = match state.windows.get_mut(feature) {
+            let w = match state.windows.get_mut(feature.as_str()) {
                 Some(w) => w,
-                None => state.windows.entry(feature.clone()).or_insert(Windowed {
+                None => state.windows.entry(feature.to_string()).or_insert(Windowed {
                     max: b,
                     buckets: BTreeMap::new(),
                 }),
@@ -530,11 +534,11 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
         } => {
             let newer = state
                 .lasts
-                .get(feature)
+                .get(feature.as_str())
                 .is_none_or(|cur| last_wins((*ts, *seq, value), (cur.ts, cur.seq, &cur.value)));
             if newer {
                 state.lasts.insert(
-                    feature.clone(),
+                    feature.to_string(),
                     LastValue {
                         ts: *ts,
                         seq: *seq,
@@ -544,7 +548,7 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
             }
         }
         Update::MaxTs { feature, ts } => {
-            let cur = state.nums.entry(feature.clone()).or_insert(*ts as f64);
+            let cur = state.nums.entry(feature.to_string()).or_insert(*ts as f64);
             if (*ts as f64) > *cur {
                 *cur = *ts as f64;
             }
@@ -555,7 +559,7 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
             ts,
             cap,
         } => {
-            let list = state.recent.entry(feature.clone()).or_default();
+            let list = state.recent.entry(feature.to_string()).or_default();
             match list.iter_mut().find(|(m, _)| m == member) {
                 Some(entry) => entry.1 = entry.1.max(*ts),
                 None => list.push((member.clone(), *ts)),
@@ -572,13 +576,13 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
             ts,
             amount,
         } => {
-            let r = state.resettable.entry(feature.clone()).or_default();
+            let r = state.resettable.entry(feature.to_string()).or_default();
             if *ts > r.reset_ts {
                 *r.parts.entry(*ts).or_insert(0.0) += amount;
             }
         }
         Update::Reset { feature, ts } => {
-            let r = state.resettable.entry(feature.clone()).or_default();
+            let r = state.resettable.entry(feature.to_string()).or_default();
             if *ts > r.reset_ts {
                 r.reset_ts = *ts;
                 r.parts.retain(|t, _| *t > *ts);
@@ -586,7 +590,7 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
         }
         Update::SetStatic { feature, value } => {
             state.lasts.insert(
-                feature.clone(),
+                feature.to_string(),
                 LastValue {
                     ts: 0,
                     seq: 0,

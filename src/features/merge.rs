@@ -14,7 +14,7 @@
 //! Pure like `aggregate`: no Redis, no clock. `tests` check the equivalence
 //! against `apply_update` on random update sequences and random prior states.
 
-use super::aggregate::{last_wins, Change, LastValue, Update};
+use super::aggregate::{last_wins, Change, FeatureName, LastValue, Update};
 use super::definition::{Entity, FeatureSet, BUCKETS_PER_WINDOW};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -22,18 +22,18 @@ use std::collections::{BTreeMap, HashMap};
 /// The fold of any number of updates to one entity.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Merged {
-    adds: HashMap<String, f64>,
-    windows: HashMap<String, BTreeMap<i64, f64>>,
-    lasts: HashMap<String, LastValue>,
-    max_ts: HashMap<String, i64>,
+    adds: HashMap<FeatureName, f64>,
+    windows: HashMap<FeatureName, BTreeMap<i64, f64>>,
+    lasts: HashMap<FeatureName, LastValue>,
+    max_ts: HashMap<FeatureName, i64>,
     /// feature → (cap, member → latest ts)
-    recent: HashMap<String, (usize, HashMap<String, i64>)>,
+    recent: HashMap<FeatureName, (usize, HashMap<String, i64>)>,
     /// feature → (latest reset ts or None, ts → contribution)
-    resettable: HashMap<String, (Option<i64>, BTreeMap<i64, f64>)>,
-    statics: HashMap<String, String>,
+    resettable: HashMap<FeatureName, (Option<i64>, BTreeMap<i64, f64>)>,
+    statics: HashMap<FeatureName, String>,
 }
 
-fn slot<V: Default>(map: &mut HashMap<String, V>, key: String) -> &mut V {
+fn slot<V: Default>(map: &mut HashMap<FeatureName, V>, key: FeatureName) -> &mut V {
     map.entry(key).or_default()
 }
 
@@ -455,7 +455,7 @@ impl<'e> Slot<'e> {
     }
 
     fn into_updates(self, name: &str, out: &mut Vec<Update>) {
-        let f = || name.to_string();
+        let f = || FeatureName::from(name);
         match self {
             Slot::Empty => {}
             Slot::Add(amount) => out.push(Update::Add {
@@ -515,7 +515,7 @@ impl<'e> Slot<'e> {
     }
 
     fn into_merged(self, name: &str, m: &mut Merged) {
-        let f = || name.to_string();
+        let f = || FeatureName::from(name);
         match self {
             Slot::Empty => {}
             Slot::Add(amount) => m.push(Update::Add {
@@ -572,7 +572,7 @@ mod tests {
         // one aggregation per feature name, as in real definitions
         let kind = r.below(7);
         let prefix = ["a", "w", "l", "t", "r", "s", "s"][kind as usize];
-        let feature = format!("{prefix}{}", r.below(2));
+        let feature: FeatureName = format!("{prefix}{}", r.below(2)).into();
         match kind {
             0 => Update::Add {
                 feature,

@@ -642,7 +642,7 @@ impl GroupCall {
                 Update::Add { feature, amount } => {
                     let k = self.key(base.to_string());
                     self.ops
-                        .extend(["A".into(), k, feature.clone(), fmt_f64(*amount)]);
+                        .extend(["A".into(), k, feature.to_string(), fmt_f64(*amount)]);
                 }
                 Update::AddWindowed {
                     feature,
@@ -653,7 +653,7 @@ impl GroupCall {
                     self.ops.extend([
                         "W".into(),
                         k,
-                        feature.clone(),
+                        feature.to_string(),
                         bucket.to_string(),
                         fmt_f64(*amount),
                     ]);
@@ -668,7 +668,7 @@ impl GroupCall {
                     self.ops.extend([
                         "L".into(),
                         k,
-                        feature.clone(),
+                        feature.to_string(),
                         ts.to_string(),
                         seq.to_string(),
                         value.clone(),
@@ -677,7 +677,7 @@ impl GroupCall {
                 Update::MaxTs { feature, ts } => {
                     let k = self.key(base.to_string());
                     self.ops
-                        .extend(["T".into(), k, feature.clone(), ts.to_string()]);
+                        .extend(["T".into(), k, feature.to_string(), ts.to_string()]);
                 }
                 Update::PushRecent {
                     feature,
@@ -710,7 +710,7 @@ impl GroupCall {
                 Update::SetStatic { feature, value } => {
                     let k = self.key(base.to_string());
                     self.ops
-                        .extend(["V".into(), k, feature.clone(), value.clone()]);
+                        .extend(["V".into(), k, feature.to_string(), value.clone()]);
                 }
             }
         }
