@@ -511,10 +511,13 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
             let b = *bucket;
             let w = match state.windows.get_mut(feature.as_str()) {
                 Some(w) => w,
-                None => state.windows.entry(feature.to_string()).or_insert(Windowed {
-                    max: b,
-                    buckets: BTreeMap::new(),
-                }),
+                None => state
+                    .windows
+                    .entry(feature.to_string())
+                    .or_insert(Windowed {
+                        max: b,
+                        buckets: BTreeMap::new(),
+                    }),
             };
             if b <= w.max - BUCKETS_PER_WINDOW {
                 return;

@@ -298,6 +298,8 @@ impl FoldLayout {
         out
     }
 
+    /// The fold as a [`Merged`]: the reference form [`FoldLayout::updates`]
+    /// is tested against.
     pub fn merged(&self, f: Folded<'_>) -> Merged {
         let mut m = Merged::default();
         let mut slots = f.slots;
