@@ -4,20 +4,24 @@
 //!    the job before anything is written.
 //! 2. Events after `as_of` are dropped; each event id is kept once (the
 //!    first occurrence), like the stream's dedupe.
-//! 3. [`aggregate`]: every event goes through `visit_event` (the code
-//!    `plan_event` runs for the stream) and its changes are folded per
+//! 3. [`aggregate`]: every event goes through `visit_event_with` (the code
+//!    `plan_event` runs for the stream, reading the props from a
+//!    `PropTable` resolved in one pass) and its changes are folded per
 //!    entity group (`features::merge`), each core owning a hash shard of
 //!    the customers and items.
 //! 4. [`write`]: one `apply_groups` call per batch of groups, several
-//!    batches in flight. Each group write carries the ids of its events and
-//!    is all-or-nothing: if the live consumer already applied some of them,
-//!    the group is re-merged without those events and written again. So an
-//!    event counts exactly once whether it arrived by stream, by backfill,
-//!    or both, and because every update commutes (counts add, `last` keeps
-//!    the greatest event time, ...) a backfill never overwrites newer
-//!    streaming state: the newest *event time* wins, not the newest write.
-//!    The same backfill twice finds every id already seen and changes
-//!    nothing.
+//!    batches in flight (in Redis, an entity with no keys yet gets its final
+//!    state by `RESTORE`, `features::store::dump`). Each group write
+//!    carries the ids of its events and is all-or-nothing: if the live
+//!    consumer already applied some of them, the group is re-merged without
+//!    those events and written again. So an event counts exactly once
+//!    whether it arrived by stream, by backfill, or both, and because every
+//!    update commutes (counts add, `last` keeps the greatest event time,
+//!    ...) a backfill never overwrites newer streaming state: the newest
+//!    *event time* wins, not the newest write. The same backfill twice finds
+//!    every id already seen and changes nothing, for the events within the
+//!    dedupe window of their group's newest event (older ones are counted
+//!    in the summary: `beyond_dedupe_window`).
 //!
 //! Static enrichment (`--items`, `--customers`) writes the `static` features
 //! of features.toml; a load overwrites the previous value, so loading the
