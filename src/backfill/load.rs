@@ -263,20 +263,31 @@ fn group_id(e: &Event, side: Side) -> Option<&str> {
     }
 }
 
+/// What every fold of one backfill shares.
+#[derive(Clone, Copy)]
+struct Fold<'a, 'e> {
+    set: &'a FeatureSet,
+    layout: &'a FoldLayout,
+    events: &'e [Event],
+    props: &'a PropTable<'a, 'e>,
+}
+
 /// Folds one side of the events `idx` whose group falls in hash shard `k` of
 /// `shards` into group writes. The events are first sorted by group so each
 /// group is folded in one go, in cache, and written out before the next.
-#[allow(clippy::too_many_arguments)]
 fn fold_side(
-    set: &FeatureSet,
-    layout: &FoldLayout,
-    events: &[Event],
-    props: &PropTable<'_, '_>,
+    fold: Fold<'_, '_>,
     idx: &[u32],
     side: Side,
     k: usize,
     shards: usize,
 ) -> Vec<PendingGroup> {
+    let Fold {
+        set,
+        layout,
+        events,
+        props,
+    } = fold;
     let id = |i: u32| group_id(&events[i as usize], side).unwrap_or_default();
     let mut keyed: Vec<(u64, u32)> = idx
         .iter()
@@ -449,23 +460,18 @@ pub fn aggregate(
     let layout = FoldLayout::new(set);
     let shards = if idx.len() < 512 { 1 } else { threads.max(1) };
     let props = PropTable::build(set, events, shards);
+    let fold = Fold {
+        set,
+        layout: &layout,
+        events,
+        props: &props,
+    };
     std::thread::scope(|s| {
-        let (layout, props) = (&layout, &props);
         let handles: Vec<_> = (0..shards)
             .map(|k| {
                 s.spawn(move || {
-                    let mut out =
-                        fold_side(set, layout, events, props, idx, Side::Customer, k, shards);
-                    out.extend(fold_side(
-                        set,
-                        layout,
-                        events,
-                        props,
-                        idx,
-                        Side::Item,
-                        k,
-                        shards,
-                    ));
+                    let mut out = fold_side(fold, idx, Side::Customer, k, shards);
+                    out.extend(fold_side(fold, idx, Side::Item, k, shards));
                     out
                 })
             })
@@ -499,7 +505,13 @@ fn refold(
         Group::Item(_) => Side::Item,
     };
     let props = PropTable::build_for(set, events, &keep);
-    fold_side(set, layout, events, &props, &keep, side, 0, 1)
+    let fold = Fold {
+        set,
+        layout,
+        events,
+        props: &props,
+    };
+    fold_side(fold, &keep, side, 0, 1)
         .into_iter()
         .find(|g| g.write.group == *group)
 }
