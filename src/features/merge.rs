@@ -1,228 +1,24 @@
-//! Merging many updates of one entity into a small equivalent set: the
-//! backfill's bulk path.
+//! Folding the changes of many events to one entity into a small
+//! equivalent set of updates: the backfill's bulk path.
 //!
-//! Because every [`Update`] commutes (see `aggregate`), the updates of many
-//! events to one entity can be folded into one [`Merged`] value whose
-//! [`Merged::into_updates`] changes *any* state exactly as applying the
-//! original updates one by one would (sums up to float rounding): counts and
-//! sums per field and bucket add up, `last` keeps the greatest `(ts, seq,
-//! value)`, `time_since_last` the greatest ts, recent lists the `cap` latest
-//! members, resettable sums the latest reset and the contributions after it.
-//! So a backfill can write one call per entity instead of one per event, and
-//! still never overwrite newer streaming state.
+//! Because every [`Update`] commutes (see `aggregate`), the changes of many
+//! events to one entity can be folded into one [`Folded`] value, one slot
+//! per feature, whose [`FoldLayout::updates`] change *any* state exactly as
+//! applying the original updates one by one would (sums up to float
+//! rounding): counts and sums per field and bucket add up, `last` keeps the
+//! greatest `(ts, seq, value)`, `time_since_last` the greatest ts, recent
+//! lists the `cap` latest members, resettable sums the latest reset and the
+//! contributions after it. So a backfill can write one call per entity
+//! instead of one per event, and still never overwrite newer streaming
+//! state.
 //!
 //! Pure like `aggregate`: no Redis, no clock. `tests` check the equivalence
-//! against `apply_update` on random update sequences and random prior states.
+//! against `apply_update` on random change sequences and random prior states.
 
-use super::aggregate::{last_wins, Change, FeatureName, LastValue, Update};
+use super::aggregate::{last_wins, Change, FeatureName, Update};
 use super::definition::{Entity, FeatureSet, BUCKETS_PER_WINDOW};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-
-/// The fold of any number of updates to one entity.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Merged {
-    adds: HashMap<FeatureName, f64>,
-    windows: HashMap<FeatureName, BTreeMap<i64, f64>>,
-    lasts: HashMap<FeatureName, LastValue>,
-    max_ts: HashMap<FeatureName, i64>,
-    /// feature → (cap, member → latest ts)
-    recent: HashMap<FeatureName, (usize, HashMap<String, i64>)>,
-    /// feature → (latest reset ts or None, ts → contribution)
-    resettable: HashMap<FeatureName, (Option<i64>, BTreeMap<i64, f64>)>,
-    statics: HashMap<FeatureName, String>,
-}
-
-fn slot<V: Default>(map: &mut HashMap<FeatureName, V>, key: FeatureName) -> &mut V {
-    map.entry(key).or_default()
-}
-
-impl Merged {
-    /// Whether no update was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.adds.is_empty()
-            && self.windows.is_empty()
-            && self.lasts.is_empty()
-            && self.max_ts.is_empty()
-            && self.recent.is_empty()
-            && self.resettable.is_empty()
-            && self.statics.is_empty()
-    }
-
-    /// Folds one update in.
-    pub fn push(&mut self, u: Update) {
-        match u {
-            Update::Add { feature, amount } => match self.adds.get_mut(&feature) {
-                Some(x) => *x += amount,
-                None => {
-                    self.adds.insert(feature, amount);
-                }
-            },
-            Update::AddWindowed {
-                feature,
-                bucket,
-                amount,
-            } => {
-                let w = match self.windows.get_mut(&feature) {
-                    Some(w) => w,
-                    None => slot(&mut self.windows, feature),
-                };
-                *w.entry(bucket).or_insert(0.0) += amount;
-            }
-            Update::SetLast {
-                feature,
-                ts,
-                seq,
-                value,
-            } => {
-                let newer = self
-                    .lasts
-                    .get(&feature)
-                    .is_none_or(|cur| last_wins((ts, seq, &value), (cur.ts, cur.seq, &cur.value)));
-                if newer {
-                    self.lasts.insert(feature, LastValue { ts, seq, value });
-                }
-            }
-            Update::MaxTs { feature, ts } => match self.max_ts.get_mut(&feature) {
-                Some(t) => *t = (*t).max(ts),
-                None => {
-                    self.max_ts.insert(feature, ts);
-                }
-            },
-            Update::PushRecent {
-                feature,
-                member,
-                ts,
-                cap,
-            } => {
-                let (c, members) = match self.recent.get_mut(&feature) {
-                    Some(r) => r,
-                    None => slot(&mut self.recent, feature),
-                };
-                *c = cap;
-                match members.get_mut(&member) {
-                    Some(t) => *t = (*t).max(ts),
-                    None => {
-                        members.insert(member, ts);
-                    }
-                }
-            }
-            Update::AddResettable {
-                feature,
-                ts,
-                amount,
-            } => {
-                let (_, parts) = match self.resettable.get_mut(&feature) {
-                    Some(r) => r,
-                    None => slot(&mut self.resettable, feature),
-                };
-                *parts.entry(ts).or_insert(0.0) += amount;
-            }
-            Update::Reset { feature, ts } => {
-                let (reset, _) = match self.resettable.get_mut(&feature) {
-                    Some(r) => r,
-                    None => slot(&mut self.resettable, feature),
-                };
-                *reset = Some(reset.map_or(ts, |r| r.max(ts)));
-            }
-            Update::SetStatic { feature, value } => {
-                self.statics.insert(feature, value);
-            }
-        }
-    }
-
-    /// Folds another merge in (the two sets of updates, in any order).
-    /// Statics: `other` wins (it is the later load).
-    pub fn absorb(&mut self, other: Merged) {
-        for u in other.into_updates_unpruned() {
-            self.push(u);
-        }
-    }
-
-    /// The equivalent updates, pruned to what can still matter: window
-    /// buckets within the newest window, the `cap` latest recent members,
-    /// contributions after the latest reset.
-    pub fn into_updates(self) -> Vec<Update> {
-        self.updates(true)
-    }
-
-    fn into_updates_unpruned(self) -> Vec<Update> {
-        self.updates(false)
-    }
-
-    fn updates(self, prune: bool) -> Vec<Update> {
-        let mut out = Vec::new();
-        for (feature, amount) in self.adds {
-            out.push(Update::Add { feature, amount });
-        }
-        for (feature, buckets) in self.windows {
-            let max = buckets.keys().next_back().copied().unwrap_or(0);
-            for (bucket, amount) in buckets {
-                if prune && bucket <= max - BUCKETS_PER_WINDOW {
-                    continue;
-                }
-                out.push(Update::AddWindowed {
-                    feature: feature.clone(),
-                    bucket,
-                    amount,
-                });
-            }
-        }
-        for (feature, l) in self.lasts {
-            out.push(Update::SetLast {
-                feature,
-                ts: l.ts,
-                seq: l.seq,
-                value: l.value,
-            });
-        }
-        for (feature, ts) in self.max_ts {
-            out.push(Update::MaxTs { feature, ts });
-        }
-        for (feature, (cap, members)) in self.recent {
-            let mut list: Vec<(String, i64)> = members.into_iter().collect();
-            if prune {
-                // the order of `aggregate::apply_update` (and of Redis sorted sets)
-                list.sort_by(|a, b| {
-                    b.1.cmp(&a.1)
-                        .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
-                });
-                list.truncate(cap);
-            }
-            for (member, ts) in list {
-                out.push(Update::PushRecent {
-                    feature: feature.clone(),
-                    member,
-                    ts,
-                    cap,
-                });
-            }
-        }
-        for (feature, (reset, parts)) in self.resettable {
-            // the reset first: contributions at or before it are dropped anyway
-            if let Some(ts) = reset {
-                out.push(Update::Reset {
-                    feature: feature.clone(),
-                    ts,
-                });
-            }
-            for (ts, amount) in parts {
-                if prune && reset.is_some_and(|r| ts <= r) {
-                    continue;
-                }
-                out.push(Update::AddResettable {
-                    feature: feature.clone(),
-                    ts,
-                    amount,
-                });
-            }
-        }
-        for (feature, value) in self.statics {
-            out.push(Update::SetStatic { feature, value });
-        }
-        out
-    }
-}
 
 /// Where each feature's slot is in a [`Folded`]: features are numbered
 /// within their entity.
@@ -278,11 +74,9 @@ impl FoldLayout {
         into.slots[local].push(c);
     }
 
-    /// The fold as a [`Merged`] (named updates).
-    /// The fold's equivalent updates, pruned: the same updates as
-    /// `self.merged(f).into_updates()` (in another order), built straight
-    /// from the slots — the backfill's path, where the `Merged` maps would
-    /// only be built to be taken apart again.
+    /// The fold's equivalent updates, pruned to what can still matter:
+    /// window buckets within the newest window, the `cap` latest recent
+    /// members, contributions after the latest reset.
     pub fn updates(&self, f: Folded<'_>) -> Vec<Update> {
         let n = f
             .globals
@@ -297,18 +91,6 @@ impl FoldLayout {
         }
         out
     }
-
-    /// The fold as a [`Merged`]: the reference form [`FoldLayout::updates`]
-    /// is tested against.
-    pub fn merged(&self, f: Folded<'_>) -> Merged {
-        let mut m = Merged::default();
-        let mut slots = f.slots;
-        for g in f.globals {
-            let slot = std::mem::replace(&mut slots[self.local[g]], Slot::Empty);
-            slot.into_merged(&self.names[g], &mut m);
-        }
-        m
-    }
 }
 
 fn entity_slot(e: Entity) -> usize {
@@ -321,8 +103,8 @@ fn entity_slot(e: Entity) -> usize {
 
 type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
-/// The fold of many [`Change`]s of one entity, borrowing from the events:
-/// the allocation-free form of [`Merged`], one slot per feature.
+/// The fold of many [`Change`]s of one entity, borrowing from the events,
+/// one slot per feature.
 #[derive(Debug)]
 pub struct Folded<'e> {
     slots: Vec<Slot<'e>>,
@@ -515,49 +297,12 @@ impl<'e> Slot<'e> {
             }
         }
     }
-
-    fn into_merged(self, name: &str, m: &mut Merged) {
-        let f = || FeatureName::from(name);
-        match self {
-            Slot::Empty => {}
-            Slot::Add(amount) => m.push(Update::Add {
-                feature: f(),
-                amount,
-            }),
-            Slot::Windowed(w) => {
-                m.windows.insert(f(), w.into_iter().collect());
-            }
-            Slot::Last { ts, seq, value } => m.push(Update::SetLast {
-                feature: f(),
-                ts,
-                seq,
-                value: value.into_owned(),
-            }),
-            Slot::MaxTs(ts) => m.push(Update::MaxTs { feature: f(), ts }),
-            Slot::Recent { cap, members } => {
-                m.recent.insert(
-                    f(),
-                    (
-                        cap,
-                        members
-                            .into_iter()
-                            .map(|(k, v)| (k.into_owned(), v))
-                            .collect(),
-                    ),
-                );
-            }
-            Slot::Resettable { reset, parts } => {
-                m.resettable.insert(f(), (reset, parts));
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::features::aggregate::{apply_update, EntityState};
-    use crate::features::definition::FeatureSet;
 
     struct Rng(u64);
     impl Rng {
@@ -569,47 +314,9 @@ mod tests {
         }
     }
 
-    fn random_update(r: &mut Rng) -> Update {
-        let ts = 1_000_000 + r.below(40) as i64 * 1000;
-        // one aggregation per feature name, as in real definitions
-        let kind = r.below(7);
-        let prefix = ["a", "w", "l", "t", "r", "s", "s"][kind as usize];
-        let feature: FeatureName = format!("{prefix}{}", r.below(2)).into();
-        match kind {
-            0 => Update::Add {
-                feature,
-                amount: r.below(5) as f64,
-            },
-            1 => Update::AddWindowed {
-                feature,
-                bucket: r.below(30) as i64,
-                amount: 1.0,
-            },
-            2 => Update::SetLast {
-                feature,
-                ts,
-                seq: r.below(3) as i64,
-                value: format!("v{}", r.below(4)),
-            },
-            3 => Update::MaxTs { feature, ts },
-            4 => Update::PushRecent {
-                feature,
-                member: format!("m{}", r.below(8)),
-                ts,
-                cap: 3,
-            },
-            5 => Update::AddResettable {
-                feature,
-                ts,
-                amount: r.below(9) as f64,
-            },
-            _ => Update::Reset { feature, ts },
-        }
-    }
-
-    #[test]
-    fn fold_updates_are_the_merged_updates() {
-        let set = FeatureSet::parse(
+    /// One feature of each aggregation (indices 0..=5).
+    fn set() -> FeatureSet {
+        FeatureSet::parse(
             r#"
 [[feature]]
 name = "n"
@@ -649,93 +356,80 @@ value = "props.price"
 reset_on = ["purchase"]
 "#,
         )
-        .expect("definitions parse");
-        let layout = FoldLayout::new(&set);
-        let sorted = |u: Vec<Update>| {
-            let mut v: Vec<String> = u.iter().map(|u| format!("{u:?}")).collect();
-            v.sort();
-            v
-        };
-        for seed in 1..200u64 {
-            let mut r = Rng(seed * 104_729);
-            let (mut a, mut b) = (
-                layout.empty(Entity::Customer),
-                layout.empty(Entity::Customer),
-            );
-            for _ in 0..r.below(80) {
-                let ts = 1_000_000 + r.below(40) as i64 * 100_000;
-                let (f, c) = match r.below(7) {
-                    0 => (0, Change::Add(r.below(5) as f64)),
-                    1 => (
-                        1,
-                        Change::AddWindowed {
-                            bucket: r.below(40) as i64,
-                            amount: 1.0,
-                        },
-                    ),
-                    2 => (
-                        2,
-                        Change::SetLast {
-                            ts,
-                            seq: r.below(3) as i64,
-                            value: Cow::Owned(format!("v{}", r.below(4))),
-                        },
-                    ),
-                    3 => (3, Change::MaxTs(ts)),
-                    4 => (
-                        4,
-                        Change::PushRecent {
-                            member: Cow::Owned(format!("m{}", r.below(8))),
-                            ts,
-                            cap: 3,
-                        },
-                    ),
-                    5 => (
-                        5,
-                        Change::AddResettable {
-                            ts,
-                            amount: r.below(9) as f64,
-                        },
-                    ),
-                    _ => (5, Change::Reset(ts)),
-                };
-                layout.push(&mut a, f, c.clone());
-                layout.push(&mut b, f, c);
-            }
-            assert_eq!(
-                sorted(layout.updates(a)),
-                sorted(layout.merged(b).into_updates()),
-                "seed {seed}"
-            );
+        .expect("definitions parse")
+    }
+
+    fn random_change(r: &mut Rng) -> (usize, Change<'static>) {
+        let ts = 1_000_000 + r.below(40) as i64 * 1000;
+        match r.below(7) {
+            0 => (0, Change::Add(r.below(5) as f64)),
+            1 => (
+                1,
+                Change::AddWindowed {
+                    bucket: r.below(30) as i64,
+                    amount: 1.0,
+                },
+            ),
+            2 => (
+                2,
+                Change::SetLast {
+                    ts,
+                    seq: r.below(3) as i64,
+                    value: Cow::Owned(format!("v{}", r.below(4))),
+                },
+            ),
+            3 => (3, Change::MaxTs(ts)),
+            4 => (
+                4,
+                Change::PushRecent {
+                    member: Cow::Owned(format!("m{}", r.below(8))),
+                    ts,
+                    cap: 3,
+                },
+            ),
+            5 => (
+                5,
+                Change::AddResettable {
+                    ts,
+                    amount: r.below(9) as f64,
+                },
+            ),
+            _ => (5, Change::Reset(ts)),
         }
     }
 
     #[test]
-    fn merged_updates_equal_one_by_one_on_any_prior_state() {
+    fn folded_updates_equal_one_by_one_on_any_prior_state() {
+        let set = set();
+        let layout = FoldLayout::new(&set);
+        let named =
+            |(f, c): (usize, Change<'static>)| c.named(set.features[f].name.as_str().into());
         for seed in 1..300u64 {
             let mut r = Rng(seed * 7919);
-            let prior: Vec<Update> = (0..r.below(20)).map(|_| random_update(&mut r)).collect();
-            let batch: Vec<Update> = (0..1 + r.below(60))
-                .map(|_| random_update(&mut r))
+            let prior: Vec<Update> = (0..r.below(20))
+                .map(|_| named(random_change(&mut r)))
+                .collect();
+            let batch: Vec<(usize, Change<'static>)> = (0..1 + r.below(60))
+                .map(|_| random_change(&mut r))
                 .collect();
             let mut base = EntityState::default();
             prior.iter().for_each(|u| apply_update(&mut base, u));
 
             let mut one_by_one = base.clone();
-            batch.iter().for_each(|u| apply_update(&mut one_by_one, u));
+            for c in &batch {
+                apply_update(&mut one_by_one, &named(c.clone()));
+            }
 
-            // split in two halves merged separately, then absorbed
-            let mid = batch.len() / 2;
-            let mut a = Merged::default();
-            batch[..mid].iter().cloned().for_each(|u| a.push(u));
-            let mut b = Merged::default();
-            batch[mid..].iter().cloned().for_each(|u| b.push(u));
-            a.absorb(b);
-            let mut merged = base.clone();
-            a.into_updates()
+            let mut fold = layout.empty(Entity::Customer);
+            for (f, c) in batch {
+                layout.push(&mut fold, f, c);
+            }
+            let mut folded = base.clone();
+            layout
+                .updates(fold)
                 .iter()
-                .for_each(|u| apply_update(&mut merged, u));
-            assert_eq!(one_by_one, merged, "seed {seed}");
+                .for_each(|u| apply_update(&mut folded, u));
+            assert_eq!(one_by_one, folded, "seed {seed}");
         }
     }
 }
