@@ -433,9 +433,12 @@ impl PendingGroup {
         if window_ms <= 0 {
             return 0;
         }
-        let ts = || self.write.events.iter().map(|(_, t)| t);
-        let newest = ts().max().unwrap_or(0);
-        ts().filter(|t| *t < newest - window_ms).count()
+        let cutoff = self.write.events.dedupe_cutoff(window_ms);
+        self.write
+            .events
+            .iter()
+            .filter(|(_, t)| *t < cutoff)
+            .count()
     }
 }
 

@@ -496,6 +496,15 @@ pub fn last_wins(new: (i64, i64, &str), cur: (i64, i64, &str)) -> bool {
         || ((new.0, new.1) == (cur.0, cur.1) && new.2.as_bytes() > cur.2.as_bytes())
 }
 
+/// Orders a recent list as Redis orders the sorted set: by score, then
+/// member bytes, newest first (also the backfill fold's order).
+pub fn sort_newest_first<M: AsRef<str>>(list: &mut [(M, i64)]) {
+    list.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| b.0.as_ref().as_bytes().cmp(a.0.as_ref().as_bytes()))
+    });
+}
+
 /// Applies one update. This is the reference semantics; the Redis Lua script
 /// in `store/apply.lua` does exactly the same.
 pub fn apply_update(state: &mut EntityState, u: &Update) {
@@ -567,11 +576,7 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
                 Some(entry) => entry.1 = entry.1.max(*ts),
                 None => list.push((member.clone(), *ts)),
             }
-            // Redis sorted-set order: by score, then member bytes; newest first.
-            list.sort_by(|a, b| {
-                b.1.cmp(&a.1)
-                    .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
-            });
+            sort_newest_first(list);
             list.truncate(*cap);
         }
         Update::AddResettable {

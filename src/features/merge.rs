@@ -15,7 +15,7 @@
 //! Pure like `aggregate`: no Redis, no clock. `tests` check the equivalence
 //! against `apply_update` on random change sequences and random prior states.
 
-use super::aggregate::{last_wins, Change, FeatureName, Update};
+use super::aggregate::{last_wins, sort_newest_first, Change, FeatureName, Update};
 use super::definition::{Entity, FeatureSet, BUCKETS_PER_WINDOW};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -267,11 +267,7 @@ impl<'e> Slot<'e> {
             Slot::MaxTs(ts) => out.push(Update::MaxTs { feature: f(), ts }),
             Slot::Recent { cap, members } => {
                 let mut list: Vec<(Cow<'_, str>, i64)> = members.into_iter().collect();
-                // the order of `aggregate::apply_update` (and of Redis sorted sets)
-                list.sort_by(|a, b| {
-                    b.1.cmp(&a.1)
-                        .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
-                });
+                sort_newest_first(&mut list);
                 list.truncate(cap);
                 out.extend(list.into_iter().map(|(member, ts)| Update::PushRecent {
                     feature: f(),

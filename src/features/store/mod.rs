@@ -86,12 +86,14 @@ impl EventIds {
         self.ts.push(ts);
     }
 
-    pub fn len(&self) -> usize {
-        self.ts.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.ts.is_empty()
+    }
+
+    /// The oldest event time still deduped by id for these events: a
+    /// dedupe window before the newest (`apply.lua` applies the same rule).
+    pub fn dedupe_cutoff(&self, window_ms: i64) -> i64 {
+        self.ts.iter().copied().max().unwrap_or(0) - window_ms
     }
 
     /// The pairs, in the order pushed.
@@ -100,16 +102,6 @@ impl EventIds {
             let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
             (&self.text[start..self.ends[k] as usize], self.ts[k])
         })
-    }
-}
-
-impl<S: AsRef<str>> FromIterator<(S, i64)> for EventIds {
-    fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
-        let mut out = EventIds::default();
-        for (id, ts) in iter {
-            out.push(id.as_ref(), ts);
-        }
-        out
     }
 }
 

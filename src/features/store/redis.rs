@@ -252,8 +252,7 @@ impl RedisStore {
                 Group::Customer(id) => (self.customer_key(id), None),
                 Group::Item(id) => (self.item_key(id), Some(id)),
             };
-            let maxts = g.events.iter().map(|(_, t)| t).max().unwrap_or(0);
-            let cutoff = maxts - self.settings.dedupe_window_ms;
+            let cutoff = g.events.dedupe_cutoff(self.settings.dedupe_window_ms);
             let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
             let mut w = FreshWrite::new(format!("{base}:seen"), &mut ids);
             w.state(&base, &state_of(&g.updates));
