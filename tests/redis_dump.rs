@@ -83,15 +83,24 @@ async fn encoding(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Strin
         .expect("object encoding")
 }
 
-/// Our restored key is encoded as Redis encodes its own; as a listpack, it
-/// is the same bytes.
-async fn same_key(
-    c: &mut redis::aio::MultiplexedConnection,
-    name: &str,
-    ours: &str,
-    theirs: &str,
-    their_encoding: &str,
-) {
+/// Restores `payload` into `key` (expiring in a minute); a refusal fails
+/// the test.
+async fn restore(c: &mut redis::aio::MultiplexedConnection, name: &str, key: &str, payload: &[u8]) {
+    let _: () = redis::cmd("RESTORE")
+        .arg(key)
+        .arg(60_000)
+        .arg(payload)
+        .query_async(c)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: RESTORE refused: {e}"));
+}
+
+/// Our restored key `ours` is encoded as Redis encodes `theirs`, which Redis
+/// just built itself (it gets the same expiry here); as a listpack, it is
+/// the same bytes.
+async fn same_key(c: &mut redis::aio::MultiplexedConnection, name: &str, ours: &str, theirs: &str) {
+    let _: () = c.pexpire(theirs, 60_000).await.expect("pexpire");
+    let their_encoding = encoding(c, theirs).await;
     assert_eq!(encoding(c, ours).await, their_encoding, "{name}: encoding");
     if their_encoding == "listpack" {
         let mut dumps = Vec::new();
@@ -117,13 +126,7 @@ async fn hash_payloads_restore_to_their_fields_and_match_redis_dump() {
     for (name, fields) in hash_cases() {
         let ours = format!("{p}:{name}:ours");
         let theirs = format!("{p}:{name}:theirs");
-        let _: () = redis::cmd("RESTORE")
-            .arg(&ours)
-            .arg(60_000)
-            .arg(dump::hash(&fields))
-            .query_async(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: RESTORE refused: {e}"));
+        restore(&mut c, name, &ours, &dump::hash(&fields)).await;
         let got: Vec<(String, String)> = c.hgetall(&ours).await.expect("hgetall");
         let mut want = fields.clone();
         let mut got_sorted = got.clone();
@@ -136,9 +139,7 @@ async fn hash_payloads_restore_to_their_fields_and_match_redis_dump() {
         }
         // Redis builds the same key itself
         let _: () = c.hset_multiple(&theirs, &fields).await.expect("hset");
-        let _: () = c.pexpire(&theirs, 60_000).await.expect("pexpire");
-        let enc = encoding(&mut c, &theirs).await;
-        same_key(&mut c, name, &ours, &theirs, &enc).await;
+        same_key(&mut c, name, &ours, &theirs).await;
     }
 }
 
@@ -151,13 +152,7 @@ async fn zset_payloads_restore_to_their_members_and_match_redis_dump() {
         let theirs = format!("{p}:{name}:theirs");
         let mut m = members.clone();
         let payload = dump::zset(&mut m);
-        let _: () = redis::cmd("RESTORE")
-            .arg(&ours)
-            .arg(60_000)
-            .arg(&payload)
-            .query_async(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: RESTORE refused: {e}"));
+        restore(&mut c, name, &ours, &payload).await;
         let got: Vec<(String, i64)> = c.zrange_withscores(&ours, 0, -1).await.expect("zrange");
         let mut want = members.clone();
         want.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
@@ -167,9 +162,7 @@ async fn zset_payloads_restore_to_their_members_and_match_redis_dump() {
         assert_eq!(score, Some(*s0), "{name}: ZSCORE {m0}");
         let pairs: Vec<(i64, &str)> = members.iter().map(|(m, s)| (*s, m.as_str())).collect();
         let _: () = c.zadd_multiple(&theirs, &pairs).await.expect("zadd");
-        let _: () = c.pexpire(&theirs, 60_000).await.expect("pexpire");
-        let enc = encoding(&mut c, &theirs).await;
-        same_key(&mut c, name, &ours, &theirs, &enc).await;
+        same_key(&mut c, name, &ours, &theirs).await;
     }
 }
 
