@@ -55,7 +55,8 @@ pub fn hash<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)]) -> Vec<u8> {
 
 /// The payload of a sorted set of `(member, score)`; members must be
 /// distinct. Scores are integers (event times, in ms), exact in an `f64`
-/// up to 2^53.
+/// up to 2^53. Small sets are sorted in place into Redis' listpack order
+/// (score, then member bytes).
 pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)]) -> Vec<u8> {
     let small = members.len() <= LISTPACK_MAX_ENTRIES
         && members
