@@ -140,10 +140,10 @@ enum Slot<'e> {
     },
 }
 
-/// Adds `amount` to `bucket` of a window, keeping only the buckets
-/// [`Merged::into_updates`] would keep (those within `BUCKETS_PER_WINDOW`
-/// of the newest): a bucket that old is never written, since the newest
-/// bucket only grows. Keeps a long history's fold to a dozen entries per
+/// Adds `amount` to `bucket` of a window, keeping only the buckets that can
+/// still matter (those within `BUCKETS_PER_WINDOW` of the newest, as
+/// `apply_update` keeps them): a bucket that old is never written, since the
+/// newest bucket only grows. Keeps a long history's fold to a dozen entries per
 /// window instead of one per bucket ever seen.
 fn push_bucket(w: &mut Vec<(i64, f64)>, bucket: i64, amount: f64) {
     let newest = w.iter().map(|(b, _)| *b).max().unwrap_or(bucket);
@@ -162,7 +162,7 @@ fn push_bucket(w: &mut Vec<(i64, f64)>, bucket: i64, amount: f64) {
 }
 
 impl<'e> Slot<'e> {
-    /// Same semantics as [`Merged::push`].
+    /// Folds one change in: the semantics of `aggregate::apply_update`.
     fn push(&mut self, c: Change<'e>) {
         match (self, c) {
             (Slot::Add(x), Change::Add(a)) => *x += a,
@@ -246,17 +246,13 @@ impl<'e> Slot<'e> {
                 feature: f(),
                 amount,
             }),
+            // `push_bucket` kept only the buckets within the newest window
             Slot::Windowed(w) => {
-                let max = w.iter().map(|(b, _)| *b).max().unwrap_or(0);
-                out.extend(
-                    w.into_iter()
-                        .filter(|(b, _)| *b > max - BUCKETS_PER_WINDOW)
-                        .map(|(bucket, amount)| Update::AddWindowed {
-                            feature: f(),
-                            bucket,
-                            amount,
-                        }),
-                );
+                out.extend(w.into_iter().map(|(bucket, amount)| Update::AddWindowed {
+                    feature: f(),
+                    bucket,
+                    amount,
+                }))
             }
             Slot::Last { ts, seq, value } => out.push(Update::SetLast {
                 feature: f(),
