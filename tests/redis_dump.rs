@@ -9,7 +9,10 @@
 mod common;
 use common::*;
 use nextbest::features::store::dump;
+use nextbest::features::store::redis::{RedisSettings, RedisStore};
+use nextbest::features::FeatureSet;
 use redis::AsyncCommands;
+use std::sync::Arc;
 
 async fn conn() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
@@ -119,14 +122,14 @@ async fn same_key(c: &mut redis::aio::MultiplexedConnection, name: &str, ours: &
     }
 }
 
-#[tokio::test]
-async fn hash_payloads_restore_to_their_fields_and_match_redis_dump() {
-    let mut c = conn().await;
+/// Every hash case, built with `limits`, restores to its fields and equals
+/// the key Redis builds from `HSET`.
+async fn check_hashes(c: &mut redis::aio::MultiplexedConnection, limits: &dump::Limits) {
     let p = unique("dump-hash");
     for (name, fields) in hash_cases() {
         let ours = format!("{p}:{name}:ours");
         let theirs = format!("{p}:{name}:theirs");
-        restore(&mut c, name, &ours, &dump::hash(&fields)).await;
+        restore(c, name, &ours, &dump::hash(&fields, limits)).await;
         let got: Vec<(String, String)> = c.hgetall(&ours).await.expect("hgetall");
         let mut want = fields.clone();
         let mut got_sorted = got.clone();
@@ -139,20 +142,20 @@ async fn hash_payloads_restore_to_their_fields_and_match_redis_dump() {
         }
         // Redis builds the same key itself
         let _: () = c.hset_multiple(&theirs, &fields).await.expect("hset");
-        same_key(&mut c, name, &ours, &theirs).await;
+        same_key(c, name, &ours, &theirs).await;
     }
 }
 
-#[tokio::test]
-async fn zset_payloads_restore_to_their_members_and_match_redis_dump() {
-    let mut c = conn().await;
+/// Every sorted-set case, built with `limits`, restores to its members and
+/// equals the key Redis builds from `ZADD`.
+async fn check_zsets(c: &mut redis::aio::MultiplexedConnection, limits: &dump::Limits) {
     let p = unique("dump-zset");
     for (name, members) in zset_cases() {
         let ours = format!("{p}:{name}:ours");
         let theirs = format!("{p}:{name}:theirs");
         let mut m = members.clone();
-        let payload = dump::zset(&mut m);
-        restore(&mut c, name, &ours, &payload).await;
+        let payload = dump::zset(&mut m, limits);
+        restore(c, name, &ours, &payload).await;
         let got: Vec<(String, i64)> = c.zrange_withscores(&ours, 0, -1).await.expect("zrange");
         let mut want = members.clone();
         want.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
@@ -162,15 +165,91 @@ async fn zset_payloads_restore_to_their_members_and_match_redis_dump() {
         assert_eq!(score, Some(*s0), "{name}: ZSCORE {m0}");
         let pairs: Vec<(i64, &str)> = members.iter().map(|(m, s)| (*s, m.as_str())).collect();
         let _: () = c.zadd_multiple(&theirs, &pairs).await.expect("zadd");
-        same_key(&mut c, name, &ours, &theirs).await;
+        same_key(c, name, &ours, &theirs).await;
     }
+}
+
+#[tokio::test]
+async fn hash_payloads_restore_to_their_fields_and_match_redis_dump() {
+    check_hashes(&mut conn().await, &dump::Limits::default()).await;
+}
+
+#[tokio::test]
+async fn zset_payloads_restore_to_their_members_and_match_redis_dump() {
+    check_zsets(&mut conn().await, &dump::Limits::default()).await;
+}
+
+/// A server keeping larger listpacks (`*-max-listpack-*` raised, as
+/// feature-store/README.md suggests for big first loads): the store reads
+/// its limits, and payloads built with them are the listpacks Redis builds.
+/// (A redis-server of its own: the settings would change the other tests'
+/// encodings.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_follow_the_servers_listpack_limits() {
+    let own = RedisProc::start();
+    let client = redis::Client::open(own.url()).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let store = RedisStore::connect(
+        RedisSettings {
+            url: own.url(),
+            key_prefix: unique("lp"),
+            dedupe_window_ms: 7 * 86_400_000,
+            ttl_seconds: 60,
+            timeout_ms: 2000,
+        },
+        Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features")),
+    )
+    .await
+    .expect("store connects");
+    assert_eq!(store.listpack_limits().await, dump::Limits::default());
+    for (name, value) in [
+        ("hash-max-listpack-entries", "512"),
+        ("hash-max-listpack-value", "100"),
+        ("zset-max-listpack-entries", "512"),
+        ("zset-max-listpack-value", "70"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut c)
+            .await
+            .expect("config set");
+    }
+    let limits = store.listpack_limits().await;
+    assert_eq!(
+        limits,
+        dump::Limits {
+            hash_entries: 512,
+            hash_value: 100,
+            zset_entries: 512,
+            zset_value: 70,
+        }
+    );
+    // the 300-field hash, the 500-member set and the 65-byte values are now
+    // listpacks on both sides (same_key compares the bytes)
+    check_hashes(&mut c, &limits).await;
+    check_zsets(&mut c, &limits).await;
+    let key = format!("{}:big", unique("lp"));
+    let mut members: Vec<(String, i64)> = (0..500).map(|i| (format!("e{i}"), i)).collect();
+    restore(
+        &mut c,
+        "500 members",
+        &key,
+        &dump::zset(&mut members, &limits),
+    )
+    .await;
+    assert_eq!(encoding(&mut c, &key).await, "listpack");
 }
 
 #[tokio::test]
 async fn a_corrupted_payload_is_refused_not_stored() {
     let mut c = conn().await;
     let key = format!("{}:x", unique("dump-bad"));
-    let mut payload = dump::hash(&[("a", "1")]);
+    let mut payload = dump::hash(&[("a", "1")], &dump::Limits::default());
     let n = payload.len();
     payload[n - 1] ^= 0x55; // the checksum no longer matches
     let r: redis::RedisResult<()> = redis::cmd("RESTORE")

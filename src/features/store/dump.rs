@@ -4,13 +4,16 @@
 //! and inserting every field, 4–20× less Redis CPU per key (benches/RESULTS.md).
 //!
 //! A payload is `type byte, value, RDB version (u16 LE), CRC-64 (u64 LE)` —
-//! the format Redis' own `DUMP` produces. Small values use the listpack
-//! types Redis itself uses for them (≤ 128 entries of ≤ 64 bytes, the
-//! defaults of `hash-max-listpack-*` / `zset-max-listpack-*`); larger ones
-//! the plain `hash` / `zset` types, which Redis re-encodes by its own
-//! settings while loading (as it also converts a listpack larger than its
-//! settings allow). Listpack types need RDB version 10, i.e. Redis ≥ 7.0;
-//! the store probes once and falls back to `apply.lua` on older servers.
+//! the format Redis' own `DUMP` produces. Values within the server's
+//! `hash-max-listpack-*` / `zset-max-listpack-*` settings ([`Limits`]; by
+//! default ≤ 512 hash fields or 128 set members, of ≤ 64 bytes) use the
+//! listpack types Redis itself uses for them; larger ones the plain `hash`
+//! / `zset` types. Either way Redis re-encodes by its own settings while
+//! loading if they differ, so the limits only decide speed: a listpack is
+//! copied, a plain value inserted entry by entry (benches/RESULTS.md: the
+//! item dedupe sets of a first load, ~250 ids each, as skiplists). Listpack
+//! types need RDB version 10, i.e. Redis ≥ 7.0; the store probes once and
+//! falls back to `apply.lua` on older servers.
 
 use crc::{Crc, CRC_64_REDIS};
 
@@ -20,18 +23,38 @@ const TYPE_HASH: u8 = 4;
 const TYPE_ZSET_2: u8 = 5;
 const TYPE_HASH_LISTPACK: u8 = 16;
 const TYPE_ZSET_LISTPACK: u8 = 17;
-/// Largest value Redis keeps as a listpack by default (`*-max-listpack-*`).
-const LISTPACK_MAX_ENTRIES: usize = 128;
-const LISTPACK_MAX_VALUE: usize = 64;
+
+/// The largest hashes and sorted sets the server keeps as listpacks: its
+/// `hash-max-listpack-entries`/`-value` and `zset-max-listpack-entries`/
+/// `-value` settings. The default is Redis' own (7.x: hashes 512 entries,
+/// sorted sets 128, both 64-byte values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub hash_entries: usize,
+    pub hash_value: usize,
+    pub zset_entries: usize,
+    pub zset_value: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            hash_entries: 512,
+            hash_value: 64,
+            zset_entries: 128,
+            zset_value: 64,
+        }
+    }
+}
 
 const CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_REDIS);
 
 /// The payload of a hash with `fields` (field, value), in this order.
 /// Field names must be distinct (Redis does not check by default).
-pub fn hash<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)]) -> Vec<u8> {
-    let small = fields.len() <= LISTPACK_MAX_ENTRIES
+pub fn hash<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)], limits: &Limits) -> Vec<u8> {
+    let small = fields.len() <= limits.hash_entries
         && fields.iter().all(|(f, v)| {
-            f.as_ref().len() <= LISTPACK_MAX_VALUE && v.as_ref().len() <= LISTPACK_MAX_VALUE
+            f.as_ref().len() <= limits.hash_value && v.as_ref().len() <= limits.hash_value
         });
     let mut out = Vec::with_capacity(64 + fields.len() * 24);
     if small {
@@ -57,11 +80,11 @@ pub fn hash<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)]) -> Vec<u8> {
 /// distinct. Scores are integers (event times, in ms), exact in an `f64`
 /// up to 2^53. Small sets are sorted in place into Redis' listpack order
 /// (score, then member bytes).
-pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)]) -> Vec<u8> {
-    let small = members.len() <= LISTPACK_MAX_ENTRIES
+pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)], limits: &Limits) -> Vec<u8> {
+    let small = members.len() <= limits.zset_entries
         && members
             .iter()
-            .all(|(m, _)| m.as_ref().len() <= LISTPACK_MAX_VALUE);
+            .all(|(m, _)| m.as_ref().len() <= limits.zset_value);
     let mut out = Vec::with_capacity(64 + members.len() * 32);
     if small {
         // a listpack zset is ordered by score, then member bytes

@@ -16,7 +16,9 @@
 //! backfill sends the merged updates of many events per call
 //! ([`FeatureStore::apply_groups`]), or, for a group with no keys yet, its
 //! final state (`fresh.lua`: one `RESTORE` per key of a payload built by
-//! [`dump`], after checking that none of the group's keys exists).
+//! [`dump`]; the restores themselves refuse a key that exists, and the
+//! script then deletes what it restored, so a group is written whole or not
+//! at all).
 
 use super::dump;
 use super::{
@@ -85,8 +87,9 @@ pub struct RedisStore {
     apply_sha: String,
     fresh_sha: String,
     read_sha: String,
-    /// Whether the server takes `dump` payloads (Redis ≥ 7.0), asked once.
-    restore: tokio::sync::OnceCell<bool>,
+    /// Whether the server takes `dump` payloads (Redis ≥ 7.0) and up to
+    /// which sizes it keeps listpacks, asked once.
+    restore: tokio::sync::OnceCell<Option<dump::Limits>>,
 }
 
 impl RedisStore {
@@ -138,10 +141,11 @@ impl RedisStore {
     }
 
     /// Whether `fresh.lua` can be used: Redis takes our `RESTORE` payloads
-    /// (listpack encodings, RDB 10: Redis ≥ 7.0). Asked once, with a probe
-    /// key that expires in a second; older servers get `apply.lua` for
-    /// every group (slower, same result).
-    async fn restore_supported(&self) -> Result<bool, StoreError> {
+    /// (listpack encodings, RDB 10: Redis ≥ 7.0), and if so the server's
+    /// listpack limits ([`RedisStore::listpack_limits`]). Asked once, with a
+    /// probe key that expires in a second; older servers get `apply.lua`
+    /// for every group (slower, same result): `None`.
+    async fn restore_supported(&self) -> Result<Option<dump::Limits>, StoreError> {
         self.restore
             .get_or_try_init(|| async {
                 let key = format!("{}:probe:restore", self.settings.key_prefix);
@@ -149,14 +153,14 @@ impl RedisStore {
                 let reply: Result<(), redis::RedisError> = redis::cmd("RESTORE")
                     .arg(&key)
                     .arg(1000)
-                    .arg(dump::hash(&[("probe", "1")]))
+                    .arg(dump::hash(&[("probe", "1")], &dump::Limits::default()))
                     .arg("REPLACE")
                     .query_async(&mut conn)
                     .await;
                 match reply {
                     Ok(()) => {
                         let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
-                        Ok(true)
+                        Ok(Some(self.listpack_limits().await))
                     }
                     Err(e)
                         if matches!(
@@ -165,13 +169,49 @@ impl RedisStore {
                         ) =>
                     {
                         tracing::warn!(error = %e, "redis does not take RESTORE payloads (needs Redis >= 7.0); backfill writes take the slower apply.lua path");
-                        Ok(false)
+                        Ok(None)
                     }
                     Err(e) => Err(e.into()),
                 }
             })
             .await
             .copied()
+    }
+
+    /// The server's `hash-max-listpack-*` / `zset-max-listpack-*` settings
+    /// (`CONFIG GET`), so backfill payloads are listpacks exactly where
+    /// Redis keeps listpacks; Redis' defaults where `CONFIG` is refused
+    /// (some managed services rename it). Raising
+    /// `zset-max-listpack-entries` speeds up a first backfill of busy items
+    /// (feature-store/README.md).
+    pub async fn listpack_limits(&self) -> dump::Limits {
+        let mut conn = self.conn.clone();
+        let reply: Result<Vec<(String, String)>, redis::RedisError> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("*-max-listpack-*")
+            .query_async(&mut conn)
+            .await;
+        let mut limits = dump::Limits::default();
+        match reply {
+            Ok(settings) => {
+                for (name, value) in settings {
+                    let Ok(v) = value.parse::<usize>() else {
+                        continue;
+                    };
+                    match name.as_str() {
+                        "hash-max-listpack-entries" => limits.hash_entries = v,
+                        "hash-max-listpack-value" => limits.hash_value = v,
+                        "zset-max-listpack-entries" => limits.zset_entries = v,
+                        "zset-max-listpack-value" => limits.zset_value = v,
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "CONFIG GET refused; assuming Redis' default listpack limits");
+            }
+        }
+        limits
     }
 
     fn customer_key(&self, id: &str) -> String {
@@ -240,7 +280,11 @@ impl RedisStore {
 
     /// The pipeline writing the groups as fresh state (`fresh.lua`), and the
     /// keys each writes. Static rows (no events) are not eligible: `None`.
-    fn fresh_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<Option<usize>>) {
+    fn fresh_pipeline(
+        &self,
+        groups: &[GroupWrite],
+        limits: dump::Limits,
+    ) -> (redis::Pipeline, Vec<Option<usize>>) {
         let mut pipe = redis::pipe();
         let mut keys = Vec::with_capacity(groups.len());
         for g in groups {
@@ -254,7 +298,7 @@ impl RedisStore {
             };
             let cutoff = g.events.dedupe_cutoff(self.settings.dedupe_window_ms);
             let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
-            let mut w = FreshWrite::new(format!("{base}:seen"), &mut ids);
+            let mut w = FreshWrite::new(format!("{base}:seen"), &mut ids, limits);
             w.state(&base, &state_of(&g.updates));
             for (sid, updates) in &g.sessions {
                 if !updates.is_empty() {
@@ -476,21 +520,23 @@ fn state_of(updates: &[Update]) -> EntityState {
 struct FreshWrite {
     keys: Vec<String>,
     payloads: Vec<Vec<u8>>,
+    limits: dump::Limits,
 }
 
 impl FreshWrite {
     /// Starts with the dedupe set: `ids` as (event id, ts).
-    fn new(seen: String, ids: &mut [(&str, i64)]) -> Self {
+    fn new(seen: String, ids: &mut [(&str, i64)], limits: dump::Limits) -> Self {
         FreshWrite {
             keys: vec![seen],
-            payloads: vec![dump::zset(ids)],
+            payloads: vec![dump::zset(ids, &limits)],
+            limits,
         }
     }
 
     fn hash(&mut self, key: String, fields: &[(String, String)]) {
         if !fields.is_empty() {
             self.keys.push(key);
-            self.payloads.push(dump::hash(fields));
+            self.payloads.push(dump::hash(fields, &self.limits));
         }
     }
 
@@ -520,7 +566,7 @@ impl FreshWrite {
             let mut members: Vec<(&str, i64)> =
                 list.iter().map(|(m, t)| (m.as_str(), *t)).collect();
             self.keys.push(format!("{base}:r:{f}"));
-            self.payloads.push(dump::zset(&mut members));
+            self.payloads.push(dump::zset(&mut members, &self.limits));
         }
         for (f, r) in &st.resettable {
             let mut fields: Vec<(String, String)> = r
@@ -811,10 +857,9 @@ impl FeatureStore for RedisStore {
         }
         // groups never written before: their final state in a few commands
         let mut out = GroupOutcome::default();
-        let (fresh, fresh_keys) = if self.restore_supported().await? {
-            self.fresh_pipeline(groups)
-        } else {
-            (redis::pipe(), vec![None; groups.len()])
+        let (fresh, fresh_keys) = match self.restore_supported().await? {
+            Some(limits) => self.fresh_pipeline(groups, limits),
+            None => (redis::pipe(), vec![None; groups.len()]),
         };
         let mut rest: Vec<usize> = Vec::new();
         let mut replies = if fresh_keys.iter().any(Option::is_some) {
