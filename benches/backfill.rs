@@ -5,6 +5,7 @@
 //!
 //!   cargo bench --bench backfill                      # 5M events
 //!   NEXTBEST_BENCH_EVENTS=500000 cargo bench --bench backfill
+//!   NEXTBEST_BENCH_REDIS_CONFIG="zset-max-listpack-entries 512" cargo bench --bench backfill
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -73,6 +74,14 @@ fn generate(n: usize, customers: u64, items: u64) -> Vec<Event> {
     out
 }
 
+/// Resident memory of this process (MiB), from /proc/self/statm; 0 where unknown.
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| (pages * 4096) >> 20)
+}
+
 fn main() {
     let n: usize = std::env::var("NEXTBEST_BENCH_EVENTS")
         .ok()
@@ -116,12 +125,17 @@ fn main() {
     );
     // all cores first, so the headline figure pays for fresh memory as the
     // first aggregation of a `nextbest backfill` process does
+    let rss_before = rss_mib();
     let t = Instant::now();
     let (idx, _, _) = load::select(&events, T_END);
     println!("select: {:.2} s", t.elapsed().as_secs_f64());
     let agg = load::aggregate(&set, &events, &idx, threads);
     let agg_secs = t.elapsed().as_secs_f64();
     let groups = agg.len();
+    println!(
+        "resident memory: {rss_before} MiB before the aggregation, {} MiB after",
+        rss_mib()
+    );
     let t = Instant::now();
     let (idx, _, _) = load::select(&events, T_END);
     let one = load::aggregate(&set, &events, &idx, 1);
@@ -143,20 +157,42 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         // NEXTBEST_TEST_REDIS_URL, else a redis-server of our own (stopped on drop)
+        // (on a Redis of its own, the default key prefix, so keys are as
+        // long as a default deployment's: Redis hashes every key several
+        // times per write; on a shared one, a unique prefix)
         let mut own = None;
-        let url = match std::env::var("NEXTBEST_TEST_REDIS_URL") {
-            Ok(u) if !u.is_empty() => u,
+        let (url, key_prefix) = match std::env::var("NEXTBEST_TEST_REDIS_URL") {
+            Ok(u) if !u.is_empty() => (u, common::unique("bench")),
             _ => {
                 let r = common::RedisProc::start();
                 let u = r.url();
                 own = Some(r);
-                u
+                (u, nextbest::config::StoreConfig::default().key_prefix)
             }
         };
+        // NEXTBEST_BENCH_REDIS_CONFIG="name value ...": CONFIG SET first
+        // (e.g. "zset-max-listpack-entries 512", feature-store/README.md)
+        if let Ok(cfg) = std::env::var("NEXTBEST_BENCH_REDIS_CONFIG") {
+            let words: Vec<&str> = cfg.split_whitespace().collect();
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connects");
+            for pair in words.chunks(2) {
+                let _: () = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg(pair)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("CONFIG SET");
+                println!("redis: CONFIG SET {}", pair.join(" "));
+            }
+        }
         let store = RedisStore::connect(
             RedisSettings {
                 url: url.clone(),
-                key_prefix: common::unique("bench"),
+                key_prefix,
                 dedupe_window_ms: 7 * DAY,
                 ttl_seconds: 3600,
                 timeout_ms: 60_000,
