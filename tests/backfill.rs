@@ -12,7 +12,9 @@ use nextbest::event::{Event, EventType};
 use nextbest::features::aggregate::{entity_values, plan_event, EntityState, FeatureValue};
 use nextbest::features::store::memory::MemoryStore;
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
-use nextbest::features::store::{FeatureStore, ReadQuery};
+use nextbest::features::store::{
+    ApplyOutcome, FeatureStore, GroupOutcome, GroupWrite, ReadQuery, ReadResult, StoreError,
+};
 use nextbest::features::vector::RowPlan;
 use nextbest::features::{Entity, FeatureSet};
 use polars::prelude::*;
@@ -140,8 +142,10 @@ fn job(events: Vec<String>) -> BackfillJob {
     BackfillJob {
         events,
         as_of: T_END,
-        batch: 7,
-        in_flight: 3,
+        // small, so the fold waits for the writer (a handoff of 2 × 2 × 2
+        // groups) in every test
+        batch: 2,
+        in_flight: 2,
         ..BackfillJob::default()
     }
 }
@@ -420,6 +424,93 @@ async fn history_after_a_catalog_merges_with_it_and_leaves_no_partial_restore() 
         &snapshot(&set, &store, T_END).await,
         "catalog, then history",
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The memory store, failing every `apply_groups` after the first `ok`
+/// calls (to see the backfill stop, not to stand in for Redis).
+struct FailingAfter {
+    inner: MemoryStore,
+    ok: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl FeatureStore for FailingAfter {
+    async fn apply(
+        &self,
+        plans: &[nextbest::features::aggregate::Plan],
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.inner.apply(plans).await
+    }
+    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.ok {
+            return Err(StoreError::Protocol("injected failure".into()));
+        }
+        self.inner.apply_groups(groups).await
+    }
+    async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
+        self.inner.read(q).await
+    }
+    async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.item_ids().await
+    }
+    async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
+        self.inner.read_items(ids).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    fn describe(&self) -> String {
+        "failing".into()
+    }
+}
+
+/// The fold hands groups to the writer through a small channel; when a
+/// write fails, the backfill returns that error and the fold, blocked on
+/// the full channel, stops too (no hang), with many more groups than fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_stops_the_backfill_with_its_error() {
+    let set = set();
+    let dir = tmp_dir("bf-fail");
+    let file = dir.join("events.jsonl");
+    let events: Vec<Event> = (0..3000)
+        .map(|i| {
+            let c = format!("c{}", i % 1000);
+            let item = format!("p{}", i % 50);
+            Event::from_value(event(
+                &format!("f{i}"),
+                "page_view",
+                &c,
+                Some(&item),
+                T_END - i,
+            ))
+            .expect("event")
+        })
+        .collect();
+    write_jsonl(&file, &events);
+    let store = FailingAfter {
+        inner: MemoryStore::new(set.clone(), 7 * DAY),
+        ok: 3,
+        calls: Default::default(),
+    };
+    let j = BackfillJob {
+        batch: 1,
+        in_flight: 1,
+        ..job(vec![file.display().to_string()])
+    };
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        load::run(set.clone(), &store, &j),
+    )
+    .await
+    .expect("the backfill ends");
+    let err = out.expect_err("the store failed");
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    // it stopped at the failure: 3 writes and the failing one (up to
+    // in_flight more may have started)
+    let calls = store.calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(calls <= 5, "{calls} writes after the failure");
     let _ = std::fs::remove_dir_all(dir);
 }
 

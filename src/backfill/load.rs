@@ -4,12 +4,16 @@
 //!    the job before anything is written.
 //! 2. Events after `as_of` are dropped; each event id is kept once (the
 //!    first occurrence), like the stream's dedupe.
-//! 3. [`aggregate`]: every event goes through `visit_event_with` (the code
-//!    `plan_event` runs for the stream, reading the props from a
+//! 3. [`aggregate_each`]: every event goes through `visit_event_with` (the
+//!    code `plan_event` runs for the stream, reading the props from a
 //!    `PropTable` resolved in one pass) and its changes are folded per
 //!    entity group (`features::merge`), each core owning a hash shard of
 //!    the customers and items.
-//! 4. [`write`]: one `apply_groups` call per batch of groups, several
+//! 4. [`aggregate_and_write`] runs 3 and 5 at once: each group goes to the
+//!    writer as soon as it is folded, through a channel of a few batches,
+//!    so the fold's output is never all held (its memory is reused) and the
+//!    fold's CPU work overlaps the store's.
+//! 5. [`write_stream`]: one `apply_groups` call per batch of groups, several
 //!    batches in flight (in Redis, an entity with no keys yet gets its final
 //!    state by `RESTORE`, `features::store::dump`). Each group write
 //!    carries the ids of its events and is all-or-nothing: if the live
@@ -100,7 +104,9 @@ pub struct BackfillSummary {
     pub beyond_dedupe_window: usize,
     pub static_rows: usize,
     pub read_secs: f64,
+    /// Until the fold was done (it runs alongside the write).
     pub aggregate_secs: f64,
+    /// Aggregating and writing, from the fold's start to the last write.
     pub write_secs: f64,
 }
 
@@ -272,23 +278,20 @@ struct Fold<'a, 'e> {
     props: &'a PropTable<'a, 'e>,
 }
 
-/// Folds one side of the events `idx` whose group falls in hash shard `k` of
-/// `shards` into group writes. The events are first sorted by group so each
-/// group is folded in one go, in cache, and written out before the next.
-fn fold_side(
-    fold: Fold<'_, '_>,
+/// The events `idx` of one side whose group falls in hash shard `k` of
+/// `shards`, as (group id hash, event index), sorted so each group's events
+/// are together (by hash, then input order: no string compares while
+/// sorting). Should two ids share a hash, their events interleave and a
+/// group is folded in several runs; each run is still a correct write of
+/// that group's events (updates commute, the later runs merge through
+/// `apply.lua`).
+fn keyed_side(
+    events: &[Event],
     idx: &[u32],
     side: Side,
     k: usize,
     shards: usize,
-) -> Vec<PendingGroup> {
-    let Fold {
-        set,
-        layout,
-        events,
-        props,
-    } = fold;
-    let id = |i: u32| group_id(&events[i as usize], side).unwrap_or_default();
+) -> Vec<(u64, u32)> {
     let mut keyed: Vec<(u64, u32)> = idx
         .iter()
         .filter_map(|&i| {
@@ -297,17 +300,38 @@ fn fold_side(
             (shards == 1 || h % shards as u64 == k as u64).then_some((h, i))
         })
         .collect();
-    // by hash, then input order: no string compares while sorting. Should
-    // two ids share a hash, their events interleave and a group is folded
-    // in several runs; each run is still a correct write of that group's
-    // events (updates commute, the later runs merge through `apply.lua`).
     keyed.sort_unstable();
+    keyed
+}
+
+/// How many groups a sorted [`keyed_side`] holds (distinct hashes: exact
+/// unless two ids share a 64-bit hash; only the progress bar uses it).
+fn count_groups(keyed: &[(u64, u32)]) -> u64 {
+    keyed.chunk_by(|a, b| a.0 == b.0).count() as u64
+}
+
+/// Folds the events of one side, sorted by [`keyed_side`], group by group,
+/// handing each group to `sink` as soon as it is folded (in cache, and its
+/// memory reused once the sink is done with it). Stops when `sink` returns
+/// false; returns whether it went through.
+fn fold_keyed(
+    fold: Fold<'_, '_>,
+    keyed: &[(u64, u32)],
+    side: Side,
+    sink: &(dyn Fn(PendingGroup) -> bool + Sync),
+) -> bool {
+    let Fold {
+        set,
+        layout,
+        events,
+        props,
+    } = fold;
+    let id = |i: u32| group_id(&events[i as usize], side).unwrap_or_default();
     let (customer_side, item_side) = (side == Side::Customer, side == Side::Item);
-    let mut out = Vec::new();
     let mut warm = Warmer::default();
     let mut at = 0;
     for run in keyed.chunk_by(|a, b| a.0 == b.0 && id(a.1) == id(b.1)) {
-        warm.ahead(events, props, &keyed, at);
+        warm.ahead(events, props, keyed, at);
         at += run.len();
         let entity = match side {
             Side::Customer => Entity::Customer,
@@ -339,9 +363,11 @@ fn fold_side(
             Side::Customer => Group::Customer(gid),
             Side::Item => Group::Item(gid),
         };
-        out.push(to_pending(layout, group, acc, events));
+        if !sink(to_pending(layout, group, acc, events)) {
+            return false;
+        }
     }
-    out
+    true
 }
 
 /// Brings the events the fold is about to visit into the cache, a block
@@ -452,14 +478,19 @@ impl PendingGroup {
     }
 }
 
-/// Folds the selected events per entity group into group writes, on
-/// `threads` threads (each owns a hash shard of the customers and items).
-pub fn aggregate(
+/// Folds the selected events per entity group, on `threads` threads (each
+/// owns a hash shard of the customers and items), handing each group to
+/// `sink` as soon as it is folded; `sink` returning false stops the fold.
+/// Each thread first sorts its shard and reports how many groups it holds
+/// (`groups`, for the progress bar).
+pub fn aggregate_each(
     set: &FeatureSet,
     events: &[Event],
     idx: &[u32],
     threads: usize,
-) -> Vec<PendingGroup> {
+    groups: &(dyn Fn(u64) + Sync),
+    sink: &(dyn Fn(PendingGroup) -> bool + Sync),
+) {
     let layout = FoldLayout::new(set);
     let shards = if idx.len() < 512 { 1 } else { threads.max(1) };
     let props = PropTable::build(set, events, shards);
@@ -470,20 +501,31 @@ pub fn aggregate(
         props: &props,
     };
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..shards)
-            .map(|k| {
-                s.spawn(move || {
-                    let mut out = fold_side(fold, idx, Side::Customer, k, shards);
-                    out.extend(fold_side(fold, idx, Side::Item, k, shards));
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("aggregation threads do not panic"))
-            .collect()
-    })
+        for k in 0..shards {
+            s.spawn(move || {
+                let customers = keyed_side(events, idx, Side::Customer, k, shards);
+                let items = keyed_side(events, idx, Side::Item, k, shards);
+                groups(count_groups(&customers) + count_groups(&items));
+                let _ = fold_keyed(fold, &customers, Side::Customer, sink)
+                    && fold_keyed(fold, &items, Side::Item, sink);
+            });
+        }
+    });
+}
+
+/// [`aggregate_each`] into one vector of every group write.
+pub fn aggregate(
+    set: &FeatureSet,
+    events: &[Event],
+    idx: &[u32],
+    threads: usize,
+) -> Vec<PendingGroup> {
+    let out = std::sync::Mutex::new(Vec::new());
+    aggregate_each(set, events, idx, threads, &|_| {}, &|g| {
+        out.lock().unwrap_or_else(|p| p.into_inner()).push(g);
+        true
+    });
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Re-folds one group from its events, leaving out the ids already applied.
@@ -514,9 +556,14 @@ fn refold(
         events,
         props: &props,
     };
-    fold_side(fold, &keep, side, 0, 1)
-        .into_iter()
-        .find(|g| g.write.group == *group)
+    let found = std::sync::Mutex::new(None);
+    fold_keyed(fold, &keyed_side(events, &keep, side, 0, 1), side, &|g| {
+        if g.write.group == *group {
+            *found.lock().unwrap_or_else(|p| p.into_inner()) = Some(g);
+        }
+        true
+    });
+    found.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A group not written: the group, its events, the ids already applied.
@@ -537,56 +584,172 @@ pub async fn write(
     set: &FeatureSet,
     store: &dyn FeatureStore,
     events: &[Event],
-    mut pending: Vec<PendingGroup>,
+    pending: Vec<PendingGroup>,
+    job: &BackfillJob,
+    progress: &Progress,
+) -> Result<WriteTotals, BackfillError> {
+    write_stream(
+        set,
+        store,
+        events,
+        futures::stream::iter(pending),
+        job,
+        progress,
+    )
+    .await
+}
+
+/// [`write`] for groups as they come (from the fold, [`aggregate_and_write`]).
+pub async fn write_stream(
+    set: &FeatureSet,
+    store: &dyn FeatureStore,
+    events: &[Event],
+    groups: impl futures::Stream<Item = PendingGroup>,
     job: &BackfillJob,
     progress: &Progress,
 ) -> Result<WriteTotals, BackfillError> {
     let batch = if job.batch == 0 { 256 } else { job.batch };
     let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
     let mut totals = WriteTotals::default();
+    let mut conflicts = write_round(store, groups, batch, in_flight, progress, &mut totals).await?;
     let layout = FoldLayout::new(set);
     // each round strictly shrinks the conflicting groups, so this ends
-    while !pending.is_empty() {
-        let mut chunks: Vec<(Vec<GroupWrite>, Vec<Vec<u32>>)> = Vec::new();
-        let mut it = pending.into_iter().peekable();
-        while it.peek().is_some() {
-            chunks.push(it.by_ref().take(batch).map(|p| (p.write, p.events)).unzip());
-        }
-        // only the conflicting groups are kept: (group, its events, ids seen)
-        let conflicts: Vec<Vec<Conflict>> = futures::stream::iter(chunks)
-            .map(|(writes, mut idx)| async move {
-                let out = store.apply_groups(&writes).await?;
-                progress.advance(out.applied as u64, out.keys as u64);
-                let conflicts = out
-                    .conflicts
-                    .into_iter()
-                    .map(|(i, seen)| (writes[i].group.clone(), std::mem::take(&mut idx[i]), seen))
-                    .collect::<Vec<_>>();
-                Ok::<_, StoreError>((out.applied, out.keys, conflicts))
-            })
-            .buffer_unordered(in_flight)
-            .map_ok(|(applied, keys, conflicts)| {
-                totals.entities += applied;
-                totals.keys += keys;
-                conflicts
-            })
-            .try_collect()
-            .await?;
+    while !conflicts.is_empty() {
         let mut retry = Vec::new();
-        for (group, idx, seen) in conflicts.into_iter().flatten() {
+        for (group, idx, seen) in conflicts {
             totals.conflicts += 1;
             totals.already_applied += seen.len();
             if let Some(again) = refold(set, &layout, events, &group, idx, &seen) {
                 retry.push(again);
             }
         }
-        pending = retry;
+        conflicts = write_round(
+            store,
+            futures::stream::iter(retry),
+            batch,
+            in_flight,
+            progress,
+            &mut totals,
+        )
+        .await?;
     }
     Ok(totals)
 }
 
-/// Runs a whole backfill: read and validate, aggregate, write. The CPU
-/// work runs on the blocking pool.
+/// One pass of [`write_stream`]: `apply_groups` per batch, `in_flight`
+/// batches at once. Returns the groups not written because some of their
+/// events were already applied.
+async fn write_round(
+    store: &dyn FeatureStore,
+    groups: impl futures::Stream<Item = PendingGroup>,
+    batch: usize,
+    in_flight: usize,
+    progress: &Progress,
+    totals: &mut WriteTotals,
+) -> Result<Vec<Conflict>, BackfillError> {
+    let conflicts: Vec<Vec<Conflict>> = groups
+        .chunks(batch)
+        .map(|chunk| async move {
+            let (writes, mut idx): (Vec<GroupWrite>, Vec<Vec<u32>>) =
+                chunk.into_iter().map(|p| (p.write, p.events)).unzip();
+            let out = store.apply_groups(&writes).await?;
+            progress.advance(out.applied as u64, out.keys as u64);
+            let conflicts = out
+                .conflicts
+                .into_iter()
+                .map(|(i, seen)| (writes[i].group.clone(), std::mem::take(&mut idx[i]), seen))
+                .collect::<Vec<_>>();
+            Ok::<_, StoreError>((out.applied, out.keys, conflicts))
+        })
+        .buffer_unordered(in_flight)
+        .map_ok(|(applied, keys, conflicts)| {
+            totals.entities += applied;
+            totals.keys += keys;
+            conflicts
+        })
+        .try_collect()
+        .await?;
+    Ok(conflicts.into_iter().flatten().collect())
+}
+
+/// What [`aggregate_and_write`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Pipelined {
+    pub totals: WriteTotals,
+    /// Events beyond their group's dedupe window ([`PendingGroup::beyond_window`]).
+    pub beyond_dedupe_window: usize,
+    /// Seconds until the fold was done (it runs alongside the write).
+    pub aggregate_secs: f64,
+    /// Seconds until everything was written.
+    pub secs: f64,
+}
+
+/// Groups handed from the fold to the writer at most (a few batches each
+/// way), so the fold's output is written and its memory reused while the
+/// fold goes on, instead of all of it held at once (~1.7 GB for 5M events,
+/// fresh memory the kernel must zero: benches/RESULTS.md).
+const HANDOFF_BATCHES: usize = 2;
+
+/// Folds the selected events `idx` on all cores and writes each group as
+/// soon as it is folded, then the static rows; the fold runs on blocking
+/// threads, the writes here. The progress bar learns the number of groups
+/// from the fold.
+pub async fn aggregate_and_write(
+    set: Arc<FeatureSet>,
+    store: &dyn FeatureStore,
+    events: Arc<Vec<Event>>,
+    idx: Vec<u32>,
+    statics: Vec<GroupWrite>,
+    job: &BackfillJob,
+    progress: Arc<Progress>,
+) -> Result<Pipelined, BackfillError> {
+    let t = Instant::now();
+    let batch = if job.batch == 0 { 256 } else { job.batch };
+    let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<PendingGroup>(batch * in_flight * HANDOFF_BATCHES);
+    progress.add_total(statics.len() as u64);
+    let fold = {
+        let (set, events, progress) = (set.clone(), events.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            aggregate_each(
+                &set,
+                &events,
+                &idx,
+                threads,
+                &|n| progress.add_total(n),
+                // false once the writer is gone (it failed): stop
+                &|g| tx.blocking_send(g).is_ok(),
+            );
+            t.elapsed().as_secs_f64()
+        })
+    };
+    let window = job.dedupe_window_ms;
+    let mut beyond = 0;
+    let groups = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .chain(futures::stream::iter(
+            statics.into_iter().map(PendingGroup::fixed),
+        ))
+        .inspect(|g| beyond += g.beyond_window(window));
+    // the stream owns the receiver: when the write ends, failed or not, it
+    // is dropped, and a fold still running (or waiting to hand over) stops
+    let written = write_stream(&set, store, &events, groups, job, &progress).await;
+    let aggregate_secs = fold
+        .await
+        .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?;
+    Ok(Pipelined {
+        totals: written?,
+        beyond_dedupe_window: beyond,
+        aggregate_secs,
+        secs: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs a whole backfill: read and validate, then aggregate and write at
+/// once ([`aggregate_and_write`]). The CPU work runs on the blocking pool.
 pub async fn run(
     set: Arc<FeatureSet>,
     store: &dyn FeatureStore,
@@ -600,35 +763,26 @@ pub async fn run(
             .map_err(|e| BackfillError::Invalid(format!("reader failed: {e}")))??
     };
     let read_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
     let events = Arc::new(input.events);
-    let (mut groups, after_as_of, duplicate_ids, selected) = {
-        let (set, events, as_of) = (set.clone(), events.clone(), job.as_of);
-        tokio::task::spawn_blocking(move || {
-            let (idx, late, dups) = select(&events, as_of);
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            (
-                aggregate(&set, &events, &idx, threads),
-                late,
-                dups,
-                idx.len(),
-            )
-        })
-        .await
-        .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
+    let (idx, after_as_of, duplicate_ids) = {
+        let (events, as_of) = (events.clone(), job.as_of);
+        tokio::task::spawn_blocking(move || select(&events, as_of))
+            .await
+            .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
     };
-    let aggregate_secs = t.elapsed().as_secs_f64();
-    let beyond_dedupe_window = groups
-        .iter()
-        .map(|g| g.beyond_window(job.dedupe_window_ms))
-        .sum();
+    let selected = idx.len();
     let static_rows = input.statics.len();
-    groups.extend(input.statics.into_iter().map(PendingGroup::fixed));
-    let progress = Progress::new("backfill", groups.len() as u64);
-    let t = Instant::now();
-    let totals = write(&set, store, &events, groups, job, &progress).await?;
+    let progress = Arc::new(Progress::new("backfill", 0));
+    let done = aggregate_and_write(
+        set,
+        store,
+        events.clone(),
+        idx,
+        input.statics,
+        job,
+        progress.clone(),
+    )
+    .await?;
     progress.finish();
     Ok(BackfillSummary {
         files: input.files,
@@ -636,14 +790,14 @@ pub async fn run(
         selected,
         after_as_of,
         duplicate_ids,
-        entities: totals.entities,
-        keys: totals.keys,
-        conflicts: totals.conflicts,
-        already_applied: totals.already_applied,
-        beyond_dedupe_window,
+        entities: done.totals.entities,
+        keys: done.totals.keys,
+        conflicts: done.totals.conflicts,
+        already_applied: done.totals.already_applied,
+        beyond_dedupe_window: done.beyond_dedupe_window,
         static_rows,
         read_secs,
-        aggregate_secs,
-        write_secs: t.elapsed().as_secs_f64(),
+        aggregate_secs: done.aggregate_secs,
+        write_secs: done.secs,
     })
 }

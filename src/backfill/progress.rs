@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 /// How often the plain-line mode prints.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
-/// Progress over a known number of units (entity groups, rows).
+/// Progress over a number of units (entity groups, rows), known at the
+/// start or learnt along the way ([`Progress::add_total`]).
 pub struct Progress {
     what: &'static str,
-    total: u64,
+    total: AtomicU64,
     done: AtomicU64,
     keys: AtomicU64,
     start: Instant,
@@ -52,12 +53,20 @@ impl Progress {
         });
         Progress {
             what,
-            total,
+            total: AtomicU64::new(total),
             done: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             start: Instant::now(),
             bar,
             last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// `units` more to do (when the total is learnt along the way).
+    pub fn add_total(&self, units: u64) {
+        self.total.fetch_add(units, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.inc_length(units);
         }
     }
 
@@ -77,16 +86,17 @@ impl Progress {
         }
         *last = Instant::now();
         let rate = done as f64 / secs;
+        let total = self.total.load(Ordering::Relaxed);
         let eta = if rate > 0.0 {
-            self.total.saturating_sub(done) as f64 / rate
+            total.saturating_sub(done) as f64 / rate
         } else {
             0.0
         };
         eprintln!(
             "{}: {done}/{} entities ({:.0}%), {rate:.0} entities/s, {:.0} keys/s, eta {eta:.0} s",
             self.what,
-            self.total,
-            100.0 * done as f64 / self.total.max(1) as f64,
+            total,
+            100.0 * done as f64 / total.max(1) as f64,
             keys as f64 / secs,
         );
     }
