@@ -15,7 +15,7 @@
 //! Pure like `aggregate`: no Redis, no clock. `tests` check the equivalence
 //! against `apply_update` on random change sequences and random prior states.
 
-use super::aggregate::{last_wins, sort_newest_first, Change, FeatureName, Update};
+use super::aggregate::{last_text_wins, sort_newest_first, Change, FeatureName, Text, Update};
 use super::definition::{Entity, FeatureSet, BUCKETS_PER_WINDOW};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -127,7 +127,7 @@ enum Slot<'e> {
     Last {
         ts: i64,
         seq: i64,
-        value: Cow<'e, str>,
+        value: Text<'e>,
     },
     MaxTs(i64),
     Recent {
@@ -177,7 +177,7 @@ impl<'e> Slot<'e> {
                     value: v,
                 },
             ) => {
-                if last_wins((t, q, &v), (*ts, *seq, value)) {
+                if last_text_wins((t, q, v), (*ts, *seq, *value)) {
                     (*ts, *seq, *value) = (t, q, v);
                 }
             }
@@ -258,7 +258,7 @@ impl<'e> Slot<'e> {
                 feature: f(),
                 ts,
                 seq,
-                value: value.into_owned(),
+                value: value.to_cow().into_owned(),
             }),
             Slot::MaxTs(ts) => out.push(Update::MaxTs { feature: f(), ts }),
             Slot::Recent { cap, members } => {
@@ -367,7 +367,7 @@ reset_on = ["purchase"]
                 Change::SetLast {
                     ts,
                     seq: r.below(3) as i64,
-                    value: Cow::Owned(format!("v{}", r.below(4))),
+                    value: Text::Str(["v0", "v1", "v2", "v3"][r.below(4) as usize]),
                 },
             ),
             3 => (3, Change::MaxTs(ts)),
