@@ -129,7 +129,7 @@ fn main() {
     // in the process, so it pays for whatever fresh memory it needs.
     let rss_before = rss_mib();
     let t = Instant::now();
-    let (idx, _, _) = load::select(&events, T_END);
+    let (idx, _, _) = load::select(&events, T_END, threads);
     let select_secs = t.elapsed().as_secs_f64();
     let handed = std::sync::atomic::AtomicUsize::new(0);
     load::aggregate_each(&set, &events, &idx, threads, &|_| {}, &|g| {
@@ -145,7 +145,7 @@ fn main() {
     // every group held at once (what the write-only figure below needs)
     let rss_before = rss_mib();
     let t = Instant::now();
-    let (idx, _, _) = load::select(&events, T_END);
+    let (idx, _, _) = load::select(&events, T_END, threads);
     let agg = load::aggregate(&set, &events, &idx, threads);
     let agg_secs = t.elapsed().as_secs_f64();
     let groups = agg.len();
@@ -155,7 +155,7 @@ fn main() {
         rss_mib()
     );
     let t = Instant::now();
-    let (idx, _, _) = load::select(&events, T_END);
+    let (idx, _, _) = load::select(&events, T_END, 1);
     let one = load::aggregate(&set, &events, &idx, 1);
     let one_secs = t.elapsed().as_secs_f64();
     drop(one);
@@ -273,7 +273,7 @@ fn main() {
         )
         .await
         .expect("redis connects");
-        let (idx, _, _) = load::select(&events, T_END);
+        let (idx, _, _) = load::select(&events, T_END, threads);
         let progress = Arc::new(Progress::hidden("bench", 0));
         let t = Instant::now();
         let done = load::aggregate_and_write(
