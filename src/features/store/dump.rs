@@ -80,8 +80,8 @@ pub fn hash<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)], limits: &Limits) 
 
 /// The payload of a sorted set of `(member, score)`; members must be
 /// distinct. Scores are integers (event times, in ms), exact in an `f64`
-/// up to 2^53. Small sets are sorted in place into Redis' listpack order
-/// (score, then member bytes).
+/// up to 2^53. Sorted in place: small sets into Redis' listpack order
+/// (score, then member bytes), larger ones the other way round.
 pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)], limits: &Limits) -> Vec<u8> {
     let small = members.len() <= limits.zset_entries
         && members
@@ -100,6 +100,10 @@ pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)], limits: &Limits) -> Vec<u8
         }
         rdb_string(&mut out, &lp.finish());
     } else {
+        // greatest first, as Redis' own DUMP writes a skiplist: each member
+        // loaded is then the smallest so far, and Redis inserts it at the
+        // head of the skiplist at once instead of searching its place
+        members.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.as_ref().cmp(a.0.as_ref())));
         out.push(TYPE_ZSET_2);
         rdb_len(&mut out, members.len() as u64);
         for (m, s) in members.iter() {
