@@ -6,10 +6,11 @@
 -- merges with what is there).
 --
 -- RESTORE without REPLACE refuses a key that exists (BUSYKEY), so the
--- restores themselves are the existence check: no EXISTS beforehand (that
--- was ~15 % of Redis' time in a first load). On any refusal the keys this
--- call restored are deleted again: they did not exist before it, so the
--- group is left exactly as it was. The dedupe set comes first, and every
+-- restores themselves are the existence check, with no EXISTS beforehand
+-- (one command per key fewer; no faster overall, RESTORE's own lookup then
+-- pays the cache misses EXISTS paid: benches/RESULTS.md). On any refusal,
+-- also of a corrupt payload, the keys this call restored are deleted
+-- again: they did not exist before it, so the group is left as it was. The dedupe set comes first, and every
 -- streamed event adds to it, so a group already written is refused at its
 -- first key, before anything needs undoing.
 --
