@@ -246,9 +246,7 @@ fn read_event_lines(path: &Path) -> Result<Vec<Event>, InputError> {
         path: p.clone(),
         message: e.to_string(),
     })?;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = super::cores();
     // split at line boundaries into roughly equal chunks, remembering the
     // first line number of each
     let mut chunks = Vec::new();

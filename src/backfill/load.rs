@@ -78,6 +78,19 @@ pub struct BackfillJob {
     pub dedupe_window_ms: i64,
 }
 
+impl BackfillJob {
+    /// Groups per store call and calls in flight, defaults for 0.
+    fn batching(&self) -> (usize, usize) {
+        let batch = if self.batch == 0 { 256 } else { self.batch };
+        let in_flight = if self.in_flight == 0 {
+            4
+        } else {
+            self.in_flight
+        };
+        (batch, in_flight)
+    }
+}
+
 /// What a backfill did.
 #[derive(Debug, Clone, Default)]
 pub struct BackfillSummary {
@@ -647,8 +660,7 @@ pub async fn write_stream(
     job: &BackfillJob,
     progress: &Progress,
 ) -> Result<WriteTotals, BackfillError> {
-    let batch = if job.batch == 0 { 256 } else { job.batch };
-    let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
+    let (batch, in_flight) = job.batching();
     let mut totals = WriteTotals::default();
     let mut conflicts = write_round(store, groups, batch, in_flight, progress, &mut totals).await?;
     let layout = FoldLayout::new(set);
@@ -743,22 +755,18 @@ pub async fn aggregate_and_write(
     progress: Arc<Progress>,
 ) -> Result<Pipelined, BackfillError> {
     let t = Instant::now();
-    let batch = if job.batch == 0 { 256 } else { job.batch };
-    let in_flight = if job.in_flight == 0 { 4 } else { job.in_flight };
+    let (batch, in_flight) = job.batching();
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<PendingGroup>(batch * in_flight * HANDOFF_BATCHES);
     progress.add_total(statics.len() as u64);
     let fold = {
         let (set, events, progress) = (set.clone(), events.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
             aggregate_each(
                 &set,
                 &events,
                 &idx,
-                threads,
+                super::cores(),
                 &|n| progress.add_total(n),
                 // false once the writer is gone (it failed): stop
                 &|g| tx.blocking_send(g).is_ok(),
@@ -805,14 +813,9 @@ pub async fn run(
     let events = Arc::new(input.events);
     let (idx, after_as_of, duplicate_ids) = {
         let (events, as_of) = (events.clone(), job.as_of);
-        tokio::task::spawn_blocking(move || {
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            select(&events, as_of, threads)
-        })
-        .await
-        .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
+        tokio::task::spawn_blocking(move || select(&events, as_of, super::cores()))
+            .await
+            .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?
     };
     let selected = idx.len();
     let static_rows = input.statics.len();

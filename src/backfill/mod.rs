@@ -13,3 +13,10 @@ pub mod export;
 pub mod input;
 pub mod load;
 pub mod progress;
+
+/// The threads a batch job's CPU work is split over: one per core.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
