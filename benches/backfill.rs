@@ -74,6 +74,23 @@ fn generate(n: usize, customers: u64, items: u64) -> Vec<Event> {
     out
 }
 
+/// The bench's store on `url` under `key_prefix` (7-day dedupe, keys
+/// expiring in an hour).
+async fn bench_store(url: &str, key_prefix: String, set: Arc<FeatureSet>) -> RedisStore {
+    RedisStore::connect(
+        RedisSettings {
+            url: url.to_string(),
+            key_prefix,
+            dedupe_window_ms: 7 * DAY,
+            ttl_seconds: 3600,
+            timeout_ms: 60_000,
+        },
+        set,
+    )
+    .await
+    .expect("redis connects")
+}
+
 /// Resident memory of this process (MiB), from /proc/self/statm; 0 where unknown.
 fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -99,9 +116,7 @@ fn main() {
         "generated {n} events ({customers} customers, {items} items) in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = nextbest::backfill::cores();
 
     let t = Instant::now();
     let mut sum = 0.0;
@@ -206,18 +221,7 @@ fn main() {
                 println!("redis: CONFIG SET {}", pair.join(" "));
             }
         }
-        let store = RedisStore::connect(
-            RedisSettings {
-                url: url.clone(),
-                key_prefix: key_prefix.clone(),
-                dedupe_window_ms: 7 * DAY,
-                ttl_seconds: 3600,
-                timeout_ms: 60_000,
-            },
-            set.clone(),
-        )
-        .await
-        .expect("redis connects");
+        let store = bench_store(&url, key_prefix.clone(), set.clone()).await;
         let job = BackfillJob {
             batch: std::env::var("NEXTBEST_BENCH_BATCH")
                 .ok()
@@ -261,18 +265,7 @@ fn main() {
         } else {
             common::unique("bench")
         };
-        let store = RedisStore::connect(
-            RedisSettings {
-                url: url.clone(),
-                key_prefix: prefix,
-                dedupe_window_ms: 7 * DAY,
-                ttl_seconds: 3600,
-                timeout_ms: 60_000,
-            },
-            set.clone(),
-        )
-        .await
-        .expect("redis connects");
+        let store = bench_store(&url, prefix, set.clone()).await;
         let (idx, _, _) = load::select(&events, T_END, threads);
         let progress = Arc::new(Progress::hidden("bench", 0));
         let t = Instant::now();
