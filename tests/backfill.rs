@@ -97,6 +97,14 @@ fn write_jsonl(path: &Path, events: &[Event]) {
 }
 
 /// Events as a flat frame: contract fields + one column per prop.
+/// `events` as `events.jsonl` in a new temporary folder: (folder, file).
+fn jsonl_in_tmp(tag: &str, events: &[Event]) -> (PathBuf, PathBuf) {
+    let dir = tmp_dir(tag);
+    let file = dir.join("events.jsonl");
+    write_jsonl(&file, events);
+    (dir, file)
+}
+
 fn events_frame(events: &[Event]) -> DataFrame {
     let s = |f: &dyn Fn(&Event) -> Option<String>| -> Vec<Option<String>> {
         events.iter().map(f).collect()
@@ -212,9 +220,7 @@ async fn backfill_equals_streaming_on_generated_histories() {
     let set = set();
     for seed in [1u64, 2, 3, 4, 5, 6] {
         let events = history(seed, 300 + 100 * seed as usize);
-        let dir = tmp_dir("bf-parity");
-        let file = dir.join("events.jsonl");
-        write_jsonl(&file, &events);
+        let (dir, file) = jsonl_in_tmp("bf-parity", &events);
 
         let streamed = redis_store(set.clone()).await;
         stream(&set, &streamed, &events).await;
@@ -249,9 +255,7 @@ async fn backfill_equals_streaming_on_generated_histories() {
 async fn twice_is_once_and_overlap_with_the_live_consumer_counts_each_event_once() {
     let set = set();
     let events = history(42, 800);
-    let dir = tmp_dir("bf-idem");
-    let file = dir.join("events.jsonl");
-    write_jsonl(&file, &events);
+    let (dir, file) = jsonl_in_tmp("bf-idem", &events);
     let files = vec![file.display().to_string()];
 
     let reference = redis_store(set.clone()).await;
@@ -305,9 +309,7 @@ async fn twice_is_once_and_overlap_with_the_live_consumer_counts_each_event_once
 async fn events_beyond_the_dedupe_window_are_counted() {
     let set = set();
     let events = history(11, 400);
-    let dir = tmp_dir("bf-window");
-    let file = dir.join("events.jsonl");
-    write_jsonl(&file, &events);
+    let (dir, file) = jsonl_in_tmp("bf-window", &events);
     let files = vec![file.display().to_string()];
     let window = 2 * DAY;
 
@@ -375,9 +377,7 @@ async fn events_beyond_the_dedupe_window_are_counted() {
 async fn history_after_a_catalog_merges_with_it_and_leaves_no_partial_restore() {
     let set = set();
     let events = history(21, 600);
-    let dir = tmp_dir("bf-catalog-first");
-    let file = dir.join("events.jsonl");
-    write_jsonl(&file, &events);
+    let (dir, file) = jsonl_in_tmp("bf-catalog-first", &events);
     let items = dir.join("items.csv");
     let mut csv = String::from("item_id,category,price,brand,margin,in_stock\n");
     for i in 0..ITEMS {
@@ -472,8 +472,6 @@ impl FeatureStore for FailingAfter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_write_stops_the_backfill_with_its_error() {
     let set = set();
-    let dir = tmp_dir("bf-fail");
-    let file = dir.join("events.jsonl");
     let events: Vec<Event> = (0..3000)
         .map(|i| {
             let c = format!("c{}", i % 1000);
@@ -488,7 +486,7 @@ async fn a_failing_write_stops_the_backfill_with_its_error() {
             .expect("event")
         })
         .collect();
-    write_jsonl(&file, &events);
+    let (dir, file) = jsonl_in_tmp("bf-fail", &events);
     let store = FailingAfter {
         inner: MemoryStore::new(set.clone(), 7 * DAY),
         ok: 3,
