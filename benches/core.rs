@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
     let model = LoadedModel::load(&repo.join("models/ranker/1"), None, &set, &opts)
         .expect("shipped model loads");
     let items: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
-    let ctx = serde_json::Map::new();
+    let ctx = nextbest::features::vector::ContextValues::defaults(&set);
     let now = 1_764_355_200_000i64 + 100_000 * 100;
     let mut g = c.benchmark_group("recommend_path");
     g.bench_function("matrix_100x16", |b| {

@@ -4,6 +4,8 @@
 //! consumer between batches so its last commit covers what it applied.
 
 use crate::api::{self, AppState, Ingest};
+use crate::change_feed::ChangeFeed;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::decide::popularity::Popularity;
 use crate::decide::Decider;
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Errors starting the server; each says what to fix.
@@ -114,7 +116,6 @@ impl App {
             rescan_every: Duration::from_secs(cfg.model.rescan_secs),
         });
         let popularity = Arc::new(ArcSwap::from_pointee(Popularity::default()));
-        let (changes, _) = broadcast::channel(1024);
 
         let (ingest, consumer) = match &cfg.kafka.brokers {
             Some(brokers) => {
@@ -137,23 +138,14 @@ impl App {
             }
             None => (Ingest::InProcess, None),
         };
-        let decider = Arc::new(Decider {
-            set: set.clone(),
-            store: store.clone(),
-            registry: registry.clone(),
-            popularity: popularity.clone(),
-            cfg: cfg.recommend.clone(),
+        let decider = Arc::new(Decider::new(
+            &cfg,
+            set.clone(),
+            store.clone(),
+            registry.clone(),
+            popularity.clone(),
             routing,
-            micro_batch: (cfg.model.micro_batch_us > 0)
-                .then(|| Duration::from_micros(cfg.model.micro_batch_us)),
-            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
-                || {
-                    crate::decide::item_cache::ItemCache::new(Duration::from_millis(
-                        cfg.recommend.item_cache_ms,
-                    ))
-                },
-            ),
-        });
+        ));
         let listener = TcpListener::bind(cfg.http_addr)
             .await
             .map_err(|source| AppError::Bind {
@@ -168,7 +160,8 @@ impl App {
             registry,
             ingest,
             metrics,
-            changes,
+            changes: ChangeFeed::in_process(),
+            clock: Clock::System,
         });
         Ok(App {
             listener,
@@ -266,9 +259,7 @@ impl App {
         if let Some(consumer) = self.consumer {
             let changes = self.state.changes.clone();
             tasks.push(tokio::spawn(consumer.run(stop_rx.clone(), move |out| {
-                for c in &out.changed_customers {
-                    let _ = changes.send(c.clone());
-                }
+                changes.publish(&out.changed_customers);
             })));
         }
         let router = api::router(self.state.clone());
@@ -294,7 +285,7 @@ async fn refresh_popularity(
 ) {
     let every = Duration::from_secs(state.cfg.recommend.popularity_refresh_secs.max(1));
     loop {
-        match Popularity::build(state.store.as_ref(), &state.set, crate::now_ms()).await {
+        match Popularity::build(state.store.as_ref(), &state.set, state.clock.now_ms()).await {
             Ok(p) => target.store(Arc::new(p)),
             Err(e) => {
                 tracing::warn!(error = %e, "popularity refresh failed; keeping the previous lists")

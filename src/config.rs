@@ -114,6 +114,9 @@ pub struct ModelConfig {
     /// Score concurrent requests for one model together if they arrive within
     /// this many µs (0 = off, each request scored on its own).
     pub micro_batch_us: u64,
+    /// Requests that may wait for a free scoring slot (there are `sessions`
+    /// slots); past this a request gets its fallback at once (load shedding).
+    pub max_waiting: usize,
 }
 
 /// `/v1/recommend` behaviour.
@@ -196,6 +199,7 @@ impl Default for ModelConfig {
             reload_debounce_ms: 300,
             rescan_secs: 30,
             micro_batch_us: 0,
+            max_waiting: 64,
         }
     }
 }

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod app;
 pub mod backfill;
+pub mod change_feed;
+pub mod clock;
 pub mod config;
 pub mod decide;
 pub mod event;
@@ -14,10 +16,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 
-/// Wall-clock time in ms since the Unix epoch.
+/// Wall-clock time in ms since the Unix epoch (for code that has no
+/// [`clock::Clock`] handed to it: CLI defaults, metrics, tests).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    clock::wall_ms()
 }

@@ -11,6 +11,7 @@ pub const MODEL_SECONDS: &str = "nextbest_model_inference_seconds";
 pub const MODEL_SCORES: &str = "nextbest_model_scores_total";
 pub const MODEL_ERRORS: &str = "nextbest_model_errors_total";
 pub const SHADOW_TOPK_OVERLAP: &str = "nextbest_shadow_topk_overlap";
+pub const SHADOW_SKIPPED: &str = "nextbest_shadow_skipped_total";
 pub const RECOMMEND_STAGE_SECONDS: &str = "nextbest_recommend_stage_seconds";
 pub const CONSUMER_LAG: &str = "nextbest_consumer_lag";
 pub const MODELS_SERVING: &str = "nextbest_models_serving";
@@ -71,6 +72,10 @@ fn describe() {
     describe_histogram!(
         SHADOW_TOPK_OVERLAP,
         "share of the primary model's top k also in a shadow model's top k"
+    );
+    describe_counter!(
+        SHADOW_SKIPPED,
+        "requests whose shadow scoring was skipped because all shadow slots were busy"
     );
     describe_histogram!(
         RECOMMEND_STAGE_SECONDS,

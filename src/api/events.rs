@@ -64,9 +64,7 @@ pub async fn post_events(
             let out = crate::ingest::apply_events(&state.set, state.store.as_ref(), &events)
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("events not stored: {e}")))?;
-            for c in out.changed_customers {
-                let _ = state.changes.send(c);
-            }
+            state.changes.publish(&out.changed_customers);
         }
         Ingest::Kafka(p) => {
             p.send_events(&events)

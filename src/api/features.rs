@@ -28,7 +28,7 @@ pub async fn customer(
         })
         .await
         .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
-    let now = crate::now_ms();
+    let now = state.clock.now_ms();
     Ok(Json(json!({
         "customer_id": id,
         "known": !read.customer.is_empty(),
@@ -48,7 +48,7 @@ pub async fn item(state: AppStateRef, Path(id): Path<String>) -> Result<Json<Val
         .await
         .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
     let st = items.into_iter().next().unwrap_or_default();
-    let now = crate::now_ms();
+    let now = state.clock.now_ms();
     Ok(Json(json!({
         "item_id": id,
         "known": !st.is_empty(),

@@ -10,6 +10,8 @@ pub mod models;
 pub mod recommend;
 pub mod stream;
 
+use crate::change_feed::ChangeFeed;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::decide::Decider;
 use crate::features::store::FeatureStore;
@@ -27,7 +29,6 @@ pub use error::ApiError;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::broadcast;
 use tower_http::cors::CorsLayer;
 
 /// How `POST /v1/events` ingests.
@@ -48,8 +49,10 @@ pub struct AppState {
     pub registry: Arc<ArcSwap<Registry>>,
     pub ingest: Ingest,
     pub metrics: PrometheusHandle,
-    /// Customer ids whose features changed (feeds `/v1/stream`).
-    pub changes: broadcast::Sender<String>,
+    /// Customers whose features changed (feeds `/v1/stream`).
+    pub changes: ChangeFeed,
+    /// "Now" for reads and requests.
+    pub clock: Clock,
 }
 
 /// The request id of a request (from `x-request-id` or generated).

@@ -4,6 +4,7 @@
 use super::{parse_json, ApiError, AppStateRef, RequestId};
 use crate::decide::RecommendRequest;
 use crate::event::check_id;
+use crate::features::vector::ContextValues;
 use axum::body::Bytes;
 use axum::{Extension, Json};
 use serde_json::Value;
@@ -71,32 +72,22 @@ pub fn validate(
             }
         },
     };
-    let mut context = match obj.remove("context") {
+    let raw_context = match obj.remove("context") {
         None | Some(Value::Null) => serde_json::Map::new(),
         Some(Value::Object(m)) => m,
         Some(_) => return Err(field_err("context", "must be an object")),
     };
     // declared context features are model inputs: numbers or booleans
-    for c in &state.set.context {
-        match context.get(&c.name) {
-            None | Some(Value::Null | Value::Bool(_)) => {}
-            Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {}
-            Some(_) => {
-                let f = format!("context.{}", c.name);
-                return Err(field_err(&f, "must be a number or a boolean"));
-            }
-        }
-    }
-    if let Some(sid) = obj.remove("session_id") {
-        context.insert("session_id".into(), sid);
-    }
-    if let Some(sid) = context.get("session_id") {
-        match sid.as_str() {
-            Some(s) => check_id("context.session_id", s)
-                .map_err(|e| field_err("context.session_id", &strip_field(&e.to_string())))?,
-            None => return Err(field_err("context.session_id", "must be a string")),
-        }
-    }
+    let context = ContextValues::compile(&state.set, &raw_context).map_err(|e| {
+        let f = format!("context.{}", e.name);
+        field_err(&f, "must be a number or a boolean")
+    })?;
+    // the session: top-level `session_id`, or (older clients) `context.session_id`
+    let session_id = match (obj.remove("session_id"), raw_context.get("session_id")) {
+        (Some(v), _) if !v.is_null() => Some(session_field("session_id", &v)?),
+        (_, Some(v)) if !v.is_null() => Some(session_field("context.session_id", v)?),
+        _ => None,
+    };
     let candidates = match obj.remove("candidates") {
         None | Some(Value::Null) => None,
         Some(Value::Array(a)) => {
@@ -156,13 +147,23 @@ pub fn validate(
     Ok(RecommendRequest {
         request_id: request_id.to_string(),
         customer_id,
+        session_id,
         k,
         context,
         candidates,
         budget_ms,
         model,
-        now_ms: crate::now_ms(),
+        now_ms: state.clock.now_ms(),
     })
+}
+
+/// A session id field: a valid id string.
+fn session_field(field: &str, v: &Value) -> Result<String, ApiError> {
+    let Some(s) = v.as_str() else {
+        return Err(field_err(field, "must be a string"));
+    };
+    check_id(field, s).map_err(|e| field_err(field, &strip_field(&e.to_string())))?;
+    Ok(s.to_string())
 }
 
 /// `field `x` must ...` → `must ...` (the field is added back by the caller).

@@ -3,15 +3,16 @@
 //! (and one right after connecting).
 
 use super::{ApiError, AppState, AppStateRef};
+use crate::change_feed::Change;
 use crate::decide::RecommendRequest;
 use crate::event::check_id;
+use crate::features::vector::ContextValues;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::Query;
 use axum::response::Response;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
 
 pub async fn stream(
     state: AppStateRef,
@@ -40,17 +41,18 @@ pub async fn stream(
 }
 
 async fn push_loop(state: Arc<AppState>, mut socket: WebSocket, customer: String, k: usize) {
-    let mut rx = state.changes.subscribe();
+    let mut changes = state.changes.subscribe();
     loop {
         let req = RecommendRequest {
             request_id: uuid::Uuid::new_v4().to_string(),
             customer_id: customer.clone(),
+            session_id: None,
             k,
-            context: serde_json::Map::new(),
+            context: ContextValues::defaults(&state.set),
             candidates: None,
             budget_ms: state.cfg.recommend.default_budget_ms,
             model: None,
-            now_ms: crate::now_ms(),
+            now_ms: state.clock.now_ms(),
         };
         let rec = state.decider.recommend(&req).await;
         let Ok(text) = serde_json::to_string(&rec) else {
@@ -61,11 +63,11 @@ async fn push_loop(state: Arc<AppState>, mut socket: WebSocket, customer: String
         }
         loop {
             tokio::select! {
-                changed = rx.recv() => match changed {
-                    Ok(c) if c == customer => break,
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return,
+                changed = changes.next() => match changed {
+                    Some(Change::Customer(c)) if c == customer => break,
+                    Some(Change::Customer(_)) => continue,
+                    Some(Change::Lagged) => break,
+                    None => return,
                 },
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,

@@ -20,7 +20,7 @@ use super::load::read_static;
 use crate::event::Event;
 use crate::features::aggregate::plan_event;
 use crate::features::store::memory::MemoryState;
-use crate::features::vector::{RowInputs, RowPlan};
+use crate::features::vector::{ContextValues, RowInputs, RowPlan};
 use crate::features::{Entity, FeatureSet};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
@@ -234,10 +234,10 @@ pub fn export_training(
             .as_ref()
             .and_then(|s| s[i].as_deref())
             .filter(|s| !s.is_empty());
-        let mut context = serde_json::Map::new();
+        let mut context = ContextValues::defaults(&set);
         for (name, values) in &labels.context {
-            if let Some(n) = values[i].and_then(serde_json::Number::from_f64) {
-                context.insert(name.clone(), serde_json::Value::Number(n));
+            if let Some(x) = values[i].filter(|x| x.is_finite()) {
+                context.set(&set, name, x);
             }
         }
         let (_, sess_state) = state.session(customer, session);

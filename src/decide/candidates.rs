@@ -1,31 +1,46 @@
-//! Candidate generation when a request lists none: what the customer carted
-//! and viewed recently, popular items in their recent categories, then the
-//! globally popular items. Each candidate carries why it was chosen.
+//! The candidates stage: which items are considered. A request either lists
+//! them, or they are generated from the customer's state (what they carted
+//! and viewed recently, popular items of their recent categories, then the
+//! globally popular items); rules may inject more later
+//! ([`inject`]). Each candidate carries where it came from, which becomes a
+//! reason in the answer.
 
 use super::popularity::Popularity;
+use super::request::Label;
 use crate::features::aggregate::EntityState;
 use std::collections::HashSet;
 
-/// Where a candidate came from (becomes a reason in the response).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a candidate came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Requested,
     Carted,
     Viewed,
     CategoryPopular,
     Popular,
+    /// Added by a rule; the label is the reason it gives.
+    Injected(Label),
 }
 
 impl Source {
-    pub fn reason(self) -> &'static str {
+    /// The reason this source adds to an item's `reasons`.
+    pub fn reason(&self) -> Label {
         match self {
-            Source::Requested => "requested",
-            Source::Carted => "carted_recently",
-            Source::Viewed => "viewed_recently",
-            Source::CategoryPopular => "popular_in_category",
-            Source::Popular => "popular",
+            Source::Requested => "requested".into(),
+            Source::Carted => "carted_recently".into(),
+            Source::Viewed => "viewed_recently".into(),
+            Source::CategoryPopular => "popular_in_category".into(),
+            Source::Popular => "popular".into(),
+            Source::Injected(reason) => reason.clone(),
         }
     }
+}
+
+/// One item under consideration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub item_id: String,
+    pub source: Source,
 }
 
 /// Names of the customer list features candidate generation uses.
@@ -34,8 +49,18 @@ pub const VIEW_LIST: &str = "recent_items";
 pub const CATEGORY_LIST: &str = "recent_categories";
 pub const PURCHASED_LIST: &str = "purchased_recent";
 
+/// The request's own list, in its order (already deduplicated by the API).
+pub fn requested(ids: &[String]) -> Vec<Candidate> {
+    ids.iter()
+        .map(|id| Candidate {
+            item_id: id.clone(),
+            source: Source::Requested,
+        })
+        .collect()
+}
+
 /// Up to `n` candidates for a customer.
-pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<(String, Source)> {
+pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<Candidate> {
     let mut out = Vec::with_capacity(n);
     let mut seen = HashSet::new();
     let list = |name: &str| {
@@ -45,9 +70,12 @@ pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<(Stri
             .map(|l| l.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>())
             .unwrap_or_default()
     };
-    let mut push = |id: &str, src: Source, out: &mut Vec<(String, Source)>| {
+    let mut push = |id: &str, source: Source, out: &mut Vec<Candidate>| {
         if out.len() < n && seen.insert(id.to_string()) {
-            out.push((id.to_string(), src));
+            out.push(Candidate {
+                item_id: id.to_string(),
+                source,
+            });
         }
     };
     for id in list(CART_LIST) {
@@ -74,4 +102,40 @@ pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<(Stri
         push(id, Source::Popular, &mut out);
     }
     out
+}
+
+/// Adds `ids` not already among `cands`, each with `reason` (the seam rules
+/// inject candidates through). Returns how many were added.
+pub fn inject(cands: &mut Vec<Candidate>, ids: &[String], reason: Label) -> usize {
+    let mut have: HashSet<String> = cands.iter().map(|c| c.item_id.clone()).collect();
+    let before = cands.len();
+    for id in ids {
+        if have.insert(id.clone()) {
+            cands.push(Candidate {
+                item_id: id.clone(),
+                source: Source::Injected(reason.clone()),
+            });
+        }
+    }
+    cands.len() - before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_candidates_are_new_once_each_in_order() {
+        let mut c = requested(&["a".into(), "b".into()]);
+        let added = inject(
+            &mut c,
+            &["b".into(), "x".into(), "y".into(), "x".into()],
+            "upsell".into(),
+        );
+        assert_eq!(added, 2);
+        let ids: Vec<&str> = c.iter().map(|c| c.item_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "x", "y"]);
+        assert_eq!(c[2].source.reason(), "upsell");
+        assert_eq!(c[0].source.reason(), "requested");
+    }
 }

@@ -1,70 +1,52 @@
-//! Deciding what to show: candidates → one store read → feature matrix →
-//! model → rules → top-k, inside the request's budget. If the store or the
-//! model fails, or the budget runs out, the answer is a fallback list with
-//! `fallback: true`, never an error.
+//! Deciding what to show: the recommend pipeline, one stage a file, each
+//! handing the next a typed value:
+//!
+//! 1. [`candidates`]: the request's list, or generated from the customer's
+//!    state and the [`popularity`] lists (rules inject more later);
+//! 2. [`fetch`]: customer, session and item states in one store round trip
+//!    ([`item_cache`] for item states);
+//! 3. [`rules`] (eligibility): which candidates may be shown;
+//! 4. [`rows`]: the feature matrix for the chosen model;
+//! 5. [`score`]: the model on the blocking pool behind admission control
+//!    ([`shadow`] models scored off the request path);
+//! 6. [`rules`] (actions) and [`arbitrate`]: action and reasons per item,
+//!    ordered, top k;
+//! 7. [`fallback`]: the answer when any of that failed.
+//!
+//! The whole pipeline runs under the request's budget minus a small reserve:
+//! a store or model error, an overloaded scorer or the deadline give the
+//! fallback answer (`fallback: true`) instead of an error. A fallback is
+//! built from memory only, so it comes back within the reserve; scoring
+//! work already handed to the blocking pool finishes in the background,
+//! holding its admission permit.
 
+pub mod arbitrate;
 pub mod candidates;
+pub mod fallback;
+pub mod fetch;
 pub mod item_cache;
 pub mod popularity;
+pub mod request;
+pub mod rows;
 pub mod rules;
+pub mod score;
+pub mod shadow;
 
-use crate::features::aggregate::numeric_value;
-use crate::features::store::{FeatureStore, ReadQuery};
-use crate::features::vector::RowInputs;
-use crate::features::{Entity, FeatureSet};
-use crate::model::registry::ModelSpec;
+pub use request::{Label, ModelRef, RankedItem, RecommendRequest, Recommendation};
+
+use crate::features::store::FeatureStore;
+use crate::features::FeatureSet;
 use crate::model::routing::Routing;
 use crate::model::{LoadedModel, Registry};
 use arc_swap::ArcSwap;
-use candidates::Source;
+use candidates::Candidate;
+use fetch::{Fetched, Fetcher};
 use popularity::Popularity;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use score::Admission;
+use shadow::{ShadowJob, Shadows};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A validated recommendation request.
-#[derive(Debug, Clone)]
-pub struct RecommendRequest {
-    pub request_id: String,
-    pub customer_id: String,
-    pub k: usize,
-    pub context: Map<String, Value>,
-    pub candidates: Option<Vec<String>>,
-    pub budget_ms: u64,
-    pub model: Option<ModelSpec>,
-    pub now_ms: i64,
-}
-
-/// One recommended item.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RankedItem {
-    pub item_id: String,
-    pub score: f32,
-    pub action: &'static str,
-    pub reasons: Vec<&'static str>,
-}
-
-/// The model that produced a ranking.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ModelRef {
-    pub name: String,
-    pub version: u32,
-}
-
-/// The answer to `/v1/recommend`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Recommendation {
-    pub request_id: String,
-    pub customer_id: String,
-    pub items: Vec<RankedItem>,
-    pub model: Option<ModelRef>,
-    pub fallback: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback_reason: Option<String>,
-    pub timings_us: BTreeMap<&'static str, u64>,
-}
 
 /// Why the ranked path failed (the request then gets a fallback).
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +59,8 @@ pub enum DecideError {
     Model(#[from] crate::model::ModelError),
     #[error("scoring task failed: {0}")]
     Join(String),
+    #[error("too many requests waiting to be scored")]
+    Overloaded,
 }
 
 impl DecideError {
@@ -86,6 +70,7 @@ impl DecideError {
             DecideError::NoModel => "no_model",
             DecideError::Store(_) => "store",
             DecideError::Model(_) | DecideError::Join(_) => "model",
+            DecideError::Overloaded => "overload",
         }
     }
 }
@@ -101,15 +86,47 @@ pub struct Decider {
     pub routing: Routing,
     /// Micro-batching window across concurrent requests (None = off).
     pub micro_batch: Option<Duration>,
-    /// Item states cache (Redis only; `None` reads every item every time).
+    /// Item states cache (`None` reads every item every time).
     pub item_cache: Option<item_cache::ItemCache>,
+    pub rules: rules::Rules,
+    pub admission: Admission,
+    pub shadows: Shadows,
 }
 
 /// Part of the budget kept for building the fallback and the response.
 const RESERVE: Duration = Duration::from_millis(2);
 
 impl Decider {
-    /// Answers a request; always within its budget, never an error.
+    /// The pipeline for a configuration: item cache (Redis only), admission
+    /// sized to the model session pool, shadow bound, built-in rules.
+    pub fn new(
+        cfg: &crate::config::Config,
+        set: Arc<FeatureSet>,
+        store: Arc<dyn FeatureStore>,
+        registry: Arc<ArcSwap<Registry>>,
+        popularity: Arc<ArcSwap<Popularity>>,
+        routing: Routing,
+    ) -> Decider {
+        let sessions = cfg.model.sessions.max(1);
+        Decider {
+            rules: rules::Rules::new(&set, cfg.recommend.exclude_purchased),
+            set,
+            store,
+            registry,
+            popularity,
+            cfg: cfg.recommend.clone(),
+            routing,
+            micro_batch: (cfg.model.micro_batch_us > 0)
+                .then(|| Duration::from_micros(cfg.model.micro_batch_us)),
+            item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
+                || item_cache::ItemCache::new(Duration::from_millis(cfg.recommend.item_cache_ms)),
+            ),
+            admission: Admission::new(sessions, cfg.model.max_waiting),
+            shadows: Shadows::new(sessions),
+        }
+    }
+
+    /// Answers a request; within its budget, never an error.
     #[tracing::instrument(name = "recommend", skip_all, fields(request_id = %req.request_id, customer_id = %req.customer_id))]
     pub async fn recommend(&self, req: &RecommendRequest) -> Recommendation {
         let started = Instant::now();
@@ -139,207 +156,66 @@ impl Decider {
         rec
     }
 
+    /// The fallback answer (see [`fallback`]).
+    pub fn fallback(&self, req: &RecommendRequest, reason: String) -> Recommendation {
+        fallback::answer(req, &self.popularity.load(), reason)
+    }
+
     fn pick_model(&self, req: &RecommendRequest) -> Option<Arc<LoadedModel>> {
         let reg = self.registry.load();
         self.routing
             .choose(&reg, req.model.as_ref(), &req.customer_id)
     }
 
-    /// Scores the shadow models on the same states, off the request path;
-    /// results go to metrics and logs only.
-    fn score_shadows(&self, primary: &Arc<LoadedModel>, job: ShadowJob) {
-        let reg = self.registry.load();
-        let shadows: Vec<Arc<LoadedModel>> = self
-            .routing
-            .shadow
-            .iter()
-            .filter_map(|s| reg.resolve(s).cloned())
-            .filter(|m| !Arc::ptr_eq(m, primary))
-            .collect();
-        if shadows.is_empty() {
-            return;
-        }
-        let set = self.set.clone();
-        let primary_id = primary.id();
-        tokio::task::spawn_blocking(move || {
-            let inputs = RowInputs {
-                customer: &job.customer,
-                session: &job.session,
-                context: &job.context,
-                now: job.now,
-            };
-            for m in shadows {
-                let mut data = Vec::with_capacity(job.ids.len() * m.plan.width());
-                for (id, st) in job.ids.iter().zip(&job.items) {
-                    m.plan.push_row(&set, &inputs, id, st, &mut data);
-                }
-                let t = Instant::now();
-                let labels = [
-                    ("model", m.manifest.name.clone()),
-                    ("version", m.manifest.version.to_string()),
-                    ("role", "shadow".to_string()),
-                ];
-                match m.score(&data, job.ids.len()) {
-                    Ok(scores) => {
-                        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels)
-                            .record(t.elapsed().as_secs_f64());
-                        metrics::counter!(crate::metrics::MODEL_SCORES, &labels)
-                            .increment(scores.len() as u64);
-                        let overlap = top_overlap(&job.primary_scores, &scores, job.k);
-                        metrics::histogram!(crate::metrics::SHADOW_TOPK_OVERLAP, "model" => m.manifest.name.clone(), "version" => m.manifest.version.to_string()).record(overlap);
-                        tracing::debug!(request_id = %job.request_id, shadow = %m.id(), primary = %primary_id, top_k_overlap = overlap, "shadow scored");
-                    }
-                    Err(e) => {
-                        metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1);
-                        tracing::warn!(request_id = %job.request_id, shadow = %m.id(), error = %e, "shadow scoring failed");
-                    }
-                }
-            }
-        });
-    }
-
+    /// The stages, in order.
     async fn ranked(
         &self,
         req: &RecommendRequest,
         timings: &mut BTreeMap<&'static str, u64>,
     ) -> Result<Recommendation, DecideError> {
         let model = self.pick_model(req).ok_or(DecideError::NoModel)?;
-        let session_id = req.context.get("session_id").and_then(Value::as_str);
+
         let t = Instant::now();
-        let (cands, read, items) = match &req.candidates {
-            Some(list) => {
-                let (cached, missing) = self.cached(list);
-                let mut read = self
-                    .store
-                    .read(&ReadQuery {
-                        customer_id: &req.customer_id,
-                        session_id,
-                        item_ids: &missing,
-                    })
-                    .await?;
-                let fresh = std::mem::take(&mut read.items);
-                let items = self.merge(list, cached, missing, fresh);
-                (
-                    list.iter()
-                        .map(|i| (i.clone(), Source::Requested))
-                        .collect::<Vec<_>>(),
-                    read,
-                    items,
-                )
-            }
-            None => {
-                let read = self
-                    .store
-                    .read(&ReadQuery {
-                        customer_id: &req.customer_id,
-                        session_id,
-                        item_ids: &[],
-                    })
-                    .await?;
-                let pop = self.popularity.load();
-                let cands =
-                    candidates::generate(&read.customer, &pop, self.cfg.generated_candidates);
-                let ids: Vec<String> = cands.iter().map(|(i, _)| i.clone()).collect();
-                let (cached, missing) = self.cached(&ids);
-                let fresh = if missing.is_empty() {
-                    Vec::new()
-                } else {
-                    self.store.read_items(&missing).await?
-                };
-                let items = self.merge(&ids, cached, missing, fresh);
-                (cands, read, items)
-            }
-        };
+        let (cands, fetched) = self.candidates_and_states(req).await?;
         stage(timings, "features", t);
 
         let t = Instant::now();
-        let eligible: Vec<usize> = (0..cands.len())
-            .filter(|&i| rules::eligible(&read.customer, &cands[i].0, self.cfg.exclude_purchased))
-            .collect();
-        let inputs = RowInputs {
-            customer: &read.customer,
-            session: &read.session,
-            context: &req.context,
-            now: req.now_ms,
-        };
-        let mut data = Vec::with_capacity(eligible.len() * model.plan.width());
-        for &i in &eligible {
-            model
-                .plan
-                .push_row(&self.set, &inputs, &cands[i].0, &items[i], &mut data);
-        }
+        let eligible = self.rules.eligible(&fetched.customer, &cands);
+        let matrix = rows::build(
+            &self.set,
+            &model.plan,
+            &fetched,
+            &req.context,
+            req.now_ms,
+            &cands,
+            &eligible,
+        );
         stage(timings, "matrix", t);
 
         let t = Instant::now();
-        let rows = eligible.len();
-        let m = model.clone();
-        let labels = [
-            ("model", model.manifest.name.clone()),
-            ("version", model.manifest.version.to_string()),
-            ("role", "primary".to_string()),
-        ];
-        let scored = match self.micro_batch {
-            Some(window) => m.score_batched(data, rows, window).await,
-            None => tokio::task::spawn_blocking(move || m.score(&data, rows))
-                .await
-                .map_err(|e| DecideError::Join(e.to_string()))?,
-        };
-        let scores = scored.inspect_err(|_| {
-            metrics::counter!(crate::metrics::MODEL_ERRORS, &labels).increment(1)
-        })?;
+        let scores = score::score(&model, matrix, &self.admission, self.micro_batch).await?;
         stage(timings, "model", t);
-        metrics::histogram!(crate::metrics::MODEL_SECONDS, &labels)
-            .record(t.elapsed().as_secs_f64());
-        metrics::counter!(crate::metrics::MODEL_SCORES, &labels).increment(scores.len() as u64);
-        if !self.routing.shadow.is_empty() {
-            let ids: Vec<String> = eligible.iter().map(|&i| cands[i].0.clone()).collect();
-            let states: Vec<Arc<crate::features::EntityState>> =
-                eligible.iter().map(|&i| items[i].clone()).collect();
-            self.score_shadows(
-                &model,
-                ShadowJob {
-                    request_id: req.request_id.clone(),
-                    customer: read.customer.clone(),
-                    session: read.session.clone(),
-                    context: req.context.clone(),
-                    now: req.now_ms,
-                    ids,
-                    items: states,
-                    primary_scores: scores.clone(),
-                    k: req.k,
-                },
-            );
-        }
+        self.score_shadows(&model, req, &fetched, &cands, &eligible, &scores);
 
         let t = Instant::now();
-        let cart_value = self
-            .set
-            .of_entity(Entity::Customer)
-            .find(|f| f.name == "cart_value")
-            .and_then(|f| numeric_value(f, &read.customer, req.now_ms))
-            .unwrap_or(0.0);
-        let mut items: Vec<RankedItem> = eligible
+        let facts = self.rules.facts(&self.set, &fetched.customer, req.now_ms);
+        let items: Vec<RankedItem> = eligible
             .iter()
             .zip(scores)
             .map(|(&i, score)| {
-                let (id, src) = &cands[i];
-                let (action, extra) = rules::action_for(&read.customer, id, cart_value);
-                let mut reasons = vec!["model_score", src.reason()];
+                let c = &cands[i];
+                let (action, extra) = self.rules.action(&facts, &fetched.customer, &c.item_id);
+                let mut reasons = vec!["model_score".into(), c.source.reason()];
                 reasons.extend(extra);
                 RankedItem {
-                    item_id: id.clone(),
+                    item_id: c.item_id.clone(),
                     score,
                     action,
                     reasons,
                 }
             })
             .collect();
-        items.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.item_id.cmp(&b.item_id))
-        });
-        items.truncate(req.k);
+        let items = arbitrate::top_k(items, req.k, &fetched.customer);
         stage(timings, "rules", t);
 
         Ok(Recommendation {
@@ -356,85 +232,71 @@ impl Decider {
         })
     }
 
-    /// Cached item states for `ids` (None where not cached) and the ids
-    /// that must be read from the store.
-    #[allow(clippy::type_complexity)]
-    fn cached(
+    /// Candidates and states: with the request's list, one round trip for
+    /// everything; otherwise the customer first (candidates are generated
+    /// from it), then the generated items.
+    async fn candidates_and_states(
         &self,
-        ids: &[String],
-    ) -> (Vec<Option<Arc<crate::features::EntityState>>>, Vec<String>) {
-        let cached = match &self.item_cache {
-            Some(c) => c.get_many(ids),
-            None => vec![None; ids.len()],
+        req: &RecommendRequest,
+    ) -> Result<(Vec<Candidate>, Fetched), DecideError> {
+        let fetcher = Fetcher {
+            store: self.store.as_ref(),
+            cache: self.item_cache.as_ref(),
         };
-        let missing = ids
+        let session = req.session_id.as_deref();
+        Ok(match &req.candidates {
+            Some(list) => {
+                let fetched = fetcher.read(&req.customer_id, session, list).await?;
+                (candidates::requested(list), fetched)
+            }
+            None => {
+                let mut fetched = fetcher.read(&req.customer_id, session, &[]).await?;
+                let pop = self.popularity.load();
+                let cands =
+                    candidates::generate(&fetched.customer, &pop, self.cfg.generated_candidates);
+                let ids: Vec<String> = cands.iter().map(|c| c.item_id.clone()).collect();
+                fetched.items = fetcher.items(&ids).await?;
+                (cands, fetched)
+            }
+        })
+    }
+
+    /// Hands the shadow models (if any) the same states, off the request path.
+    fn score_shadows(
+        &self,
+        primary: &Arc<LoadedModel>,
+        req: &RecommendRequest,
+        fetched: &Fetched,
+        cands: &[Candidate],
+        eligible: &[usize],
+        scores: &[f32],
+    ) {
+        if self.routing.shadow.is_empty() {
+            return;
+        }
+        let reg = self.registry.load();
+        let models: Vec<Arc<LoadedModel>> = self
+            .routing
+            .shadow
             .iter()
-            .zip(&cached)
-            .filter(|(_, c)| c.is_none())
-            .map(|(i, _)| i.clone())
+            .filter_map(|s| reg.resolve(s).cloned())
+            .filter(|m| !Arc::ptr_eq(m, primary))
             .collect();
-        (cached, missing)
-    }
-
-    /// Puts freshly read item states (for `missing`, in order) into the
-    /// cache and returns states for every id of `ids`.
-    fn merge(
-        &self,
-        ids: &[String],
-        cached: Vec<Option<Arc<crate::features::EntityState>>>,
-        missing: Vec<String>,
-        fresh: Vec<crate::features::EntityState>,
-    ) -> Vec<Arc<crate::features::EntityState>> {
-        let fresh: Vec<Arc<_>> = fresh.into_iter().map(Arc::new).collect();
-        if let Some(c) = &self.item_cache {
-            c.put_many(missing.into_iter().zip(fresh.iter().cloned()));
+        if models.is_empty() {
+            return;
         }
-        let mut it = fresh.into_iter();
-        ids.iter()
-            .zip(cached)
-            .map(|(_, c)| c.or_else(|| it.next()).unwrap_or_default())
-            .collect()
-    }
-
-    /// The answer when ranking failed: the request's candidates in order, or
-    /// the popular items, scored by rank.
-    pub fn fallback(&self, req: &RecommendRequest, reason: String) -> Recommendation {
-        let items: Vec<RankedItem> = match &req.candidates {
-            Some(list) => list
-                .iter()
-                .take(req.k)
-                .enumerate()
-                .map(|(r, id)| RankedItem {
-                    item_id: id.clone(),
-                    score: 1.0 / (r as f32 + 1.0),
-                    action: rules::ACTION_RECOMMEND,
-                    reasons: vec!["fallback", "requested"],
-                })
-                .collect(),
-            None => self
-                .popularity
-                .load()
-                .global
-                .iter()
-                .take(req.k)
-                .enumerate()
-                .map(|(r, (id, _))| RankedItem {
-                    item_id: id.clone(),
-                    score: 1.0 / (r as f32 + 1.0),
-                    action: rules::ACTION_RECOMMEND,
-                    reasons: vec!["fallback", "popular"],
-                })
-                .collect(),
-        };
-        Recommendation {
+        let job = ShadowJob {
             request_id: req.request_id.clone(),
-            customer_id: req.customer_id.clone(),
-            items,
-            model: None,
-            fallback: true,
-            fallback_reason: Some(reason),
-            timings_us: BTreeMap::new(),
-        }
+            customer: fetched.customer.clone(),
+            session: fetched.session.clone(),
+            context: req.context.clone(),
+            now: req.now_ms,
+            ids: eligible.iter().map(|&i| cands[i].item_id.clone()).collect(),
+            items: eligible.iter().map(|&i| fetched.items[i].clone()).collect(),
+            primary_scores: scores.to_vec(),
+            k: req.k,
+        };
+        self.shadows.spawn(self.set.clone(), primary, models, job);
     }
 }
 
@@ -446,30 +308,5 @@ fn stage(timings: &mut BTreeMap<&'static str, u64>, name: &'static str, since: I
         .record(d.as_secs_f64());
 }
 
-/// What shadow scoring needs, owned (it runs after the response).
-struct ShadowJob {
-    request_id: String,
-    customer: crate::features::EntityState,
-    session: crate::features::EntityState,
-    context: Map<String, Value>,
-    now: i64,
-    ids: Vec<String>,
-    items: Vec<Arc<crate::features::EntityState>>,
-    primary_scores: Vec<f32>,
-    k: usize,
-}
-
-/// Share of the primary's top k rows that are also in the other's top k.
-fn top_overlap(a: &[f32], b: &[f32], k: usize) -> f64 {
-    let top = |s: &[f32]| {
-        let mut idx: Vec<usize> = (0..s.len()).collect();
-        idx.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
-        idx.truncate(k);
-        idx
-    };
-    let (ta, tb) = (top(a), top(b));
-    if ta.is_empty() {
-        return 1.0;
-    }
-    ta.iter().filter(|i| tb.contains(i)).count() as f64 / ta.len() as f64
-}
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,13 @@
 //! Feature rows: the ordered numeric inputs of a model for one customer and
 //! a list of candidate items, built from entity states read at one instant.
 //!
-//! A [`RowPlan`] is compiled once per model from its input names, so building
-//! a 100 × 16 matrix on the request path is lookups and arithmetic only.
+//! A [`RowPlan`] is compiled once per model from its input names into
+//! feature indices, so building a 100 × 16 matrix on the request path is
+//! lookups and arithmetic only. The columns that do not depend on the item
+//! (customer, session and context features) are computed once per request
+//! into a [`RequestRow`]; each item row copies it and fills in the item
+//! columns. The request's `context` is compiled once, at the API boundary,
+//! into [`ContextValues`]: one number per declared context feature.
 
 use super::aggregate::{numeric_value, EntityState};
 use super::definition::{DerivedKind, Entity, FeatureSet};
@@ -15,32 +20,119 @@ pub enum VectorError {
     UnknownFeature(String),
 }
 
+/// A declared context feature given a value that is not a number or a boolean.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("field `context.{name}` must be a number or a boolean")]
+pub struct ContextError {
+    /// The context feature's name (without `context.`).
+    pub name: String,
+}
+
+/// The request's context as models see it: one value per declared context
+/// feature of the [`FeatureSet`], in declaration order, defaults filled in.
+/// Undeclared keys of the request's `context` are not model inputs and are
+/// not kept.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContextValues {
+    values: Vec<f64>,
+}
+
+impl ContextValues {
+    /// Compiles a request's `context` object: numbers as they are, booleans
+    /// as 0/1, missing or `null` as the declared default; anything else is
+    /// an error naming the field.
+    pub fn compile(set: &FeatureSet, context: &Map<String, Value>) -> Result<Self, ContextError> {
+        let values = set
+            .context
+            .iter()
+            .map(|c| match context.get(&c.name) {
+                None | Some(Value::Null) => Ok(c.default),
+                Some(Value::Bool(b)) => Ok(f64::from(u8::from(*b))),
+                Some(Value::Number(n)) => {
+                    n.as_f64()
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| ContextError {
+                            name: c.name.clone(),
+                        })
+                }
+                Some(_) => Err(ContextError {
+                    name: c.name.clone(),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ContextValues { values })
+    }
+
+    /// Every declared context feature at its default.
+    pub fn defaults(set: &FeatureSet) -> Self {
+        ContextValues {
+            values: set.context.iter().map(|c| c.default).collect(),
+        }
+    }
+
+    /// The value of the `index`-th declared context feature (0 if the set
+    /// declares fewer).
+    pub fn get(&self, index: usize) -> f64 {
+        self.values.get(index).copied().unwrap_or(0.0)
+    }
+
+    /// Sets the value of a declared context feature by name; false if the
+    /// set declares no such feature.
+    pub fn set(&mut self, set: &FeatureSet, name: &str, value: f64) -> bool {
+        match set.context.iter().position(|c| c.name == name) {
+            Some(i) if i < self.values.len() => {
+                self.values[i] = value;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A stored feature: its entity and index in `FeatureSet::features`.
+type Slot = (Entity, usize);
+
 #[derive(Debug, Clone)]
 enum Source {
-    Stored {
-        entity: Entity,
-        index: usize,
-    },
+    Stored(Slot),
     Ratio {
-        num: (Entity, usize),
-        den: (Entity, usize),
+        num: Slot,
+        den: Slot,
         prior: f64,
         weight: f64,
     },
     Contains {
-        list: (Entity, usize),
+        list: Slot,
         value: ContainsValue,
     },
-    Context {
-        name: String,
-        default: f64,
-    },
+    /// Index into `FeatureSet::context`.
+    Context(usize),
 }
 
 #[derive(Debug, Clone)]
 enum ContainsValue {
     ItemId,
-    Stored(Entity, usize),
+    Stored(Slot),
+}
+
+impl Source {
+    /// Whether the column depends on the candidate item (or only on the
+    /// customer, session and context, so it is the same for every row).
+    fn per_item(&self) -> bool {
+        let item = |s: &Slot| s.0 == Entity::Item;
+        match self {
+            Source::Stored(s) => item(s),
+            Source::Ratio { num, den, .. } => item(num) || item(den),
+            Source::Contains { list, value } => {
+                item(list)
+                    || match value {
+                        ContainsValue::ItemId => true,
+                        ContainsValue::Stored(s) => item(s),
+                    }
+            }
+            Source::Context(_) => false,
+        }
+    }
 }
 
 /// The compiled recipe for one model's input columns.
@@ -48,20 +140,29 @@ enum ContainsValue {
 pub struct RowPlan {
     names: Vec<String>,
     sources: Vec<Source>,
+    /// Indices of the columns that depend on the item.
+    item_columns: Vec<usize>,
 }
 
 /// The states a row is computed from.
 pub struct RowInputs<'a> {
     pub customer: &'a EntityState,
     pub session: &'a EntityState,
-    pub context: &'a Map<String, Value>,
+    pub context: &'a ContextValues,
     pub now: i64,
+}
+
+/// One request's row with the columns that are the same for every item
+/// already computed (item columns hold 0 until [`RowPlan::push_item_row`]).
+#[derive(Debug, Clone)]
+pub struct RequestRow {
+    values: Vec<f32>,
 }
 
 impl RowPlan {
     /// Compiles input names against the definitions.
     pub fn compile(set: &FeatureSet, names: &[String]) -> Result<RowPlan, VectorError> {
-        let stored = |q: &str| -> Option<(Entity, usize)> {
+        let stored = |q: &str| -> Option<Slot> {
             let (e, n) = q.split_once('.')?;
             set.features
                 .iter()
@@ -73,15 +174,12 @@ impl RowPlan {
         for name in names {
             let unknown = || VectorError::UnknownFeature(name.clone());
             let src = if let Some(rest) = name.strip_prefix("context.") {
-                let c = set
-                    .context
-                    .iter()
-                    .find(|c| c.name == rest)
-                    .ok_or_else(unknown)?;
-                Source::Context {
-                    name: c.name.clone(),
-                    default: c.default,
-                }
+                Source::Context(
+                    set.context
+                        .iter()
+                        .position(|c| c.name == rest)
+                        .ok_or_else(unknown)?,
+                )
             } else if let Some(d) = set.derived.iter().find(|d| &d.name == name) {
                 match &d.kind {
                     DerivedKind::Ratio {
@@ -100,23 +198,26 @@ impl RowPlan {
                         value: if value == "item.id" {
                             ContainsValue::ItemId
                         } else {
-                            let (e, i) = stored(value).ok_or_else(unknown)?;
-                            ContainsValue::Stored(e, i)
+                            ContainsValue::Stored(stored(value).ok_or_else(unknown)?)
                         },
                     },
                 }
             } else {
-                let (entity, index) = stored(name).ok_or_else(unknown)?;
-                if !set.features[index].is_numeric() {
+                let slot = stored(name).ok_or_else(unknown)?;
+                if !set.features[slot.1].is_numeric() {
                     return Err(unknown());
                 }
-                Source::Stored { entity, index }
+                Source::Stored(slot)
             };
             sources.push(src);
         }
+        let item_columns = (0..sources.len())
+            .filter(|&i| sources[i].per_item())
+            .collect();
         Ok(RowPlan {
             names: names.to_vec(),
             sources,
+            item_columns,
         })
     }
 
@@ -128,7 +229,44 @@ impl RowPlan {
         self.sources.len()
     }
 
-    /// Appends one row (for `item_id` with state `item`) to `out`.
+    /// Computes the columns that are the same for every item of a request.
+    pub fn request_row(&self, set: &FeatureSet, inp: &RowInputs<'_>) -> RequestRow {
+        let empty = EntityState::default();
+        let values = self
+            .sources
+            .iter()
+            .map(|src| {
+                if src.per_item() {
+                    0.0
+                } else {
+                    column(set, src, inp, "", &empty)
+                }
+            })
+            .collect();
+        RequestRow { values }
+    }
+
+    /// Appends one item's row (for `item_id` with state `item`) to `out`:
+    /// the request's row with the item columns filled in.
+    pub fn push_item_row(
+        &self,
+        set: &FeatureSet,
+        inp: &RowInputs<'_>,
+        request: &RequestRow,
+        item_id: &str,
+        item: &EntityState,
+        out: &mut Vec<f32>,
+    ) {
+        let start = out.len();
+        out.extend_from_slice(&request.values);
+        for &c in &self.item_columns {
+            out[start + c] = column(set, &self.sources[c], inp, item_id, item);
+        }
+    }
+
+    /// Appends one row, computing every column (for one-off rows, e.g. the
+    /// training export; the request path uses [`Self::request_row`] once and
+    /// [`Self::push_item_row`] per item).
     pub fn push_row(
         &self,
         set: &FeatureSet,
@@ -137,52 +275,63 @@ impl RowPlan {
         item: &EntityState,
         out: &mut Vec<f32>,
     ) {
-        let pick = |e: Entity| match e {
-            Entity::Customer => inp.customer,
-            Entity::Session => inp.session,
-            Entity::Item => item,
-        };
-        let num = |(e, i): (Entity, usize)| {
-            numeric_value(&set.features[i], pick(e), inp.now).unwrap_or(0.0)
-        };
-        for src in &self.sources {
-            let x = match src {
-                Source::Stored { entity, index } => num((*entity, *index)),
-                Source::Ratio {
-                    num: n,
-                    den,
-                    prior,
-                    weight,
-                } => {
-                    let denom = num(*den) + weight;
-                    if denom > 0.0 {
-                        (num(*n) + prior * weight) / denom
-                    } else {
-                        *prior
-                    }
-                }
-                Source::Contains { list, value } => {
-                    let target: Option<&str> = match value {
-                        ContainsValue::ItemId => Some(item_id),
-                        ContainsValue::Stored(e, i) => pick(*e)
-                            .lasts
-                            .get(&set.features[*i].name)
-                            .map(|l| l.value.as_str()),
-                    };
-                    let members = pick(list.0).recent.get(&set.features[list.1].name);
-                    match (target, members) {
-                        (Some(t), Some(m)) if m.iter().any(|(x, _)| x == t) => 1.0,
-                        _ => 0.0,
-                    }
-                }
-                Source::Context { name, default } => match inp.context.get(name) {
-                    Some(Value::Number(n)) => n.as_f64().unwrap_or(*default),
-                    Some(Value::Bool(b)) => f64::from(u8::from(*b)),
-                    _ => *default,
-                },
-            };
-            out.push(if x.is_finite() { x as f32 } else { 0.0 });
+        out.extend(
+            self.sources
+                .iter()
+                .map(|src| column(set, src, inp, item_id, item)),
+        );
+    }
+}
+
+/// One column's value; non-finite values become 0.
+fn column(
+    set: &FeatureSet,
+    src: &Source,
+    inp: &RowInputs<'_>,
+    item_id: &str,
+    item: &EntityState,
+) -> f32 {
+    let pick = |e: Entity| match e {
+        Entity::Customer => inp.customer,
+        Entity::Session => inp.session,
+        Entity::Item => item,
+    };
+    let num = |(e, i): Slot| numeric_value(&set.features[i], pick(e), inp.now).unwrap_or(0.0);
+    let x = match src {
+        Source::Stored(slot) => num(*slot),
+        Source::Ratio {
+            num: n,
+            den,
+            prior,
+            weight,
+        } => {
+            let denom = num(*den) + weight;
+            if denom > 0.0 {
+                (num(*n) + prior * weight) / denom
+            } else {
+                *prior
+            }
         }
+        Source::Contains { list, value } => {
+            let target: Option<&str> = match value {
+                ContainsValue::ItemId => Some(item_id),
+                ContainsValue::Stored((e, i)) => pick(*e)
+                    .lasts
+                    .get(&set.features[*i].name)
+                    .map(|l| l.value.as_str()),
+            };
+            let members = pick(list.0).recent.get(&set.features[list.1].name);
+            match (target, members) {
+                (Some(t), Some(m)) if m.iter().any(|(x, _)| x == t) => 1.0,
+                _ => 0.0,
+            }
+        }
+        Source::Context(i) => inp.context.get(*i),
+    };
+    if x.is_finite() {
+        x as f32
+    } else {
+        0.0
     }
 }
 
@@ -207,5 +356,80 @@ mod tests {
         assert!(RowPlan::compile(&set, &["customer.recent_items".into()]).is_err());
         let plan = RowPlan::compile(&set, &set.numeric_names()).expect("all numeric names compile");
         assert_eq!(plan.width(), set.numeric_names().len());
+    }
+
+    #[test]
+    fn request_row_plus_item_columns_equals_a_full_row() {
+        use crate::event::Event;
+        use crate::features::aggregate::plan_event;
+        use crate::features::store::memory::MemoryState;
+        use std::sync::Arc;
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let set = Arc::new(FeatureSet::load(&path).expect("shipped definitions load"));
+        let mut st = MemoryState::new(set.clone(), 3_600_000);
+        let t0 = 1_764_355_200_000i64;
+        let kinds = ["page_view", "click", "add_to_cart", "purchase", "page_view"];
+        let plans: Vec<_> = (0..40)
+            .map(|i| {
+                let e = Event::from_value(serde_json::json!({
+                    "event_id": format!("e{i}"), "type": kinds[i % kinds.len()],
+                    "customer_id": "c1", "session_id": "s1", "ts": t0 + i as i64 * 1000,
+                    "item_id": format!("p{}", i % 7),
+                    "props": {"price": 10.0 + i as f64, "quantity": 1, "category": format!("k{}", i % 3)}
+                }))
+                .expect("valid event");
+                plan_event(&set, &e)
+            })
+            .collect();
+        st.apply(&plans);
+        let mut raw = Map::new();
+        if let Some(c) = set.context.first() {
+            raw.insert(c.name.clone(), Value::Bool(true));
+        }
+        let context = ContextValues::compile(&set, &raw).expect("valid context");
+        let plan = RowPlan::compile(&set, &set.numeric_names()).expect("all numeric names compile");
+        let (_, session) = st.session("c1", None);
+        let inp = RowInputs {
+            customer: st.customer("c1"),
+            session,
+            context: &context,
+            now: t0 + 60_000,
+        };
+        let req = plan.request_row(&set, &inp);
+        let (mut fast, mut full) = (Vec::new(), Vec::new());
+        for i in 0..8 {
+            let id = format!("p{i}");
+            plan.push_item_row(&set, &inp, &req, &id, st.item(&id), &mut fast);
+            plan.push_row(&set, &inp, &id, st.item(&id), &mut full);
+        }
+        assert_eq!(fast, full);
+        assert!(full.iter().any(|x| *x != 0.0), "the states are not empty");
+    }
+
+    #[test]
+    fn context_is_compiled_to_declared_features() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let set = FeatureSet::load(&path).expect("shipped definitions load");
+        let Some(first) = set.context.first() else {
+            return;
+        };
+        let mut raw = Map::new();
+        raw.insert(first.name.clone(), Value::String("yes".into()));
+        assert_eq!(
+            ContextValues::compile(&set, &raw).unwrap_err(),
+            ContextError {
+                name: first.name.clone()
+            }
+        );
+        raw.insert(first.name.clone(), serde_json::json!(2.5));
+        raw.insert("not_declared".into(), serde_json::json!("kept out"));
+        let c = ContextValues::compile(&set, &raw).expect("valid context");
+        assert_eq!(c.get(0), 2.5);
+        assert_eq!(
+            ContextValues::compile(&set, &Map::new()).expect("empty context"),
+            ContextValues::defaults(&set)
+        );
     }
 }

@@ -292,16 +292,18 @@ impl LoadedModel {
         Ok((0..rows).map(|r| values[r * cols + col]).collect())
     }
 
-    /// Scores through this model's micro-batcher (started on first use).
+    /// Scores through this model's micro-batcher (started on first use; its
+    /// batches take a permit of `permits` before they go to the blocking pool).
     pub async fn score_batched(
         self: &Arc<Self>,
         data: Vec<f32>,
         rows: usize,
         window: std::time::Duration,
+        permits: &Arc<tokio::sync::Semaphore>,
     ) -> Result<Vec<f32>, ModelError> {
         let batcher = self
             .batcher
-            .get_or_init(|| super::batcher::MicroBatcher::start(self, window));
+            .get_or_init(|| super::batcher::MicroBatcher::start(self, window, permits.clone()));
         batcher.score(data, rows).await
     }
 

@@ -1,0 +1,42 @@
+//! The fallback stage: the answer when ranking failed or ran out of time.
+//! The request's candidates in their order, or the globally popular items,
+//! scored by rank (1, 1/2, 1/3, ...), with `fallback: true` and the reason.
+
+use super::popularity::Popularity;
+use super::request::{RankedItem, RecommendRequest, Recommendation};
+use super::rules::ACTION_RECOMMEND;
+use std::collections::BTreeMap;
+
+/// The fallback answer to `req`.
+pub fn answer(req: &RecommendRequest, pop: &Popularity, reason: String) -> Recommendation {
+    let item = |r: usize, id: &str, source: &'static str| RankedItem {
+        item_id: id.to_string(),
+        score: 1.0 / (r as f32 + 1.0),
+        action: ACTION_RECOMMEND.into(),
+        reasons: vec!["fallback".into(), source.into()],
+    };
+    let items: Vec<RankedItem> = match &req.candidates {
+        Some(list) => list
+            .iter()
+            .take(req.k)
+            .enumerate()
+            .map(|(r, id)| item(r, id, "requested"))
+            .collect(),
+        None => pop
+            .global
+            .iter()
+            .take(req.k)
+            .enumerate()
+            .map(|(r, (id, _))| item(r, id, "popular"))
+            .collect(),
+    };
+    Recommendation {
+        request_id: req.request_id.clone(),
+        customer_id: req.customer_id.clone(),
+        items,
+        model: None,
+        fallback: true,
+        fallback_reason: Some(reason),
+        timings_us: BTreeMap::new(),
+    }
+}

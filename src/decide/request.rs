@@ -1,0 +1,58 @@
+//! What a recommendation is asked for and what the answer looks like: the
+//! typed request the API builds at its boundary, and the response types.
+
+use crate::features::vector::ContextValues;
+use crate::model::registry::ModelSpec;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// A short text code in an answer (an action or a reason): the built-in ones
+/// are static, rule-defined ones owned.
+pub type Label = Cow<'static, str>;
+
+/// A validated recommendation request.
+#[derive(Debug, Clone)]
+pub struct RecommendRequest {
+    pub request_id: String,
+    pub customer_id: String,
+    /// The session to read; `None` → the customer's latest session.
+    pub session_id: Option<String>,
+    pub k: usize,
+    /// The declared context features, compiled from the request's `context`.
+    pub context: ContextValues,
+    pub candidates: Option<Vec<String>>,
+    pub budget_ms: u64,
+    pub model: Option<ModelSpec>,
+    /// The time features are read at (ms since the epoch).
+    pub now_ms: i64,
+}
+
+/// One recommended item.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RankedItem {
+    pub item_id: String,
+    pub score: f32,
+    pub action: Label,
+    pub reasons: Vec<Label>,
+}
+
+/// The model that produced a ranking.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: u32,
+}
+
+/// The answer to `/v1/recommend`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    pub request_id: String,
+    pub customer_id: String,
+    pub items: Vec<RankedItem>,
+    pub model: Option<ModelRef>,
+    pub fallback: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    pub timings_us: BTreeMap<&'static str, u64>,
+}
