@@ -5,50 +5,117 @@
 //! most of a request's Redis time. Items read within the last `ttl` are
 //! served from memory; the rest are read in the same round trip as the
 //! customer. Customer and session features are never cached.
+//!
+//! A `moka` cache holds at most [`MAX_ENTRIES`] items, each for `ttl` after
+//! it was stored. Past the bound it evicts entries one by one (by its
+//! TinyLFU admission and LRU order), so a full cache keeps serving the items
+//! it holds instead of every request missing at once.
 
 use crate::features::aggregate::EntityState;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use moka::sync::Cache;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Most items held; past this the cache starts over.
-const MAX_ENTRIES: usize = 200_000;
+/// Most items held; past this the cache evicts entries one at a time.
+const MAX_ENTRIES: u64 = 200_000;
+
+/// Longest time-to-live honoured (moka refuses more than 1000 years; an item
+/// state kept for a year is already far beyond any sensible setting).
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct ItemCache {
-    ttl: Duration,
-    map: RwLock<HashMap<String, (Instant, Arc<EntityState>)>>,
+    cache: Cache<String, Arc<EntityState>>,
 }
 
 impl ItemCache {
     pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, MAX_ENTRIES)
+    }
+
+    fn with_capacity(ttl: Duration, max_entries: u64) -> Self {
         ItemCache {
-            ttl,
-            map: RwLock::new(HashMap::new()),
+            cache: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl.min(MAX_TTL))
+                .build(),
         }
     }
 
     /// Fresh entries for `ids` (None where missing or stale).
     pub fn get_many(&self, ids: &[String]) -> Vec<Option<Arc<EntityState>>> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        ids.iter()
-            .map(|id| {
-                map.get(id)
-                    .filter(|(at, _)| now.duration_since(*at) < self.ttl)
-                    .map(|(_, s)| s.clone())
-            })
-            .collect()
+        ids.iter().map(|id| self.cache.get(id.as_str())).collect()
     }
 
     /// Stores freshly read states.
     pub fn put_many(&self, entries: impl IntoIterator<Item = (String, Arc<EntityState>)>) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() > MAX_ENTRIES {
-            map.clear();
-        }
-        let now = Instant::now();
         for (id, st) in entries {
-            map.insert(id, (now, st));
+            self.cache.insert(id, st);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn ids(range: std::ops::Range<u32>) -> Vec<String> {
+        range.map(|i| format!("item-{i}")).collect()
+    }
+
+    fn put(cache: &ItemCache, ids: &[String]) {
+        cache.put_many(
+            ids.iter()
+                .map(|id| (id.clone(), Arc::new(EntityState::default()))),
+        );
+    }
+
+    #[test]
+    fn an_entry_is_served_within_ttl_and_expires_after_it() {
+        let ttl = Duration::from_millis(200);
+        let cache = ItemCache::new(ttl);
+        let a = ids(0..3);
+        let stored = Instant::now();
+        put(&cache, &a[..2]);
+        let got = cache.get_many(&a);
+        // the positive control: a fresh entry is served, a missing one is not
+        if stored.elapsed() < ttl {
+            assert!(got[0].is_some() && got[1].is_some(), "fresh entries served");
+        }
+        assert!(got[2].is_none(), "never stored");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cache.get_many(&a[..2]).iter().any(Option::is_some) {
+            assert!(
+                Instant::now() < deadline,
+                "entries still served 5 s after a 200 ms ttl"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(stored.elapsed() >= ttl, "expired before its ttl");
+    }
+
+    #[test]
+    fn inserting_past_capacity_evicts_gradually() {
+        let cap = 1_000;
+        let cache = ItemCache::with_capacity(Duration::from_secs(60), cap);
+        let first = ids(0..1_000);
+        put(&cache, &first);
+        cache.cache.run_pending_tasks();
+        assert_eq!(cache.cache.entry_count(), cap, "filled to capacity");
+        // reads make the first batch popular, as the request path would
+        assert!(cache.get_many(&first).iter().all(Option::is_some));
+        put(&cache, &ids(1_000..1_500));
+        cache.cache.run_pending_tasks();
+        let count = cache.cache.entry_count();
+        assert!(count <= cap, "over capacity: {count}");
+        let still = cache
+            .get_many(&first)
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        assert!(
+            still >= 500,
+            "only {still} of 1000 earlier entries kept after 500 more inserts"
+        );
     }
 }
