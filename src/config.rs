@@ -107,7 +107,8 @@ pub struct ModelConfig {
     pub shadow: Vec<String>,
     /// Watch the models folder and swap versions in without a restart.
     pub watch: bool,
-    /// Quiet time after the last file change before rescanning, in ms.
+    /// Delay from a file change to its rescan, and the least time between two
+    /// rescans (so a folder that keeps changing is rescanned once per period), in ms.
     pub reload_debounce_ms: u64,
     /// Rescan the folder this often even without file events, in seconds (0 = never).
     pub rescan_secs: u64,

@@ -302,3 +302,52 @@ async fn micro_batched_scores_equal_unbatched_scores() {
         );
     }
 }
+
+/// A folder that never stops changing (a file rewritten every 50 ms, for
+/// longer than the bound) is still rescanned: rescans are at most one per
+/// debounce period, not after a quiet that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_that_keeps_changing_still_reloads_within_a_bound() {
+    let root = fixture();
+    let mut cfg = base_config();
+    cfg.models_dir = root.clone();
+    cfg.model.reload_debounce_ms = 300;
+    cfg.model.rescan_secs = 0; // file events only: no periodic rescan to rescue it
+    let app = TestApp::spawn(cfg).await;
+    assert_eq!(serving_version(&app).await, Some(1));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let toucher = {
+        let (stop, path) = (stop.clone(), root.join("ranker/1/notes.txt"));
+        tokio::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(15);
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                std::fs::write(&path, n.to_string()).expect("touch");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&root, 2, false);
+    eventually(
+        Duration::from_secs(5),
+        "version 2 to serve while the folder keeps changing",
+        || async { (serving_version(&app).await == Some(2)).then_some(()) },
+    )
+    .await;
+    assert!(!toucher.is_finished(), "the folder stopped changing first");
+    stop.store(true, Ordering::Relaxed);
+    let touches = toucher.await.expect("toucher");
+    assert!(touches >= 10, "only {touches} touches");
+    let (_, r) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": unique("c"), "k": 2, "candidates": ["a1", "a2"]}),
+        )
+        .await;
+    assert_eq!(r["model"]["version"], 2, "the new version answers: {r}");
+    let _ = std::fs::remove_dir_all(&root);
+}
