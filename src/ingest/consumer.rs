@@ -11,7 +11,8 @@
 //! 4. only then are the batch's offsets committed.
 //!
 //! A crash anywhere before 4 redelivers the batch, which 3 makes harmless.
-//! Store or broker failures retry the same batch with backoff; nothing is
+//! Store or broker failures retry the same batch, forever, with jittered
+//! exponential backoff (backon; see [`store_retry_delays`]); nothing is
 //! committed past an event that was not applied. Messages on the dead-letter
 //! topic itself (it matches the pattern) are skipped.
 
@@ -22,6 +23,7 @@ use crate::config::KafkaConfig;
 use crate::event::Event;
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
@@ -34,6 +36,22 @@ use tokio::sync::watch;
 
 /// How often librdkafka reports statistics (consumer lag per partition).
 const STATS_INTERVAL_MS: &str = "5000";
+
+/// The longest wait between two attempts at one batch.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Waits between attempts to apply one batch: exponential from 50 ms,
+/// doubling up to 2.5 s, each plus a random jitter of up to as much again
+/// (so instances that failed together do not retry together, and no wait
+/// exceeds [`MAX_RETRY_DELAY`]). Never ends: a batch is never dropped.
+fn store_retry_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(MAX_RETRY_DELAY / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
 
 /// Client context that turns librdkafka's statistics into the consumer-lag
 /// gauge (runs on librdkafka's thread; never blocks the consume loop).
@@ -238,7 +256,7 @@ impl EventConsumer {
                     continue;
                 }
             };
-            let mut backoff = Duration::from_millis(50);
+            let mut delays = store_retry_delays();
             loop {
                 match self.process(&batch).await {
                     Ok(out) => {
@@ -249,6 +267,7 @@ impl EventConsumer {
                         break;
                     }
                     Err(e) => {
+                        let backoff = delays.next().unwrap_or(MAX_RETRY_DELAY);
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not applied; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -257,11 +276,39 @@ impl EventConsumer {
                                 return;
                             }
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }
         }
         tracing::info!("consumer stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_jittered_stay_bounded_and_never_end() {
+        let delays: Vec<Duration> = store_retry_delays().take(1_000).collect();
+        assert_eq!(delays.len(), 1_000, "the retries never give up");
+        assert!(
+            delays[0] >= Duration::from_millis(50) && delays[0] < Duration::from_millis(100),
+            "first wait {:?}",
+            delays[0]
+        );
+        assert!(
+            delays.iter().all(|d| *d <= MAX_RETRY_DELAY),
+            "a wait over the bound"
+        );
+        let late = &delays[100..];
+        assert!(
+            late.iter().all(|d| *d >= MAX_RETRY_DELAY / 2),
+            "the base reaches its cap"
+        );
+        assert!(
+            late.iter().any(|d| *d != late[0]),
+            "jittered: the capped waits are not all equal"
+        );
     }
 }
