@@ -14,10 +14,10 @@ build: setup
 	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest
 	@echo "built target/release/nextbest"
 
-# Every target at once, as `cargo test` will build them: the tests'
-# dev-dependencies change the features of shared crates, so a plain
-# `cargo build` followed by `cargo test` compiles polars twice (~11 min on
-# a fresh machine); this way the tests reuse everything.
+# Every target at once (the tests, benches and the binary), as `cargo test`
+# will build them. Cargo.toml switches on for the server the features the
+# dev-dependencies need in shared crates, so `make build` and this compile
+# every dependency once, in either order.
 build-all: setup
 	cargo build --release --locked --all-targets
 	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest

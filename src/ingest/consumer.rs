@@ -12,9 +12,12 @@
 //!
 //! A crash anywhere before 4 redelivers the batch, which 3 makes harmless.
 //! Store or broker failures retry the same batch, forever, with jittered
-//! exponential backoff (backon; see [`store_retry_delays`]); nothing is
-//! committed past an event that was not applied. Messages on the dead-letter
-//! topic itself (it matches the pattern) are skipped.
+//! exponential backoff (backon; see [`store_retry_delays`]); a receive error
+//! mid-batch ends the batch with the messages already received. Known gaps
+//! (tracked in the reliability issue): a batch whose store call keeps failing
+//! holds up this consumer's partitions, its bad messages are dead-lettered
+//! again on each retry, and the commit is synchronous. Messages on the
+//! dead-letter topic itself (it matches the pattern) are skipped.
 
 use super::apply::apply_events;
 use super::kafka::{client_config, KafkaSetupError, EVENTS_PATTERN};
@@ -147,7 +150,10 @@ impl EventConsumer {
     }
 
     /// Waits up to `wait` for a first message, then fills the batch for at
-    /// most the linger time. An empty batch means nothing arrived.
+    /// most the linger time. An empty batch means nothing arrived. A receive
+    /// error after the first message ends the batch with what was received
+    /// (the consumer's position is already past those messages, so dropping
+    /// them would let the next commit skip them).
     pub async fn next_batch(&self, wait: Duration) -> Result<Batch, ConsumeError> {
         let mut batch = Batch::default();
         let first = match tokio::time::timeout(wait, self.consumer.recv()).await {
@@ -160,7 +166,11 @@ impl EventConsumer {
         while batch.messages.len() < self.cfg.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(m) => batch.messages.push(m?.detach()),
+                Ok(Ok(m)) => batch.messages.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, received = batch.messages.len(), "receive failed mid-batch; processing what was received");
+                    break;
+                }
             }
         }
         Ok(batch)

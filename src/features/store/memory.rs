@@ -1,6 +1,15 @@
 //! The embedded in-memory store: the default when no Redis is configured,
-//! and the engine of the training export. Same semantics as Redis, no
-//! persistence: a restart starts empty.
+//! and the engine of the training export. No persistence: a restart starts
+//! empty.
+//!
+//! Features follow the same rules as Redis (both apply
+//! `aggregate::apply_update`). Dedupe differs in what it forgets: Redis
+//! records only the ids within `dedupe_window` of the newest event of each
+//! call and prunes older ones on every write, so a redelivery older than the
+//! window counts again; here every id is recorded, and ids older than the
+//! window (relative to the newest event the group has seen) are pruned only
+//! when a group's set grows past 4,096 ids, so this store remembers at least
+//! as much as Redis.
 
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
