@@ -368,9 +368,9 @@ async fn events_beyond_the_dedupe_window_are_counted() {
 }
 
 /// A catalog loaded before the history: every entity's main hash exists
-/// but not its dedupe set, so the fast path (`fresh.lua`) restores the
+/// but not its dedupe set, so the fast path (`restore.lua`) restores the
 /// dedupe set, is refused at the main hash and must undo what it restored;
-/// the group is then merged with the catalog values by `apply.lua`. Any
+/// the group is then merged with the catalog values by `update.lua`. Any
 /// leftover of the refused restore would make the history's events look
 /// already applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! Redis `DUMP` payloads built on the client, so a backfill writes a
-//! never-seen entity's keys with one `RESTORE` each (`fresh.lua`) instead of
+//! never-seen entity's keys with one `RESTORE` each (`restore.lua`) instead of
 //! field-by-field `HSET`/`ZADD`s: Redis copies a listpack instead of parsing
 //! and inserting every field, 4–20× less Redis CPU per key (benches/RESULTS.md).
 //!
@@ -13,7 +13,7 @@
 //! copied, a plain value inserted entry by entry (benches/RESULTS.md: the
 //! item dedupe sets of a first load, ~250 ids each, as skiplists). Listpack
 //! types need RDB version 10, i.e. Redis ≥ 7.0; the store probes once and
-//! falls back to `apply.lua` on older servers.
+//! falls back to `update.lua` on older servers.
 
 use crc::{Crc, Table, CRC_64_REDIS};
 

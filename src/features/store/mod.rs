@@ -91,7 +91,7 @@ impl EventIds {
     }
 
     /// The oldest event time still deduped by id for these events: a
-    /// dedupe window before the newest (`apply.lua` applies the same rule).
+    /// dedupe window before the newest (`update.lua` applies the same rule).
     pub fn dedupe_cutoff(&self, window_ms: i64) -> i64 {
         self.ts.iter().copied().max().unwrap_or(0) - window_ms
     }

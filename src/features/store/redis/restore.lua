@@ -2,7 +2,7 @@
 -- written (the common case of a first backfill): one RESTORE per key of a
 -- payload built by the client (src/features/store/dump.rs). Only if none
 -- of the group's keys exists; otherwise nothing is written and the caller
--- applies the merged updates with apply.lua instead (which dedupes and
+-- applies the merged updates with update.lua instead (which dedupes and
 -- merges with what is there).
 --
 -- RESTORE without REPLACE refuses a key that exists (BUSYKEY), so the

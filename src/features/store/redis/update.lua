@@ -1,5 +1,5 @@
 -- nextbest: apply the updates of one or more events to one entity group (one
--- cluster slot), exactly once. Mirrors src/features/aggregate.rs `apply_update`.
+-- cluster slot), exactly once. Mirrors `aggregate::apply_update`.
 -- The streaming path sends one event per call; the backfill sends the merged
 -- (commutative) updates of many events of one group with all their ids.
 -- KEYS[1]  dedupe sorted set (member event id, score event ts)

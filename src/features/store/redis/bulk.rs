@@ -1,0 +1,299 @@
+//! The backfill's bulk write ([`FeatureStore::apply_groups`]): the merged
+//! updates of many events per entity group, in one script call per group.
+//!
+//! A group with no keys yet (the usual case of a first load) gets its final
+//! state (`restore.lua`: one `RESTORE` per key of a payload built by
+//! [`dump`], [`RestoreWrite`]); the restores themselves refuse a key that
+//! exists, and the script then deletes what it restored, so a group is
+//! written whole or not at all. The groups refused, the static rows, and
+//! every group on a server that does not take the payloads (Redis < 7.0,
+//! probed once) go through `update.lua` with all their event ids
+//! ([`GroupCall`]): dedupe, then merge with what is there.
+//!
+//! [`FeatureStore::apply_groups`]: crate::features::store::FeatureStore::apply_groups
+
+use super::decode::{protocol, strings};
+use super::encode::{fmt_f64, GroupCall};
+use super::RedisStore;
+use crate::features::aggregate::{apply_update, EntityState, Update};
+use crate::features::store::{dump, Group, GroupOutcome, GroupWrite, StoreError};
+use redis::Value;
+
+impl RedisStore {
+    /// Writes merged groups: by `restore.lua` where the group is new, by
+    /// `update.lua` otherwise (see the module doc).
+    pub(super) async fn write_groups(
+        &self,
+        groups: &[GroupWrite],
+    ) -> Result<GroupOutcome, StoreError> {
+        if groups.is_empty() {
+            return Ok(GroupOutcome::default());
+        }
+        // groups never written before: their final state in a few commands
+        let mut out = GroupOutcome::default();
+        let (restores, restore_keys) = match self.restore_supported().await? {
+            Some(limits) => self.restore_pipeline(groups, limits),
+            None => (redis::pipe(), vec![None; groups.len()]),
+        };
+        let mut rest: Vec<usize> = Vec::new();
+        let mut replies = if restore_keys.iter().any(Option::is_some) {
+            self.run_pipeline(&restores).await?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        for (i, k) in restore_keys.iter().enumerate() {
+            match k {
+                None => rest.push(i),
+                Some(k) => match replies.next() {
+                    Some(Value::Int(1)) => {
+                        out.applied += 1;
+                        out.keys += k;
+                    }
+                    Some(_) => rest.push(i),
+                    None => return Err(protocol("apply_groups: missing restore reply")),
+                },
+            }
+        }
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        // the others: merged updates through update.lua (dedupe, then merge
+        // with what is there)
+        let others: Vec<GroupWrite> = rest.iter().map(|&i| groups[i].clone()).collect();
+        let (pipe, keys) = self.group_pipeline(&others);
+        let replies = self.run_pipeline(&pipe).await?;
+        if replies.len() != others.len() {
+            return Err(protocol(
+                "apply_groups: reply count differs from group count",
+            ));
+        }
+        for (j, r) in replies.into_iter().enumerate() {
+            match r {
+                Value::Int(1) => {
+                    out.applied += 1;
+                    out.keys += keys[j];
+                }
+                other => out.conflicts.push((rest[j], strings(other)?)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `restore.lua` can be used: Redis takes our `RESTORE` payloads
+    /// (listpack encodings, RDB 10: Redis ≥ 7.0), and if so the server's
+    /// listpack limits ([`RedisStore::listpack_limits`]). Asked once, with a
+    /// probe key that expires in a second; older servers get `update.lua`
+    /// for every group (slower, same result): `None`.
+    async fn restore_supported(&self) -> Result<Option<dump::Limits>, StoreError> {
+        self.restore_limits
+            .get_or_try_init(|| async {
+                let key = format!("{}:probe:restore", self.settings.key_prefix);
+                let mut conn = self.conn.clone();
+                let reply: Result<(), redis::RedisError> = redis::cmd("RESTORE")
+                    .arg(&key)
+                    .arg(1000)
+                    .arg(dump::hash(&[("probe", "1")], &dump::Limits::default()))
+                    .arg("REPLACE")
+                    .query_async(&mut conn)
+                    .await;
+                match reply {
+                    Ok(()) => {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+                        Ok(Some(self.listpack_limits().await))
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                        ) =>
+                    {
+                        tracing::warn!(error = %e, "redis does not take RESTORE payloads (needs Redis >= 7.0); backfill writes take the slower update.lua path");
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+            .copied()
+    }
+
+    /// The server's `hash-max-listpack-*` / `zset-max-listpack-*` settings
+    /// (`CONFIG GET`), so backfill payloads are listpacks exactly where
+    /// Redis keeps listpacks; Redis' defaults where `CONFIG` is refused
+    /// (some managed services rename it). Raising
+    /// `zset-max-listpack-entries` speeds up a first backfill of busy items
+    /// (feature-store/README.md).
+    pub async fn listpack_limits(&self) -> dump::Limits {
+        let mut conn = self.conn.clone();
+        let reply: Result<Vec<(String, String)>, redis::RedisError> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("*-max-listpack-*")
+            .query_async(&mut conn)
+            .await;
+        let mut limits = dump::Limits::default();
+        match reply {
+            Ok(settings) => {
+                for (name, value) in settings {
+                    let Ok(v) = value.parse::<usize>() else {
+                        continue;
+                    };
+                    match name.as_str() {
+                        "hash-max-listpack-entries" => limits.hash_entries = v,
+                        "hash-max-listpack-value" => limits.hash_value = v,
+                        "zset-max-listpack-entries" => limits.zset_entries = v,
+                        "zset-max-listpack-value" => limits.zset_value = v,
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "CONFIG GET refused; assuming Redis' default listpack limits");
+            }
+        }
+        limits
+    }
+
+    /// The pipeline writing the groups by `update.lua`, and the number of
+    /// keys each group's call writes.
+    fn group_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<usize>) {
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(groups.len());
+        for g in groups {
+            let (base, item) = match &g.group {
+                Group::Customer(id) => (self.customer_key(id), None),
+                Group::Item(id) => (self.item_key(id), Some(id)),
+            };
+            let mut call = GroupCall::new(format!("{base}:seen"));
+            call.push(&base, &g.updates);
+            for (sid, updates) in &g.sessions {
+                call.push(&format!("{base}:s:{sid}"), updates);
+            }
+            // the dedupe set is written only when there are events
+            keys.push(call.keys.len() - usize::from(g.events.is_empty()));
+            let ids = g.events.iter();
+            call.invoke(&mut pipe, &self.update_sha, ids, &self.settings);
+            if let Some(item) = item {
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+        }
+        (pipe, keys)
+    }
+
+    /// The pipeline writing the groups as their final state (`restore.lua`),
+    /// and the keys each writes. Static rows (no events) are not eligible:
+    /// `None`.
+    fn restore_pipeline(
+        &self,
+        groups: &[GroupWrite],
+        limits: dump::Limits,
+    ) -> (redis::Pipeline, Vec<Option<usize>>) {
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(groups.len());
+        for g in groups {
+            if g.events.is_empty() {
+                keys.push(None);
+                continue;
+            }
+            let (base, item) = match &g.group {
+                Group::Customer(id) => (self.customer_key(id), None),
+                Group::Item(id) => (self.item_key(id), Some(id)),
+            };
+            let cutoff = g.events.dedupe_cutoff(self.settings.dedupe_window_ms);
+            let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
+            let mut w = RestoreWrite::new(format!("{base}:seen"), &mut ids, limits);
+            w.state(&base, &state_of(&g.updates));
+            for (sid, updates) in &g.sessions {
+                if !updates.is_empty() {
+                    w.state(&format!("{base}:s:{sid}"), &state_of(updates));
+                }
+            }
+            keys.push(Some(w.keys.len()));
+            pipe.cmd("EVALSHA")
+                .arg(&self.restore_sha)
+                .arg(w.keys.len())
+                .arg(&w.keys)
+                .arg(self.settings.ttl_seconds.saturating_mul(1000))
+                .arg(&w.payloads);
+            if let Some(item) = item {
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+        }
+        (pipe, keys)
+    }
+}
+
+/// The state merged updates leave on an empty entity (the reference
+/// semantics, `aggregate::apply_update`).
+fn state_of(updates: &[Update]) -> EntityState {
+    let mut st = EntityState::default();
+    updates.iter().for_each(|u| apply_update(&mut st, u));
+    st
+}
+
+/// Builds one `EVALSHA restore` call: an entity state in the key layout
+/// (`keys`), as `update.lua` would have left it on empty keys, one
+/// `RESTORE` payload per key (`dump`).
+struct RestoreWrite {
+    keys: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    limits: dump::Limits,
+}
+
+impl RestoreWrite {
+    /// Starts with the dedupe set: `ids` as (event id, ts).
+    fn new(seen: String, ids: &mut [(&str, i64)], limits: dump::Limits) -> Self {
+        RestoreWrite {
+            keys: vec![seen],
+            payloads: vec![dump::zset(ids, &limits)],
+            limits,
+        }
+    }
+
+    fn hash(&mut self, key: String, fields: &[(String, String)]) {
+        if !fields.is_empty() {
+            self.keys.push(key);
+            self.payloads.push(dump::hash(fields, &self.limits));
+        }
+    }
+
+    fn state(&mut self, base: &str, st: &EntityState) {
+        let mut fields = Vec::new();
+        for (f, x) in &st.nums {
+            fields.push((f.clone(), fmt_f64(*x)));
+        }
+        for (f, w) in &st.windows {
+            fields.push((format!("{f}|max"), w.max.to_string()));
+            for (b, x) in &w.buckets {
+                fields.push((format!("{f}|{b}"), fmt_f64(*x)));
+            }
+        }
+        for (f, l) in &st.lasts {
+            fields.push((f.clone(), l.value.clone()));
+            if l.ts != 0 || l.seq != 0 {
+                fields.push((format!("{f}|t"), l.ts.to_string()));
+                fields.push((format!("{f}|q"), l.seq.to_string()));
+            }
+        }
+        self.hash(base.to_string(), &fields);
+        for (f, list) in &st.recent {
+            if list.is_empty() {
+                continue;
+            }
+            let mut members: Vec<(&str, i64)> =
+                list.iter().map(|(m, t)| (m.as_str(), *t)).collect();
+            self.keys.push(format!("{base}:r:{f}"));
+            self.payloads.push(dump::zset(&mut members, &self.limits));
+        }
+        for (f, r) in &st.resettable {
+            let mut fields: Vec<(String, String)> = r
+                .parts
+                .iter()
+                .map(|(t, x)| (t.to_string(), fmt_f64(*x)))
+                .collect();
+            if r.reset_ts > 0 {
+                fields.push(("rts".into(), r.reset_ts.to_string()));
+            }
+            self.hash(format!("{base}:x:{f}"), &fields);
+        }
+    }
+}

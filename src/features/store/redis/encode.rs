@@ -1,0 +1,295 @@
+//! What the store sends: [`Update`]s turned into the ops of `update.lua`
+//! ([`GroupCall`]), the pipeline of one call per event and entity group
+//! (the stream's writes), and the arguments of the reads (`read.lua` and
+//! the item keys). Numbers are printed as Rust prints them ([`fmt_f64`]),
+//! the shortest form that parses back to the same value.
+
+use super::keys::Layout;
+use super::{RedisSettings, RedisStore};
+use crate::features::aggregate::{Plan, Update};
+use crate::features::definition::BUCKETS_PER_WINDOW;
+
+impl RedisStore {
+    /// The pipeline applying each event's plan: one `update.lua` call per
+    /// entity group it changes, and whether each plan has an item call.
+    pub(super) fn event_pipeline(&self, plans: &[Plan]) -> (redis::Pipeline, Vec<(bool, bool)>) {
+        let mut pipe = redis::pipe();
+        let mut shape = Vec::with_capacity(plans.len());
+        for p in plans {
+            let cbase = self.customer_key(&p.customer_id);
+            let mut call = GroupCall::new(format!("{cbase}:seen"));
+            call.push(&cbase, &p.customer);
+            if let Some(sid) = &p.session_id {
+                call.push(&format!("{cbase}:s:{sid}"), &p.session);
+            }
+            let ids = std::iter::once((p.event_id.as_str(), p.ts));
+            call.invoke(&mut pipe, &self.update_sha, ids, &self.settings);
+            let has_item = p.item_id.is_some();
+            if let Some(item) = &p.item_id {
+                let ibase = self.item_key(item);
+                let mut call = GroupCall::new(format!("{ibase}:seen"));
+                call.push(&ibase, &p.item);
+                let ids = std::iter::once((p.event_id.as_str(), p.ts));
+                call.invoke(&mut pipe, &self.update_sha, ids, &self.settings);
+                pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
+            }
+            shape.push((true, has_item));
+        }
+        (pipe, shape)
+    }
+
+    /// The arguments of `read.lua`: the session asked for, the customer
+    /// feature naming the latest session, then the customer's and the
+    /// session's lists of `:r:` and `:x:` features.
+    pub(super) fn group_args(
+        &self,
+        layout_c: &Layout,
+        layout_s: &Layout,
+        session_id: Option<&str>,
+    ) -> Vec<String> {
+        let mut args = vec![
+            session_id.unwrap_or("").to_string(),
+            self.session_feature.clone().unwrap_or_default(),
+        ];
+        for l in [
+            &layout_c.recent,
+            &layout_c.resettable,
+            &layout_s.recent,
+            &layout_s.resettable,
+        ] {
+            args.push(l.len().to_string());
+            args.extend(l.iter().cloned());
+        }
+        args
+    }
+
+    /// Adds the commands reading items `ids`: per item its hash, then its
+    /// recent lists and resettable sums in [`Layout`] order.
+    pub(super) fn push_item_reads(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
+        for id in ids {
+            let base = self.item_key(id);
+            pipe.cmd("HGETALL").arg(&base);
+            for f in &self.item.recent {
+                pipe.cmd("ZRANGE")
+                    .arg(format!("{base}:r:{f}"))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("REV")
+                    .arg("WITHSCORES");
+            }
+            for f in &self.item.resettable {
+                pipe.cmd("HGETALL").arg(format!("{base}:x:{f}"));
+            }
+        }
+    }
+}
+
+/// Members of one recent list in one call: feature, cap, (member, ts).
+type RecentBatch<'a> = (&'a str, usize, Vec<(&'a str, i64)>);
+
+/// Builds one `EVALSHA update` call for an entity group: its keys (the
+/// dedupe set first) and the ops of `update.lua` that refer to them.
+pub(super) struct GroupCall {
+    pub(super) keys: Vec<String>,
+    ops: Vec<String>,
+}
+
+impl GroupCall {
+    pub(super) fn new(seen: String) -> Self {
+        GroupCall {
+            keys: vec![seen],
+            ops: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, k: String) -> String {
+        let idx = match self.keys.iter().position(|x| *x == k) {
+            Some(i) => i,
+            None => {
+                self.keys.push(k);
+                self.keys.len() - 1
+            }
+        };
+        (idx + 1).to_string()
+    }
+
+    /// Adds the ops of `updates` to the key `base` (and its `:r:`/`:x:` keys).
+    pub(super) fn push(&mut self, base: &str, updates: &[Update]) {
+        // Several buckets of one window, or members of one recent list (a
+        // backfill's merged updates), go in one op each: fewer Redis calls.
+        let mut windows: Vec<(&str, Vec<(i64, f64)>)> = Vec::new();
+        let mut recents: Vec<RecentBatch<'_>> = Vec::new();
+        for u in updates {
+            match u {
+                Update::AddWindowed {
+                    feature,
+                    bucket,
+                    amount,
+                } => match windows.iter_mut().find(|(f, _)| f == feature) {
+                    Some((_, b)) => b.push((*bucket, *amount)),
+                    None => windows.push((feature, vec![(*bucket, *amount)])),
+                },
+                Update::PushRecent {
+                    feature,
+                    member,
+                    ts,
+                    cap,
+                } => match recents.iter_mut().find(|(f, _, _)| f == feature) {
+                    Some((_, _, m)) => m.push((member, *ts)),
+                    None => recents.push((feature, *cap, vec![(member, *ts)])),
+                },
+                _ => {}
+            }
+        }
+        let batched_w: Vec<&str> = windows
+            .iter()
+            .filter(|(_, b)| b.len() > 1)
+            .map(|(f, _)| *f)
+            .collect();
+        let batched_r: Vec<&str> = recents
+            .iter()
+            .filter(|(_, _, m)| m.len() > 1)
+            .map(|(f, _, _)| *f)
+            .collect();
+        for (feature, buckets) in windows {
+            if buckets.len() < 2 {
+                continue; // the single-update form below
+            }
+            let k = self.key(base.to_string());
+            self.ops.extend([
+                "WB".into(),
+                k,
+                feature.to_string(),
+                buckets.len().to_string(),
+            ]);
+            for (b, a) in buckets {
+                self.ops.extend([b.to_string(), fmt_f64(a)]);
+            }
+        }
+        for (feature, cap, members) in recents {
+            if members.len() < 2 {
+                continue;
+            }
+            let k = self.key(format!("{base}:r:{feature}"));
+            self.ops
+                .extend(["RB".into(), k, cap.to_string(), members.len().to_string()]);
+            for (m, t) in members {
+                self.ops.extend([m.to_string(), t.to_string()]);
+            }
+        }
+        for u in updates {
+            match u {
+                Update::AddWindowed { feature, .. } if batched_w.contains(&feature.as_str()) => {
+                    continue
+                }
+                Update::PushRecent { feature, .. } if batched_r.contains(&feature.as_str()) => {
+                    continue
+                }
+                _ => {}
+            }
+            match u {
+                Update::Add { feature, amount } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["A".into(), k, feature.to_string(), fmt_f64(*amount)]);
+                }
+                Update::AddWindowed {
+                    feature,
+                    bucket,
+                    amount,
+                } => {
+                    let k = self.key(base.to_string());
+                    self.ops.extend([
+                        "W".into(),
+                        k,
+                        feature.to_string(),
+                        bucket.to_string(),
+                        fmt_f64(*amount),
+                    ]);
+                }
+                Update::SetLast {
+                    feature,
+                    ts,
+                    seq,
+                    value,
+                } => {
+                    let k = self.key(base.to_string());
+                    self.ops.extend([
+                        "L".into(),
+                        k,
+                        feature.to_string(),
+                        ts.to_string(),
+                        seq.to_string(),
+                        value.clone(),
+                    ]);
+                }
+                Update::MaxTs { feature, ts } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["T".into(), k, feature.to_string(), ts.to_string()]);
+                }
+                Update::PushRecent {
+                    feature,
+                    member,
+                    ts,
+                    cap,
+                } => {
+                    let k = self.key(format!("{base}:r:{feature}"));
+                    self.ops.extend([
+                        "R".into(),
+                        k,
+                        member.clone(),
+                        ts.to_string(),
+                        cap.to_string(),
+                    ]);
+                }
+                Update::AddResettable {
+                    feature,
+                    ts,
+                    amount,
+                } => {
+                    let k = self.key(format!("{base}:x:{feature}"));
+                    self.ops
+                        .extend(["S".into(), k, ts.to_string(), fmt_f64(*amount)]);
+                }
+                Update::Reset { feature, ts } => {
+                    let k = self.key(format!("{base}:x:{feature}"));
+                    self.ops.extend(["X".into(), k, ts.to_string()]);
+                }
+                Update::SetStatic { feature, value } => {
+                    let k = self.key(base.to_string());
+                    self.ops
+                        .extend(["V".into(), k, feature.to_string(), value.clone()]);
+                }
+            }
+        }
+    }
+
+    /// Adds the `EVALSHA update` call for the events `ids` (`(event id, ts)`).
+    pub(super) fn invoke<'a>(
+        self,
+        pipe: &mut redis::Pipeline,
+        sha: &str,
+        ids: impl ExactSizeIterator<Item = (&'a str, i64)>,
+        s: &RedisSettings,
+    ) {
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(sha)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(ids.len());
+        for (id, ts) in ids {
+            cmd.arg(id).arg(ts);
+        }
+        cmd.arg(s.dedupe_window_ms)
+            .arg(s.ttl_seconds)
+            .arg(BUCKETS_PER_WINDOW)
+            .arg(&self.ops);
+    }
+}
+
+pub(super) fn fmt_f64(x: f64) -> String {
+    // Rust prints the shortest representation that round-trips.
+    format!("{x}")
+}

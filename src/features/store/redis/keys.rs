@@ -1,0 +1,60 @@
+//! The Redis key layout (feature-store/README.md): what each entity's keys
+//! are called and which of its features have keys of their own.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}:{c:<customer>}` | hash | customer counts, windows, last values |
+//! | `{p}:{c:<customer>}:r:<feature>` | zset | a `distinct_recent` list |
+//! | `{p}:{c:<customer>}:x:<feature>` | hash | a resettable sum |
+//! | `{p}:{c:<customer>}:s:<session>` (+ `:r:`/`:x:`) | hash | session features |
+//! | `{p}:{c:<customer>}:seen` | zset | event ids applied to the customer group |
+//! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
+//! | `{p}:items` | set | every item id seen |
+//!
+//! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
+//! slot, as an item's share `{i:<item>}`: every script call touches one
+//! slot. The entity keys (the group's base) are named here; the suffixes
+//! (`:seen`, `:s:`, `:r:`, `:x:`) are added to a base where the calls are
+//! built (`encode`, `bulk`) and in `read.lua`.
+
+use super::RedisStore;
+use crate::features::definition::{is_resettable, Aggregation, Entity, FeatureSet};
+
+/// Names of the features of one entity that have keys of their own (the
+/// `:r:` and `:x:` keys), which the reads list.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Layout {
+    pub(super) recent: Vec<String>,
+    pub(super) resettable: Vec<String>,
+}
+
+impl Layout {
+    pub(super) fn of(set: &FeatureSet, e: Entity) -> Layout {
+        Layout {
+            recent: set
+                .of_entity(e)
+                .filter(|f| matches!(f.aggregation, Aggregation::DistinctRecent { .. }))
+                .map(|f| f.name.clone())
+                .collect(),
+            resettable: set
+                .of_entity(e)
+                .filter(|f| is_resettable(f))
+                .map(|f| f.name.clone())
+                .collect(),
+        }
+    }
+}
+
+impl RedisStore {
+    pub(super) fn customer_key(&self, id: &str) -> String {
+        format!("{}:{{c:{}}}", self.settings.key_prefix, id)
+    }
+
+    pub(super) fn item_key(&self, id: &str) -> String {
+        format!("{}:{{i:{}}}", self.settings.key_prefix, id)
+    }
+
+    pub(super) fn items_index(&self) -> String {
+        format!("{}:items", self.settings.key_prefix)
+    }
+}

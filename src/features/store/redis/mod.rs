@@ -1,0 +1,193 @@
+//! The Redis online store: [`RedisStore`], connecting and loading its three
+//! Lua scripts, and its [`FeatureStore`] implementation, which only builds
+//! the calls (`encode`), runs them in one pipeline and decodes the replies
+//! (`decode`).
+//!
+//! - `update.lua` applies updates to one entity group (one cluster slot,
+//!   `keys`), deduping by event id; it mirrors `aggregate::apply_update`.
+//!   The stream sends one call per event and group ([`FeatureStore::apply`]),
+//!   the backfill the merged updates of many events per group (`bulk`).
+//! - `restore.lua` writes a group that has no keys yet as its final state,
+//!   one `RESTORE` per key (`bulk`, with payloads from [`dump`]).
+//! - `read.lua` reads a customer and its session in one call; items are
+//!   plain `HGETALL`/`ZRANGE`s in the same pipeline.
+
+mod bulk;
+mod decode;
+mod encode;
+mod keys;
+
+use super::dump;
+use super::{
+    session_feature, ApplyOutcome, FeatureStore, GroupOutcome, GroupWrite, ReadQuery, ReadResult,
+    StoreError,
+};
+use crate::features::aggregate::{EntityState, Plan};
+use crate::features::definition::{Entity, FeatureSet};
+use async_trait::async_trait;
+use keys::Layout;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+const UPDATE_LUA: &str = include_str!("update.lua");
+const RESTORE_LUA: &str = include_str!("restore.lua");
+const READ_LUA: &str = include_str!("read.lua");
+
+/// Settings of the Redis store (part of the config's `[store]`).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub dedupe_window_ms: i64,
+    pub ttl_seconds: u64,
+    pub timeout_ms: u64,
+}
+
+/// The Redis-backed [`FeatureStore`].
+pub struct RedisStore {
+    conn: ConnectionManager,
+    settings: RedisSettings,
+    set: Arc<FeatureSet>,
+    session_feature: Option<String>,
+    customer: Layout,
+    session: Layout,
+    item: Layout,
+    update_sha: String,
+    restore_sha: String,
+    read_sha: String,
+    /// Whether the server takes `dump` payloads (Redis ≥ 7.0) and up to
+    /// which sizes it keeps listpacks, asked once.
+    restore_limits: tokio::sync::OnceCell<Option<dump::Limits>>,
+}
+
+impl RedisStore {
+    /// Connects and loads the scripts.
+    pub async fn connect(
+        settings: RedisSettings,
+        set: Arc<FeatureSet>,
+    ) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(settings.timeout_ms.max(100))))
+            .set_response_timeout(Some(Duration::from_millis(settings.timeout_ms.max(100))))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let timeout = settings.timeout_ms.max(100);
+        let conn = tokio::time::timeout(
+            Duration::from_millis(timeout * 3),
+            ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(timeout * 3))??;
+        let store = RedisStore {
+            conn,
+            session_feature: session_feature(&set),
+            customer: Layout::of(&set, Entity::Customer),
+            session: Layout::of(&set, Entity::Session),
+            item: Layout::of(&set, Entity::Item),
+            set,
+            settings,
+            update_sha: redis::Script::new(UPDATE_LUA).get_hash().to_string(),
+            restore_sha: redis::Script::new(RESTORE_LUA).get_hash().to_string(),
+            read_sha: redis::Script::new(READ_LUA).get_hash().to_string(),
+            restore_limits: tokio::sync::OnceCell::new(),
+        };
+        store.reload_scripts().await?;
+        Ok(store)
+    }
+
+    async fn reload_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for src in [UPDATE_LUA, RESTORE_LUA, READ_LUA] {
+            let _: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(src)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.conn.clone();
+        let first: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
+        match first {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // Redis restarted and lost its script cache: reload and retry;
+                // the update script is idempotent per event id.
+                self.reload_scripts().await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+#[async_trait]
+impl FeatureStore for RedisStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(events = plans.len()))]
+    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
+        if plans.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let (pipe, shape) = self.event_pipeline(plans);
+        let replies = self.run_pipeline(&pipe).await?;
+        Ok(decode::event_outcome(plans, shape, replies))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(groups = groups.len()))]
+    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+        self.write_groups(groups).await
+    }
+
+    async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(&self.read_sha)
+            .arg(1)
+            .arg(self.customer_key(q.customer_id))
+            .arg(self.group_args(&self.customer, &self.session, q.session_id));
+        self.push_item_reads(&mut pipe, q.item_ids);
+        let replies = self.run_pipeline(&pipe).await?;
+        self.parse_read(replies, q.item_ids.len())
+    }
+
+    async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.items_index())
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids)
+    }
+
+    async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        self.push_item_reads(&mut pipe, ids);
+        let replies = self.run_pipeline(&pipe).await?;
+        self.parse_items(&mut replies.into_iter(), ids.len())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        redact(&self.settings.url)
+    }
+}
+
+/// The URL without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
