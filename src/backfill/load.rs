@@ -33,8 +33,9 @@
 
 use super::input::{self, InputError, Record};
 use super::progress::Progress;
+use super::props::PropTable;
 use crate::event::{check_id, Event};
-use crate::features::aggregate::{visit_event_with, PropTable, Update};
+use crate::features::aggregate::{visit_event_with, Update};
 use crate::features::definition::{Aggregation, Entity, FeatureSet};
 use crate::features::merge::{FoldLayout, Folded};
 use crate::features::store::{EventIds, FeatureStore, Group, GroupWrite, StoreError};

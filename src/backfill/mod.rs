@@ -6,13 +6,15 @@
 //! - `nextbest export-training` ([`export`]): point-in-time training rows.
 //!
 //! [`input`] reads JSON Lines, Parquet and CSV (polars) and is the only place
-//! that knows file formats; [`progress`] reports on long jobs. Nothing here
+//! that knows file formats; [`props`] resolves the events' props for the
+//! fold; [`progress`] reports on long jobs. Nothing here
 //! knows Redis keys (that is `features::store`).
 
 pub mod export;
 pub mod input;
 pub mod load;
 pub mod progress;
+pub mod props;
 
 /// The threads a batch job's CPU work is split over: one per core.
 pub fn cores() -> usize {

@@ -197,7 +197,7 @@ pub struct FeatureSet {
     pub context: Vec<ContextDef>,
     /// For each event type, the indices of the features it updates.
     by_type: BTreeMap<EventType, Vec<usize>>,
-    /// Every prop a feature reads, each once (see `aggregate::PropTable`).
+    /// Every prop a feature reads, each once (see `backfill::props::PropTable`).
     prop_names: Vec<String>,
 }
 
