@@ -18,6 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use nextbest::backfill::load::{self, BackfillJob};
 use nextbest::backfill::progress::Progress;
+use nextbest::backfill::{fold, select::select, write};
 use nextbest::event::{Event, EventType};
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
 use nextbest::features::store::FeatureStore;
@@ -144,10 +145,10 @@ fn main() {
     // in the process, so it pays for whatever fresh memory it needs.
     let rss_before = rss_mib();
     let t = Instant::now();
-    let (idx, _, _) = load::select(&events, T_END, threads);
+    let (idx, _, _) = select(&events, T_END, threads);
     let select_secs = t.elapsed().as_secs_f64();
     let handed = std::sync::atomic::AtomicUsize::new(0);
-    load::aggregate_each(&set, &events, &idx, threads, &|_| {}, &|g| {
+    fold::aggregate_each(&set, &events, &idx, threads, &|_| {}, &|g| {
         handed.fetch_add(g.events.len(), std::sync::atomic::Ordering::Relaxed);
         true
     });
@@ -160,8 +161,8 @@ fn main() {
     // every group held at once (what the write-only figure below needs)
     let rss_before = rss_mib();
     let t = Instant::now();
-    let (idx, _, _) = load::select(&events, T_END, threads);
-    let agg = load::aggregate(&set, &events, &idx, threads);
+    let (idx, _, _) = select(&events, T_END, threads);
+    let agg = fold::aggregate(&set, &events, &idx, threads);
     let agg_secs = t.elapsed().as_secs_f64();
     let groups = agg.len();
     println!(
@@ -170,8 +171,8 @@ fn main() {
         rss_mib()
     );
     let t = Instant::now();
-    let (idx, _, _) = load::select(&events, T_END, 1);
-    let one = load::aggregate(&set, &events, &idx, 1);
+    let (idx, _, _) = select(&events, T_END, 1);
+    let one = fold::aggregate(&set, &events, &idx, 1);
     let one_secs = t.elapsed().as_secs_f64();
     drop(one);
     println!(
@@ -233,7 +234,7 @@ fn main() {
         };
         let progress = Progress::hidden("bench", groups as u64);
         let t = Instant::now();
-        let totals = load::write(&set, &store, &events, agg, &job, &progress)
+        let totals = write::write(&set, &store, &events, agg, &job, &progress)
             .await
             .expect("write");
         let secs = t.elapsed().as_secs_f64();
@@ -266,7 +267,7 @@ fn main() {
             common::unique("bench")
         };
         let store = bench_store(&url, prefix, set.clone()).await;
-        let (idx, _, _) = load::select(&events, T_END, threads);
+        let (idx, _, _) = select(&events, T_END, threads);
         let progress = Arc::new(Progress::hidden("bench", 0));
         let t = Instant::now();
         let done = load::aggregate_and_write(

@@ -15,8 +15,8 @@
 //! on exactly what it will be served. Static features are not versioned in
 //! time: every row sees the catalog/profile files given.
 
+use super::input::read_static;
 use super::input::{self, InputError};
-use super::load::read_static;
 use crate::event::Event;
 use crate::features::aggregate::plan_event;
 use crate::features::store::memory::MemoryState;

@@ -16,8 +16,15 @@
 //! missing column, a cell of the wrong type — is an [`InputError`] naming the
 //! file, the column and the line or row; callers read everything before
 //! writing anything.
+//!
+//! Catalog and profile rows become static group writes here too
+//! ([`read_static`]): one `SetStatic` update per `static` feature of
+//! features.toml, numbers checked to be finite and printed once.
 
-use crate::event::{Event, EventError, NUMERIC_PROPS};
+use crate::event::{check_id, Event, EventError, NUMERIC_PROPS};
+use crate::features::aggregate::Update;
+use crate::features::definition::{Aggregation, Entity, FeatureSet};
+use crate::features::store::{EventIds, Group, GroupWrite};
 use polars::prelude::*;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -354,6 +361,96 @@ pub fn read_records(
         Some(_) => read_frame_records(path, text),
         None => Err(InputError::Format { path: p }),
     }
+}
+
+/// Reads a catalog/profile file into static group writes.
+pub fn read_static(
+    set: &FeatureSet,
+    entity: Entity,
+    path: &Path,
+) -> Result<Vec<GroupWrite>, InputError> {
+    let p = path.display().to_string();
+    let id_col = match entity {
+        Entity::Item => "item_id",
+        _ => "customer_id",
+    };
+    let defs: Vec<(String, String, bool)> = set
+        .statics(entity)
+        .filter_map(|f| match &f.aggregation {
+            Aggregation::Static { column, numeric } => {
+                Some((f.name.clone(), column.clone(), *numeric))
+            }
+            _ => None,
+        })
+        .collect();
+    let (columns, records) = read_records(path, Some(&[id_col]))?;
+    let required = std::iter::once(id_col).chain(defs.iter().map(|(_, c, _)| c.as_str()));
+    require_columns(&p, &columns, required)?;
+    records
+        .into_iter()
+        .map(|r| static_row(&p, id_col, &defs, entity, r))
+        .collect()
+}
+
+fn static_row(
+    path: &str,
+    id_col: &str,
+    defs: &[(String, String, bool)],
+    entity: Entity,
+    r: Record,
+) -> Result<GroupWrite, InputError> {
+    let err = |column: &str, message: String| InputError::Row {
+        path: path.to_string(),
+        at: r.at.clone(),
+        column: Some(column.to_string()),
+        message,
+    };
+    let id = match r.fields.get(id_col) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(err(id_col, "missing or not text".into())),
+    };
+    check_id(id_col, &id).map_err(|e| err(id_col, e.to_string()))?;
+    let mut updates = Vec::new();
+    for (name, column, numeric) in defs {
+        let value = match (r.fields.get(column), numeric) {
+            (None | Some(Value::Null), _) => continue,
+            (Some(Value::Bool(b)), true) => u8::from(*b).to_string(),
+            (Some(Value::Number(n)), true) => match n.as_f64() {
+                Some(x) if x.is_finite() => format!("{x}"),
+                _ => return Err(err(column, "must be a finite number".into())),
+            },
+            (Some(Value::String(s)), true) => match s.trim() {
+                "true" => "1".into(),
+                "false" => "0".into(),
+                t => match t.parse::<f64>() {
+                    Ok(x) if x.is_finite() => format!("{x}"),
+                    _ => return Err(err(column, format!("`{s}` is not a number"))),
+                },
+            },
+            (Some(Value::String(s)), false) => s.clone(),
+            (Some(v @ (Value::Number(_) | Value::Bool(_))), false) => v.to_string(),
+            (Some(other), _) => {
+                return Err(err(
+                    column,
+                    format!("must be a number or text, got {other}"),
+                ))
+            }
+        };
+        updates.push(Update::SetStatic {
+            feature: name.as_str().into(),
+            value,
+        });
+    }
+    Ok(GroupWrite {
+        group: match entity {
+            Entity::Item => Group::Item(id),
+            _ => Group::Customer(id),
+        },
+        events: EventIds::default(),
+        updates,
+        sessions: Vec::new(),
+    })
 }
 
 /// Reads a Parquet or CSV file with polars.
