@@ -9,9 +9,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::decide::popularity::Popularity;
 use crate::decide::Decider;
-use crate::features::store::memory::MemoryStore;
-use crate::features::store::redis::{RedisSettings, RedisStore};
-use crate::features::store::FeatureStore;
+use crate::features::store;
 use crate::features::FeatureSet;
 use crate::ingest::consumer::EventConsumer;
 use crate::ingest::kafka::ensure_topics;
@@ -70,28 +68,13 @@ impl App {
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = crate::metrics::install();
         let set = Arc::new(FeatureSet::load(&cfg.features)?);
-        let store: Arc<dyn FeatureStore> =
-            match &cfg.store.redis_url {
-                Some(url) => {
-                    let settings = RedisSettings {
-                        url: url.clone(),
-                        key_prefix: cfg.store.key_prefix.clone(),
-                        dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
-                        ttl_seconds: cfg.store.ttl_secs,
-                        timeout_ms: cfg.store.timeout_ms,
-                    };
-                    Arc::new(RedisStore::connect(settings, set.clone()).await.map_err(
-                        |source| AppError::Redis {
-                            url: url.clone(),
-                            source,
-                        },
-                    )?)
-                }
-                None => Arc::new(MemoryStore::new(
-                    set.clone(),
-                    (cfg.store.dedupe_window_secs * 1000) as i64,
-                )),
-            };
+        // only connecting to Redis can fail
+        let store = store::open(&cfg.store, set.clone())
+            .await
+            .map_err(|source| AppError::Redis {
+                url: cfg.store.redis_url.clone().unwrap_or_default(),
+                source,
+            })?;
         runtime::environment(cfg.ort_dylib_path.as_deref())?;
         let opts = LoadOptions {
             sessions: cfg.model.sessions,

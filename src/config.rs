@@ -158,6 +158,13 @@ impl Default for Config {
     }
 }
 
+impl StoreConfig {
+    /// [`StoreConfig::dedupe_window_secs`] in ms, as the stores take it.
+    pub fn dedupe_window_ms(&self) -> i64 {
+        (self.dedupe_window_secs * 1000) as i64
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {

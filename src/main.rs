@@ -4,10 +4,8 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use nextbest::backfill::load::{self, BackfillJob};
-use nextbest::config::Config;
-use nextbest::features::store::memory::MemoryStore;
-use nextbest::features::store::redis::{RedisSettings, RedisStore};
-use nextbest::features::store::FeatureStore;
+use nextbest::config::{Config, StoreConfig};
+use nextbest::features::store;
 use nextbest::features::FeatureSet;
 use nextbest::model::registry::{parse_version, ModelStatus, Registry};
 
@@ -143,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { preload } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let dedupe_window_ms = (cfg.store.dedupe_window_secs * 1000) as i64;
+            let dedupe_window_ms = cfg.store.dedupe_window_ms();
             rt.block_on(async {
                 let app = nextbest::app::App::build(cfg).await?;
                 if !preload.events.is_empty() || preload.items.is_some() || preload.customers.is_some() {
@@ -186,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 as_of: as_of.unwrap_or_else(nextbest::now_ms),
                 batch,
                 in_flight,
-                dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
+                dedupe_window_ms: cfg.store.dedupe_window_ms(),
             };
             backfill(cfg, job)
         }
@@ -227,30 +225,23 @@ fn backfill(cfg: Config, job: BackfillJob) -> anyhow::Result<()> {
     let set = Arc::new(FeatureSet::load(&cfg.features)?);
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
-        let store: Arc<dyn FeatureStore> = match &cfg.store.redis_url {
-            Some(url) => Arc::new(
-                RedisStore::connect(
-                    RedisSettings {
-                        url: url.clone(),
-                        key_prefix: cfg.store.key_prefix.clone(),
-                        dedupe_window_ms: (cfg.store.dedupe_window_secs * 1000) as i64,
-                        ttl_seconds: cfg.store.ttl_secs,
-                        // bulk calls carry many events: allow them time
-                        timeout_ms: cfg.store.timeout_ms.max(30_000),
-                    },
-                    set.clone(),
-                )
-                .await
-                .with_context(|| format!("cannot connect to redis at {url}"))?,
-            ),
-            None => {
-                eprintln!(
-                    "backfill: NEXTBEST_REDIS_URL is not set; loading the embedded store of this process \
-                     (checks and aggregates everything; to serve it, use `nextbest serve --backfill-events ...`)"
-                );
-                Arc::new(MemoryStore::new(set.clone(), (cfg.store.dedupe_window_secs * 1000) as i64))
-            }
+        let store_cfg = StoreConfig {
+            // bulk calls carry many events: allow them time
+            timeout_ms: cfg.store.timeout_ms.max(30_000),
+            ..cfg.store.clone()
         };
+        if store_cfg.redis_url.is_none() {
+            eprintln!(
+                "backfill: NEXTBEST_REDIS_URL is not set; loading the embedded store of this process \
+                 (checks and aggregates everything; to serve it, use `nextbest serve --backfill-events ...`)"
+            );
+        }
+        let store = store::open(&store_cfg, set.clone()).await.with_context(|| {
+            format!(
+                "cannot connect to redis at {}",
+                store_cfg.redis_url.as_deref().unwrap_or_default()
+            )
+        })?;
         eprintln!("backfill: into {}", store.describe());
         let s = load::run(set, store.as_ref(), &job).await?;
         println!("{}", backfill_summary(&s));

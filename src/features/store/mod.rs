@@ -6,6 +6,7 @@
 //! [`Plan`]s with the same semantics (`aggregate::apply_update`), dedupe by
 //! event id per entity group, and read a customer, its session and any number
 //! of items in one round trip. Only this module knows Redis keys.
+//! [`open`] builds the one the config asks for.
 
 pub mod dump;
 pub mod memory;
@@ -13,7 +14,9 @@ pub mod redis;
 
 use super::aggregate::{EntityState, Plan, Update};
 use super::definition::{Aggregation, Entity, FeatureSet, Field};
+use crate::config::StoreConfig;
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// Errors of the online store.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +159,27 @@ pub trait FeatureStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis://host:port`, for logs and /readyz.
     fn describe(&self) -> String;
+}
+
+/// The store `cfg` asks for: Redis at `cfg.redis_url` when set (connected,
+/// its scripts loaded), else the embedded memory store.
+pub async fn open(
+    cfg: &StoreConfig,
+    set: Arc<FeatureSet>,
+) -> Result<Arc<dyn FeatureStore>, StoreError> {
+    Ok(match &cfg.redis_url {
+        Some(url) => {
+            let settings = redis::RedisSettings {
+                url: url.clone(),
+                key_prefix: cfg.key_prefix.clone(),
+                dedupe_window_ms: cfg.dedupe_window_ms(),
+                ttl_seconds: cfg.ttl_secs,
+                timeout_ms: cfg.timeout_ms,
+            };
+            Arc::new(redis::RedisStore::connect(settings, set).await?)
+        }
+        None => Arc::new(memory::MemoryStore::new(set, cfg.dedupe_window_ms())),
+    })
 }
 
 /// The customer feature holding the latest session id (a `last` of
