@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod features;
 pub mod health;
+mod layers;
 pub mod models;
 pub mod recommend;
 pub mod stream;
@@ -19,17 +20,17 @@ use crate::features::FeatureSet;
 use crate::ingest::producer::EventProducer;
 use crate::model::Registry;
 use arc_swap::ArcSwap;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderValue;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 pub use error::ApiError;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use std::time::Instant;
+use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// How `POST /v1/events` ingests.
 #[derive(Clone)]
@@ -55,11 +56,9 @@ pub struct AppState {
     pub clock: Clock,
 }
 
-/// The request id of a request (from `x-request-id` or generated).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Builds the router.
+/// Builds the router. The layers around every route, outermost first: CORS,
+/// the request id (a valid client one kept, else a uuid; echoed on the
+/// response), the `http` span, the request metrics, the body limit.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/recommend", post(recommend::recommend))
@@ -72,45 +71,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(middleware::from_fn(observe))
-        .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+        .layer(
+            ServiceBuilder::new()
+                .map_request(layers::drop_invalid_request_id)
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(layers::http_span)
+                        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                )
+                .layer(middleware::from_fn(layers::record_metrics))
+                .layer(DefaultBodyLimit::max(layers::BODY_LIMIT_BYTES)),
+        )
         .layer(CorsLayer::permissive())
         .with_state(state)
-}
-
-/// Request id, metrics and a span for every request.
-async fn observe(mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let span =
-        tracing::info_span!("http", method = %req.method(), route = %route, request_id = %id);
-    let mut resp = {
-        let _enter = span.enter();
-        tracing::debug!("request");
-        drop(_enter);
-        tracing::Instrument::instrument(next.run(req), span.clone()).await
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!(crate::metrics::HTTP_SECONDS, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    resp
 }
 
 /// Parses a JSON body, mapping syntax errors to a 400 that says where.

@@ -1,13 +1,15 @@
 //! `POST /v1/recommend`: validate the request, then let the decider answer
 //! (always 200 once valid; failures inside become `fallback: true`).
 
-use super::{parse_json, ApiError, AppStateRef, RequestId};
+use super::layers::request_id_str;
+use super::{parse_json, ApiError, AppStateRef};
 use crate::decide::RecommendRequest;
 use crate::event::check_id;
 use crate::features::vector::ContextValues;
 use axum::body::Bytes;
 use axum::{Extension, Json};
 use serde_json::Value;
+use tower_http::request_id::RequestId;
 
 const FIELDS: [&str; 7] = [
     "customer_id",
@@ -25,7 +27,7 @@ pub async fn recommend(
     Extension(id): Extension<RequestId>,
     body: Bytes,
 ) -> Result<Json<crate::decide::Recommendation>, ApiError> {
-    let req = validate(&state, &id.0, &body)?;
+    let req = validate(&state, request_id_str(&id), &body)?;
     Ok(Json(state.decider.recommend(&req).await))
 }
 
