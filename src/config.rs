@@ -43,6 +43,20 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub model: ModelConfig,
     pub recommend: RecommendConfig,
+    pub http: HttpConfig,
+}
+
+/// The HTTP layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Longest a request may take before it is answered 408, in ms. Not
+    /// `/v1/stream` (a WebSocket); `/v1/recommend` gets at least its largest
+    /// budget (60 s) plus 1 s, so its `budget_ms` bounds it, not this.
+    pub request_timeout_ms: u64,
+    /// Most `/v1/recommend` requests in flight; one more is answered 503
+    /// with `Retry-After` at once (at least 1).
+    pub recommend_concurrency: usize,
 }
 
 /// The online store.
@@ -154,6 +168,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             model: ModelConfig::default(),
             recommend: RecommendConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -162,6 +177,22 @@ impl StoreConfig {
     /// [`StoreConfig::dedupe_window_secs`] in ms, as the stores take it.
     pub fn dedupe_window_ms(&self) -> i64 {
         (self.dedupe_window_secs * 1000) as i64
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            request_timeout_ms: 30_000,
+            recommend_concurrency: 256,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -294,6 +325,7 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("nextbest.toml.example");
         let cfg = Config::from_file(&p).expect("nextbest.toml.example is valid");
         assert_eq!(cfg.kafka.group_id, "nextbest");
+        assert_eq!(cfg.http.recommend_concurrency, 256);
     }
 
     #[test]

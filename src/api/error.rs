@@ -1,6 +1,6 @@
 //! The one error type of the API and its mapping to status + JSON body.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -18,7 +18,17 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// More requests in flight on a route than it takes: 503 with `Retry-After`.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Answered by the HTTP layer rather than a handler (a 405 from routing,
+    /// a 413 from the body limit, a 408 from the timeout, ...).
+    #[error("{message}")]
+    Http { status: StatusCode, message: String },
 }
+
+/// Seconds a shed client is asked to wait.
+const RETRY_AFTER_SECS: &str = "1";
 
 impl ApiError {
     pub fn bad_request(
@@ -53,6 +63,16 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": m })),
+            ApiError::Overloaded(m) => {
+                let mut resp =
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": m }))).into_response();
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                return resp;
+            }
+            ApiError::Http { status, message } => (*status, json!({ "error": message })),
         };
         (status, Json(body)).into_response()
     }

@@ -1,15 +1,21 @@
-//! What every request goes through besides its handler: the request id rule,
-//! the `http` span and the request metrics. The router (`api::router`)
-//! stacks them from tower-http and tower; this file holds the parts those
+//! What requests go through besides their handler: the request id rule, the
+//! `http` span, the request metrics, the request timeout, the answer to a
+//! shed request, and the rewrite of any error response not yet JSON into the
+//! contract's `{"error": ...}` body. The router (`api::router`) stacks these
+//! with tower-http's and tower's layers; this file holds the parts those
 //! crates leave to us. Nothing here reads a request body or knows a route's
 //! logic.
 
+use super::ApiError;
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderValue;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
-use std::time::Instant;
+use axum::response::{IntoResponse, Response};
+use axum::BoxError;
+use std::time::{Duration, Instant};
+use tower::load_shed::error::Overloaded;
 use tower_http::request_id::RequestId;
+use tower_http::timeout::TimeoutLayer;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT_BYTES: usize = 8 * 1024 * 1024;
@@ -68,4 +74,85 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!(crate::metrics::HTTP_SECONDS, "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// tower-http's request timeout. It answers 408, which no handler does, so
+/// [`json_error_body`] can say what happened.
+pub fn request_timeout(after: Duration) -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, after)
+}
+
+/// The answer to a request `LoadShedLayer` turned away (or, never expected,
+/// any other error of the concurrency stack).
+pub async fn shed(err: BoxError, limit: usize) -> ApiError {
+    if err.is::<Overloaded>() {
+        ApiError::Overloaded(format!(
+            "overloaded: {limit} requests to this route are in flight \
+             (http.recommend_concurrency); retry shortly"
+        ))
+    } else {
+        ApiError::Http {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("internal error: {err}"),
+        }
+    }
+}
+
+/// Makes every error response a JSON `{"error": ...}` body. Handlers answer
+/// with [`ApiError`] already; this catches what the HTTP layer answers
+/// itself (405 from routing, 413 from the body limit, 408 from the timeout,
+/// any other axum rejection), keeping its status and headers (e.g. `Allow`).
+pub async fn json_error_body(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // axum's rejection texts are one short line; anything longer is dropped
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = layer_message(
+        status,
+        &parts.headers,
+        String::from_utf8_lossy(&text).trim(),
+    );
+    let (json_parts, json_body) = ApiError::Http { status, message }
+        .into_response()
+        .into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
+}
+
+/// The message of an error the HTTP layer answered itself.
+fn layer_message(status: StatusCode, headers: &HeaderMap, text: &str) -> String {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request body is larger than the limit of {BODY_LIMIT_BYTES} bytes")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            format!("method not allowed on this route (allowed: {allowed})")
+        }
+        StatusCode::REQUEST_TIMEOUT => {
+            "request did not complete within the request timeout (http.request_timeout_ms)".into()
+        }
+        _ if !text.is_empty() => lowercase_first(text),
+        _ => lowercase_first(status.canonical_reason().unwrap_or("error")),
+    }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }

@@ -1,6 +1,9 @@
 //! The HTTP API (axum). Only this module knows HTTP and JSON bodies: handlers
 //! validate requests into typed values, call the library, and map errors to
-//! statuses in one place ([`ApiError`]). One file per resource.
+//! statuses in one place ([`ApiError`]); every error body, whatever answered
+//! it, is JSON `{"error": ...}`. One file per resource; `layers.rs` holds what
+//! the tower layers around them need. The router is two parts, [`public`]
+//! and [`admin`], so access control can wrap the admin routes alone.
 
 pub mod error;
 pub mod events;
@@ -13,13 +16,14 @@ pub mod stream;
 
 use crate::change_feed::ChangeFeed;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 use crate::decide::Decider;
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use crate::ingest::producer::EventProducer;
 use crate::model::Registry;
 use arc_swap::ArcSwap;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
 use axum::routing::{get, post};
@@ -27,6 +31,9 @@ use axum::Router;
 pub use error::ApiError;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
+use std::time::Duration;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -56,20 +63,16 @@ pub struct AppState {
     pub clock: Clock,
 }
 
-/// Builds the router. The layers around every route, outermost first: CORS,
-/// the request id (a valid client one kept, else a uuid; echoed on the
-/// response), the `http` span, the request metrics, the body limit.
+/// Builds the router: [`public`] and [`admin`] routes, then the layers
+/// around every route, outermost first: CORS; the request id (a valid client
+/// `x-request-id` is kept, anything else replaced by a uuid; echoed on the
+/// response); the `http` span; the request metrics; every error body made
+/// JSON; the body limit.
 pub fn router(state: Arc<AppState>) -> Router {
+    let http = &state.cfg.http;
     Router::new()
-        .route("/v1/recommend", post(recommend::recommend))
-        .route("/v1/events", post(events::post_events))
-        .route("/v1/features/customer/{id}", get(features::customer))
-        .route("/v1/features/item/{id}", get(features::item))
-        .route("/v1/models", get(models::list))
-        .route("/v1/stream", get(stream::stream))
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .merge(public(http))
+        .merge(admin(http))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(
             ServiceBuilder::new()
@@ -82,10 +85,50 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
                 )
                 .layer(middleware::from_fn(layers::record_metrics))
+                .layer(middleware::map_response(layers::json_error_body))
                 .layer(DefaultBodyLimit::max(layers::BODY_LIMIT_BYTES)),
         )
         .layer(CorsLayer::permissive())
         .with_state(state)
+}
+
+/// Routes for any client: recommendations, events, the change stream,
+/// feature reads, health and metrics.
+fn public(http: &HttpConfig) -> Router<Arc<AppState>> {
+    let timed = Router::new()
+        .route("/v1/events", post(events::post_events))
+        .route("/v1/features/customer/{id}", get(features::customer))
+        .route("/v1/features/item/{id}", get(features::item))
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .layer(layers::request_timeout(http.request_timeout()));
+    // its budget (at most 60 s) bounds a recommendation, so the timeout is a
+    // backstop past it; past `recommend_concurrency` in flight, one more is
+    // shed at once (503, Retry-After) instead of queueing
+    let concurrency = http.recommend_concurrency.max(1);
+    let limit = ServiceBuilder::new()
+        .layer(layers::request_timeout(
+            http.request_timeout()
+                .max(Duration::from_millis(recommend::MAX_BUDGET_MS + 1000)),
+        ))
+        .layer(HandleErrorLayer::new(move |e| layers::shed(e, concurrency)))
+        .layer(LoadShedLayer::new())
+        .layer(ConcurrencyLimitLayer::new(concurrency));
+    Router::new()
+        .merge(timed)
+        .route("/v1/recommend", post(recommend::recommend).layer(limit))
+        // a WebSocket stays open as long as its client wants: no timeout
+        .route("/v1/stream", get(stream::stream))
+}
+
+/// Routes for operators: what serves now, and (to come) catalog and profile
+/// writes (`PUT /v1/items/{id}`, `PUT /v1/customers/{id}`) and `/v1/rules`.
+/// Kept apart so an auth layer can wrap these alone.
+fn admin(http: &HttpConfig) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .layer(layers::request_timeout(http.request_timeout()))
 }
 
 /// Parses a JSON body, mapping syntax errors to a 400 that says where.

@@ -1,16 +1,25 @@
-//! `POST /v1/recommend`: validate the request, then let the decider answer
-//! (always 200 once valid; failures inside become `fallback: true`).
+//! `POST /v1/recommend`: parse the body into [`RecommendBody`] (serde, unknown
+//! fields rejected, a type error named by its path such as `candidates[3]`),
+//! check ranges and ids, then let the decider answer (always 200 once valid;
+//! failures inside become `fallback: true`). Every 400 is
+//! `{"error": "field `x` ...", "field": "x"}`.
 
 use super::layers::request_id_str;
-use super::{parse_json, ApiError, AppStateRef};
+use super::{ApiError, AppStateRef};
 use crate::decide::RecommendRequest;
 use crate::event::check_id;
 use crate::features::vector::ContextValues;
+use crate::model::registry::ModelSpec;
 use axum::body::Bytes;
 use axum::{Extension, Json};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 use tower_http::request_id::RequestId;
 
+/// Largest accepted `budget_ms`.
+pub const MAX_BUDGET_MS: u64 = 60_000;
+
+/// The fields of [`RecommendBody`], for the message naming an unknown one.
 const FIELDS: [&str; 7] = [
     "customer_id",
     "k",
@@ -20,6 +29,20 @@ const FIELDS: [&str; 7] = [
     "model",
     "session_id",
 ];
+
+/// The request body as sent; [`validate`] checks it into a
+/// [`RecommendRequest`]. Every field may be absent or null.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecommendBody {
+    customer_id: Option<String>,
+    k: Option<u64>,
+    context: Option<Map<String, Value>>,
+    candidates: Option<Vec<String>>,
+    budget_ms: Option<u64>,
+    model: Option<String>,
+    session_id: Option<String>,
+}
 
 /// The handler.
 pub async fn recommend(
@@ -41,58 +64,38 @@ pub fn validate(
     request_id: &str,
     body: &[u8],
 ) -> Result<RecommendRequest, ApiError> {
-    let Value::Object(mut obj) = parse_json(body)? else {
-        return Err(ApiError::bad_request(
-            "body must be a JSON object",
-            None,
-            None,
-        ));
-    };
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(field_err(
-            unknown,
-            &format!("is not a recommend field (expected: {})", FIELDS.join(", ")),
-        ));
-    }
     let rc = &state.cfg.recommend;
-    let customer_id = match obj.remove("customer_id") {
-        Some(Value::String(s)) => s,
-        None | Some(Value::Null) => return Err(field_err("customer_id", "is required")),
-        Some(_) => return Err(field_err("customer_id", "must be a string")),
-    };
+    let body = parse_body(body, rc.max_k)?;
+    let customer_id = body
+        .customer_id
+        .ok_or_else(|| field_err("customer_id", "is required"))?;
     check_id("customer_id", &customer_id)
         .map_err(|e| field_err("customer_id", &strip_field(&e.to_string())))?;
-    let k = match obj.remove("k") {
-        None | Some(Value::Null) => rc.default_k,
-        Some(v) => match v.as_u64() {
-            Some(k) if k >= 1 && k as usize <= rc.max_k => k as usize,
-            _ => {
-                return Err(field_err(
-                    "k",
-                    &format!("must be an integer from 1 to {}", rc.max_k),
-                ))
-            }
-        },
+    let k = match body.k {
+        None => rc.default_k,
+        Some(k) if k >= 1 && k <= rc.max_k as u64 => k as usize,
+        Some(_) => return Err(field_err("k", &k_range(rc.max_k))),
     };
-    let raw_context = match obj.remove("context") {
-        None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(field_err("context", "must be an object")),
-    };
+    let raw_context = body.context.unwrap_or_default();
     // declared context features are model inputs: numbers or booleans
     let context = ContextValues::compile(&state.set, &raw_context).map_err(|e| {
         let f = format!("context.{}", e.name);
         field_err(&f, "must be a number or a boolean")
     })?;
     // the session: top-level `session_id`, or (older clients) `context.session_id`
-    let session_id = match (obj.remove("session_id"), raw_context.get("session_id")) {
-        (Some(v), _) if !v.is_null() => Some(session_field("session_id", &v)?),
-        (_, Some(v)) if !v.is_null() => Some(session_field("context.session_id", v)?),
+    let session_id = match (body.session_id, raw_context.get("session_id")) {
+        (Some(s), _) => Some(session_field("session_id", &s)?),
+        (None, Some(v)) if !v.is_null() => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| field_err("context.session_id", "must be a string"))?;
+            Some(session_field("context.session_id", s)?)
+        }
         _ => None,
     };
-    let candidates = match obj.remove("candidates") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(a)) => {
+    let candidates = match body.candidates {
+        None => None,
+        Some(a) => {
             if a.len() > rc.max_candidates {
                 return Err(field_err(
                     "candidates",
@@ -101,11 +104,8 @@ pub fn validate(
             }
             let mut out = Vec::with_capacity(a.len());
             let mut seen = std::collections::HashSet::new();
-            for (i, v) in a.into_iter().enumerate() {
+            for (i, s) in a.into_iter().enumerate() {
                 let field = format!("candidates[{i}]");
-                let Value::String(s) = v else {
-                    return Err(field_err(&field, "must be a string (an item id)"));
-                };
                 check_id(&field, &s)
                     .map_err(|e| field_err(&field, &strip_field(&e.to_string())))?;
                 if seen.insert(s.clone()) {
@@ -114,19 +114,16 @@ pub fn validate(
             }
             Some(out)
         }
-        Some(_) => return Err(field_err("candidates", "must be an array of item ids")),
     };
-    let budget_ms = match obj.remove("budget_ms") {
-        None | Some(Value::Null) => rc.default_budget_ms,
-        Some(v) => match v.as_u64() {
-            Some(b) if (1..=60_000).contains(&b) => b,
-            _ => return Err(field_err("budget_ms", "must be an integer from 1 to 60000")),
-        },
+    let budget_ms = match body.budget_ms {
+        None => rc.default_budget_ms,
+        Some(b) if (1..=MAX_BUDGET_MS).contains(&b) => b,
+        Some(_) => return Err(field_err("budget_ms", &budget_range())),
     };
-    let model = match obj.remove("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(m)) => {
-            let spec = crate::model::registry::ModelSpec::parse(&m).ok_or_else(|| {
+    let model = match body.model {
+        None => None,
+        Some(m) => {
+            let spec = ModelSpec::parse(&m).ok_or_else(|| {
                 field_err("model", &format!("`{m}` is not `name` or `name@version`"))
             })?;
             let reg = state.registry.load();
@@ -144,7 +141,6 @@ pub fn validate(
             }
             Some(spec)
         }
-        Some(_) => return Err(field_err("model", "must be a string")),
     };
     Ok(RecommendRequest {
         request_id: request_id.to_string(),
@@ -159,11 +155,56 @@ pub fn validate(
     })
 }
 
-/// A session id field: a valid id string.
-fn session_field(field: &str, v: &Value) -> Result<String, ApiError> {
-    let Some(s) = v.as_str() else {
-        return Err(field_err(field, "must be a string"));
+/// Deserialises the body. A syntax error is "not valid JSON"; a type error
+/// or an unknown field is a 400 naming the field by its path.
+fn parse_body(body: &[u8], max_k: usize) -> Result<RecommendBody, ApiError> {
+    let not_json = |e: serde_json::Error| {
+        ApiError::bad_request(format!("body is not valid JSON: {e}"), None, None)
     };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return not_json(inner);
+        }
+        match expected(&path, max_k) {
+            Some(problem) => field_err(&path, &problem),
+            None if path == "." => ApiError::bad_request("body must be a JSON object", None, None),
+            None => field_err(
+                &path,
+                &format!("is not a recommend field (expected: {})", FIELDS.join(", ")),
+            ),
+        }
+    })?;
+    de.end().map_err(not_json)?;
+    Ok(parsed)
+}
+
+/// What a field of the body must be, by its path; None for no such field.
+fn expected(path: &str, max_k: usize) -> Option<String> {
+    let problem = match path {
+        "customer_id" | "model" | "session_id" => "must be a string".to_string(),
+        "k" => k_range(max_k),
+        "budget_ms" => budget_range(),
+        "context" => "must be an object".to_string(),
+        "candidates" => "must be an array of item ids".to_string(),
+        p if p.starts_with("candidates[") => "must be a string (an item id)".to_string(),
+        _ => return None,
+    };
+    Some(problem)
+}
+
+fn k_range(max_k: usize) -> String {
+    format!("must be an integer from 1 to {max_k}")
+}
+
+fn budget_range() -> String {
+    format!("must be an integer from 1 to {MAX_BUDGET_MS}")
+}
+
+/// A session id field: a valid id string.
+fn session_field(field: &str, s: &str) -> Result<String, ApiError> {
     check_id(field, s).map_err(|e| field_err(field, &strip_field(&e.to_string())))?;
     Ok(s.to_string())
 }
@@ -176,5 +217,55 @@ fn strip_field(msg: &str) -> String {
             .map(|(_, p)| p.to_string())
             .unwrap_or_else(|| msg.to_string()),
         None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_list_every_body_field() {
+        let all: Map<String, Value> = FIELDS
+            .iter()
+            .map(|f| (f.to_string(), Value::Null))
+            .collect();
+        let body = serde_json::to_vec(&all).expect("a map serialises");
+        assert!(
+            parse_body(&body, 10).is_ok(),
+            "FIELDS and RecommendBody agree"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_path() {
+        let cases = [
+            (r#"{"candidates": ["a", "b", "c", 4]}"#, "candidates[3]"),
+            (r#"{"k": -1}"#, "k"),
+            (r#"{"context": 3}"#, "context"),
+            (r#"{"customer_id": "c", "extra": 1}"#, "extra"),
+        ];
+        for (body, field) in cases {
+            match parse_body(body.as_bytes(), 10) {
+                Err(ApiError::BadRequest {
+                    field: Some(f),
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(f, field, "{body}: {message}");
+                    assert!(message.contains(field), "{message}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        for body in ["{not json", r#"{"k": 1} x"#, "[1]"] {
+            assert!(
+                matches!(
+                    parse_body(body.as_bytes(), 10),
+                    Err(ApiError::BadRequest { field: None, .. })
+                ),
+                "{body}"
+            );
+        }
     }
 }
