@@ -128,15 +128,7 @@ async fn bad_requests_name_the_field() {
         (json!({"customer_id": "c", "model": "nope"}), "model"),
         (json!({"customer_id": "c", "kk": 1}), "kk"),
     ];
-    for (body, field) in cases {
-        let (s, r) = app.post("/v1/recommend", body.clone()).await;
-        assert_eq!(s, 400, "{body} → {r}");
-        assert_eq!(r["field"], field, "{body} → {r}");
-        assert!(
-            r["error"].as_str().is_some_and(|e| e.contains(field)),
-            "{r}"
-        );
-    }
+    app.assert_field_errors("/v1/recommend", &cases).await;
     let (s, r) = app.post_raw("/v1/recommend", "{not json").await;
     assert_eq!(s, 400);
     assert!(

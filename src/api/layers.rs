@@ -139,7 +139,12 @@ fn layer_message(status: StatusCode, headers: &HeaderMap, text: &str) -> String 
                 .get(header::ALLOW)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            format!("method not allowed on this route (allowed: {allowed})")
+            // the router may add `Allow` after this layer ran
+            if allowed.is_empty() {
+                "method not allowed on this route (see the Allow header)".to_string()
+            } else {
+                format!("method not allowed on this route (allowed: {allowed})")
+            }
         }
         StatusCode::REQUEST_TIMEOUT => {
             "request did not complete within the request timeout (http.request_timeout_ms)".into()

@@ -115,9 +115,13 @@ fn public(http: &HttpConfig) -> Router<Arc<AppState>> {
         .layer(HandleErrorLayer::new(move |e| layers::shed(e, concurrency)))
         .layer(LoadShedLayer::new())
         .layer(ConcurrencyLimitLayer::new(concurrency));
+    // a route layer wraps the whole method router, so its 405 keeps `Allow`
+    let recommend = Router::new()
+        .route("/v1/recommend", post(recommend::recommend))
+        .route_layer(limit);
     Router::new()
         .merge(timed)
-        .route("/v1/recommend", post(recommend::recommend).layer(limit))
+        .merge(recommend)
         // a WebSocket stays open as long as its client wants: no timeout
         .route("/v1/stream", get(stream::stream))
 }

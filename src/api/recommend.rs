@@ -161,6 +161,15 @@ fn parse_body(body: &[u8], max_k: usize) -> Result<RecommendBody, ApiError> {
     let not_json = |e: serde_json::Error| {
         ApiError::bad_request(format!("body is not valid JSON: {e}"), None, None)
     };
+    // serde would take a JSON array as the struct's fields in order
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        serde_json::from_slice::<Value>(body).map_err(not_json)?;
+        return Err(ApiError::bad_request(
+            "body must be a JSON object",
+            None,
+            None,
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

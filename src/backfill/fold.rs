@@ -54,7 +54,7 @@ struct Fold<'a, 'e> {
 /// sorting). Should two ids share a hash, their events interleave and a
 /// group is folded in several runs; each run is still a correct write of
 /// that group's events (updates commute, the later runs merge through
-/// `apply.lua`).
+/// `update.lua`).
 fn keyed_side(
     events: &[Event],
     idx: &[u32],

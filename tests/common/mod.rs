@@ -236,6 +236,20 @@ impl TestApp {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Posts each body to `path` and checks the 400 names its field, in
+    /// `field` and in the message.
+    pub async fn assert_field_errors(&self, path: &str, cases: &[(serde_json::Value, &str)]) {
+        for (body, field) in cases {
+            let (s, r) = self.post(path, body.clone()).await;
+            assert_eq!(s, 400, "{body} → {r}");
+            assert_eq!(r["field"], *field, "{body} → {r}");
+            assert!(
+                r["error"].as_str().is_some_and(|e| e.contains(field)),
+                "{r}"
+            );
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .client

@@ -3,10 +3,14 @@
 //! Two implementations of [`FeatureStore`]: [`redis::RedisStore`] for
 //! production (many instances share it) and [`memory::MemoryStore`], the
 //! embedded default when `NEXTBEST_REDIS_URL` is unset. Both apply the same
-//! [`Plan`]s with the same semantics (`aggregate::apply_update`), dedupe by
-//! event id per entity group, and read a customer, its session and any number
-//! of items in one round trip. Only this module knows Redis keys.
-//! [`open`] builds the one the config asks for.
+//! [`Plan`]s with the same feature semantics (`aggregate::apply_update`),
+//! dedupe by event id per entity group within `dedupe_window`, and read a
+//! customer, its session and any number of items in one round trip. What
+//! each forgets of old event ids differs (Redis prunes ids older than the
+//! window on every write, memory only as a group's id set grows; see
+//! `memory.rs`), so a redelivery older than the window counts again on Redis
+//! and may not in memory. Only this module knows Redis keys. [`open`] builds
+//! the one the config asks for.
 
 pub mod dump;
 pub mod memory;
