@@ -8,7 +8,7 @@
 
 use super::ApiError;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::BoxError;
@@ -115,11 +115,7 @@ pub async fn json_error_body(resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     // axum's rejection texts are one short line; anything longer is dropped
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let message = layer_message(
-        status,
-        &parts.headers,
-        String::from_utf8_lossy(&text).trim(),
-    );
+    let message = layer_message(status, String::from_utf8_lossy(&text).trim());
     let (json_parts, json_body) = ApiError::Http { status, message }
         .into_response()
         .into_parts();
@@ -129,22 +125,14 @@ pub async fn json_error_body(resp: Response) -> Response {
 }
 
 /// The message of an error the HTTP layer answered itself.
-fn layer_message(status: StatusCode, headers: &HeaderMap, text: &str) -> String {
+fn layer_message(status: StatusCode, text: &str) -> String {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
             format!("request body is larger than the limit of {BODY_LIMIT_BYTES} bytes")
         }
+        // axum adds `Allow` after this layer has run, so it is not seen here
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            // the router may add `Allow` after this layer ran
-            if allowed.is_empty() {
-                "method not allowed on this route (see the Allow header)".to_string()
-            } else {
-                format!("method not allowed on this route (allowed: {allowed})")
-            }
+            "method not allowed on this route (see the Allow header)".into()
         }
         StatusCode::REQUEST_TIMEOUT => {
             "request did not complete within the request timeout (http.request_timeout_ms)".into()
