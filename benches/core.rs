@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot paths: aggregating events (the pure code the
-//! consumer and backfill share), building a 100-row feature matrix, and
-//! scoring it with the shipped model.
+//! consumer and backfill share), building a 100-row feature matrix,
+//! scoring it with the shipped model, and judging 100 candidates by 20
+//! rules.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nextbest::event::Event;
@@ -122,7 +123,136 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // 20 rules × 100 candidates: the rules stage's added cost per request
+    let rules_dir =
+        std::env::temp_dir().join(format!("nextbest-bench-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&rules_dir).expect("rules dir");
+    std::fs::write(rules_dir.join("bench.toml"), BENCH_RULES).expect("rules file");
+    let rules = nextbest::rules::RuleSet::load(&rules_dir, &set, None);
+    let _ = std::fs::remove_dir_all(&rules_dir);
+    assert!(
+        rules.errors().next().is_none(),
+        "bench rules load: {:?}",
+        rules.files
+    );
+    assert_eq!(rules.rules.len(), 20);
+    let rule_inputs = nextbest::rules::schema::Inputs {
+        set: &set,
+        customer: st.customer("c1"),
+        session: st.session("c1", None).1,
+        context: &ctx,
+        now,
+    };
+    let cands: Vec<(&str, &EntityState)> = items.iter().map(|i| (i.as_str(), st.item(i))).collect();
+    let sourced = nextbest::rules::eval::Sourced::new();
+    let mut g = c.benchmark_group("rules");
+    g.bench_function("judge_20_rules_x_100_candidates", |b| {
+        b.iter(|| {
+            let active = rules.begin(&rule_inputs, &[]);
+            active.judge(&rule_inputs, &cands, &sourced, false).len()
+        })
+    });
+    g.bench_function("judge_20_rules_x_100_candidates_explain", |b| {
+        b.iter(|| {
+            let active = rules.begin(&rule_inputs, &[]);
+            active.judge(&rule_inputs, &cands, &sourced, true).len()
+        })
+    });
+    g.finish();
 }
+
+/// A merchandiser's mix: 4 rules on the customer only, 16 per item.
+const BENCH_RULES: &str = r#"
+[[rule]]
+name = "r01"
+when = "customer.segment == 'staff'"
+weight = 0.5
+[[rule]]
+name = "r02"
+when = "customer.cart_value > 100.0"
+action = "free_shipping"
+priority = 2
+[[rule]]
+name = "r03"
+when = "customer.purchases_7d >= 3.0"
+weight = 1.1
+[[rule]]
+name = "r04"
+when = "context.is_mobile == 1.0"
+weight = 1.05
+[[rule]]
+name = "r05"
+item_when = "item.in_stock == 0.0"
+exclude = true
+[[rule]]
+name = "r06"
+item_when = "cross.purchased_before == 1.0"
+exclude = true
+[[rule]]
+name = "r07"
+when = "customer.cart_value > 0.0"
+item_when = "item.id in customer.cart_recent"
+action = "complete_purchase"
+priority = 5
+[[rule]]
+name = "r08"
+item_when = "item.category in customer.recent_categories"
+weight = 1.3
+[[rule]]
+name = "r09"
+item_when = "item.price > 100.0"
+weight = 0.9
+[[rule]]
+name = "r10"
+item_when = "item.brand == 'acme'"
+weight = 1.2
+[[rule]]
+name = "r11"
+item_when = "item.margin > 0.3 && item.price > 20.0"
+weight = 1.15
+[[rule]]
+name = "r12"
+item_when = "item.views_24h > 50.0"
+action = "trending"
+priority = 1
+[[rule]]
+name = "r13"
+item_when = "cross.viewed_recently == 1.0 && cross.carted_recently == 0.0"
+action = "reminder"
+priority = 3
+[[rule]]
+name = "r14"
+item_when = "item.conversion_7d > 0.05"
+weight = 1.1
+[[rule]]
+name = "r15"
+item_when = "item.id in ['p1', 'p2', 'p3', 'p4', 'p5']"
+weight = 2.0
+[[rule]]
+name = "r16"
+item_when = "item.catalog_category == 'clearance'"
+action = "clearance"
+priority = 4
+[[rule]]
+name = "r17"
+when = "customer.views_24h > 10.0"
+item_when = "item.carts_24h > 5.0"
+weight = 1.2
+[[rule]]
+name = "r18"
+item_when = "item.list_price > 0.0 && item.price < item.list_price * 0.8"
+action = "discount"
+priority = 6
+[[rule]]
+name = "r19"
+item_when = "item.purchases_7d > 10.0 && customer.segment != 'new'"
+weight = 1.1
+[[rule]]
+name = "r20"
+item_when = "session.page_views > 3.0 && item.category == 'cat1'"
+weight = 1.25
+"#;
 
 criterion_group!(benches, bench);
 criterion_main!(benches);

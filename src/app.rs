@@ -19,6 +19,8 @@ use crate::model::reload::{publish_serving, Reloader};
 use crate::model::routing::Routing;
 use crate::model::runtime;
 use crate::model::scorer::LoadOptions;
+use crate::rules::reload::RulesReloader;
+use crate::rules::RuleSet;
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::sync::Arc;
@@ -52,6 +54,8 @@ pub enum AppError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("config: {0}")]
+    Config(String),
 }
 
 /// A built, not yet running, server.
@@ -61,6 +65,7 @@ pub struct App {
     popularity: Arc<ArcSwap<Popularity>>,
     consumer: Option<EventConsumer>,
     reloader: Option<Reloader>,
+    rules_reloader: Option<RulesReloader>,
 }
 
 impl App {
@@ -99,6 +104,21 @@ impl App {
             rescan_every: Duration::from_secs(cfg.model.rescan_secs),
         });
         let popularity = Arc::new(ArcSwap::from_pointee(Popularity::default()));
+        let rule_set = RuleSet::load(&cfg.rules.dir, &set, None);
+        for f in rule_set.errors() {
+            tracing::error!(
+                error = f.error.as_deref().unwrap_or(""),
+                "rule file rejected"
+            );
+        }
+        let rules = Arc::new(ArcSwap::from_pointee(rule_set));
+        let rules_reloader = cfg.rules.watch.then(|| RulesReloader {
+            dir: cfg.rules.dir.clone(),
+            set: set.clone(),
+            rules: rules.clone(),
+            debounce: Duration::from_millis(cfg.rules.reload_debounce_ms),
+            rescan_every: Duration::from_secs(cfg.rules.rescan_secs),
+        });
 
         let (ingest, consumer) = match &cfg.kafka.brokers {
             Some(brokers) => {
@@ -121,14 +141,18 @@ impl App {
             }
             None => (Ingest::InProcess, None),
         };
-        let decider = Arc::new(Decider::new(
-            &cfg,
-            set.clone(),
-            store.clone(),
-            registry.clone(),
-            popularity.clone(),
-            routing,
-        ));
+        let decider = Arc::new(
+            Decider::new(
+                &cfg,
+                set.clone(),
+                store.clone(),
+                registry.clone(),
+                popularity.clone(),
+                routing,
+                rules.clone(),
+            )
+            .map_err(AppError::Config)?,
+        );
         let listener = TcpListener::bind(cfg.http_addr)
             .await
             .map_err(|source| AppError::Bind {
@@ -145,6 +169,7 @@ impl App {
             metrics,
             changes: ChangeFeed::in_process(),
             clock: Clock::System,
+            rules,
         });
         Ok(App {
             listener,
@@ -152,6 +177,7 @@ impl App {
             popularity,
             consumer,
             reloader,
+            rules_reloader,
         })
     }
 
@@ -210,11 +236,12 @@ impl App {
             .map(|a| a.to_string())
             .unwrap_or_default();
         format!(
-            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  url:      http://{}",
+            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  rules:    {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  url:      http://{}",
             env!("CARGO_PKG_VERSION"),
             s.store.describe(),
             broker,
             models.join("; "),
+            s.rules.load().summary(),
             s.set.features.len(),
             s.set.derived.len(),
             s.set.context.len(),
@@ -237,6 +264,9 @@ impl App {
             stop_rx.clone(),
         )));
         if let Some(r) = self.reloader {
+            tasks.push(tokio::spawn(r.run(stop_rx.clone())));
+        }
+        if let Some(r) = self.rules_reloader {
             tasks.push(tokio::spawn(r.run(stop_rx.clone())));
         }
         if let Some(consumer) = self.consumer {

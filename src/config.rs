@@ -44,6 +44,33 @@ pub struct Config {
     pub model: ModelConfig,
     pub recommend: RecommendConfig,
     pub http: HttpConfig,
+    pub rules: RulesConfig,
+}
+
+/// Business rules (`rules/*.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Folder of rule files (`NEXTBEST_RULES_DIR`); missing → no rules.
+    pub dir: PathBuf,
+    /// Watch the folder and swap changed files in without a restart.
+    pub watch: bool,
+    /// Delay from a file change to its reload, and the least time between
+    /// two reloads, in ms.
+    pub reload_debounce_ms: u64,
+    /// Reload the folder this often even without file events, in seconds (0 = never).
+    pub rescan_secs: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dir: PathBuf::from("rules"),
+            watch: true,
+            reload_debounce_ms: 300,
+            rescan_secs: 30,
+        }
+    }
 }
 
 /// The HTTP layer.
@@ -148,8 +175,11 @@ pub struct RecommendConfig {
     pub max_candidates: usize,
     /// Candidates generated from the store when the request lists none.
     pub generated_candidates: usize,
-    /// Do not recommend items the customer bought recently.
-    pub exclude_purchased: bool,
+    /// The item feature an item's value comes from in arbitration
+    /// (priority = propensity × value × weight), e.g. `item.margin`. An item
+    /// without it recorded falls back to `item.price`, then 1. Unset → every
+    /// item's value is 1 (rank by propensity × weight).
+    pub value: Option<String>,
     /// How often the popularity lists are rebuilt, in seconds.
     pub popularity_refresh_secs: u64,
     /// How long item states read from Redis are reused by requests, in ms
@@ -169,6 +199,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             recommend: RecommendConfig::default(),
             http: HttpConfig::default(),
+            rules: RulesConfig::default(),
         }
     }
 }
@@ -251,7 +282,7 @@ impl Default for RecommendConfig {
             default_budget_ms: 200,
             max_candidates: 1000,
             generated_candidates: 100,
-            exclude_purchased: true,
+            value: None,
             popularity_refresh_secs: 10,
             item_cache_ms: 1000,
         }
@@ -308,6 +339,9 @@ impl Config {
         }
         if let Some(v) = get("NEXTBEST_FEATURES") {
             self.features = PathBuf::from(v);
+        }
+        if let Some(v) = get("NEXTBEST_RULES_DIR") {
+            self.rules.dir = PathBuf::from(v);
         }
         if let Some(v) = get("ORT_DYLIB_PATH") {
             self.ort_dylib_path = Some(PathBuf::from(v));

@@ -1,6 +1,6 @@
 //! nextbest: a real-time next-best-action server. Events become online
 //! features (`features`, `ingest`); a request becomes a ranked answer
-//! (`decide`, `model`); `api` is the HTTP face and `app` wires it together.
+//! (`decide`, `model`, `rules`); `api` is the HTTP face and `app` wires it together.
 //! See ARCHITECTURE.md for the map and its invariants.
 
 pub mod api;
@@ -12,9 +12,11 @@ pub mod config;
 pub mod decide;
 pub mod event;
 pub mod features;
+pub mod folder_watch;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod rules;
 
 /// Wall-clock time in ms since the Unix epoch (for code that has no
 /// [`clock::Clock`] handed to it: CLI defaults, metrics, tests).

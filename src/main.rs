@@ -85,6 +85,18 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Business rules (`rules/*.toml`).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check a rules folder (or one file) against the feature definitions;
+    /// exits non-zero on any error, printing `file:line:column: reason`.
+    Check { path: PathBuf },
 }
 
 /// `serve` options: history to load into the store before serving (useful
@@ -218,7 +230,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models {
             command: ModelsCommand::Check { dir },
         } => models_check(&cfg, &dir),
+        Command::Rules {
+            command: RulesCommand::Check { path },
+        } => rules_check(&cfg, &path),
     }
+}
+
+fn rules_check(cfg: &Config, path: &Path) -> anyhow::Result<()> {
+    let set = FeatureSet::load(&cfg.features)?;
+    let rules = if path.is_file() {
+        nextbest::rules::RuleSet::load_file_only(path, &set)
+    } else {
+        if !path.is_dir() {
+            bail!(
+                "{} is neither a rules folder nor a rule file",
+                path.display()
+            );
+        }
+        nextbest::rules::RuleSet::load(path, &set, None)
+    };
+    for f in &rules.files {
+        match &f.error {
+            None => println!(
+                "ok: {} ({} rules: {})",
+                f.file,
+                f.rules.len(),
+                f.rules.join(", ")
+            ),
+            Some(e) => println!("REJECTED {e}"),
+        }
+    }
+    let rejected = rules.errors().count();
+    if rules.files.is_empty() {
+        bail!("no *.toml rule files in {}", path.display());
+    }
+    if rejected > 0 {
+        bail!("{rejected} of {} rule files rejected", rules.files.len());
+    }
+    println!(
+        "{} rules in {} files: all valid",
+        rules.rules.len(),
+        rules.files.len()
+    );
+    Ok(())
 }
 
 fn backfill(cfg: Config, job: BackfillJob) -> anyhow::Result<()> {

@@ -24,6 +24,12 @@ pub const EVENTS_PRODUCED: &str = "nextbest_events_produced_total";
 pub const EVENT_FRESHNESS: &str = "nextbest_event_freshness_seconds";
 pub const STORE_ERRORS: &str = "nextbest_store_errors_total";
 pub const APPLY_SECONDS: &str = "nextbest_store_apply_seconds";
+pub const RULE_MATCHES: &str = "nextbest_rule_matches_total";
+pub const RULE_ERRORS: &str = "nextbest_rule_errors_total";
+pub const ACTIONS_OFFERED: &str = "nextbest_actions_offered_total";
+pub const CONTACT_SUPPRESSED: &str = "nextbest_contact_suppressed_total";
+pub const RULES_ACTIVE: &str = "nextbest_rules_active";
+pub const RULE_FILES_REJECTED: &str = "nextbest_rule_files_rejected";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -114,6 +120,21 @@ fn describe() {
         "apply time minus event time"
     );
     describe_counter!(STORE_ERRORS, "failed store calls, by operation");
+    describe_counter!(
+        RULE_MATCHES,
+        "items a rule matched (its conditions held), by rule"
+    );
+    describe_counter!(
+        RULE_ERRORS,
+        "rule evaluations that failed at run time (the rule was skipped for that item), by rule"
+    );
+    describe_counter!(ACTIONS_OFFERED, "items returned, by action");
+    describe_counter!(
+        CONTACT_SUPPRESSED,
+        "offers withheld because the customer reached the rule's contact cap, by rule"
+    );
+    describe_gauge!(RULES_ACTIVE, "rules serving");
+    describe_gauge!(RULE_FILES_REJECTED, "rule files rejected by the last load");
     describe_histogram!(
         APPLY_SECONDS,
         Unit::Seconds,

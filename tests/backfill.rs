@@ -452,6 +452,22 @@ impl FeatureStore for FailingAfter {
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
         self.inner.read(q).await
     }
+    async fn read_with_offers(
+        &self,
+        q: &ReadQuery<'_>,
+        offers: &[nextbest::features::store::OfferKey],
+        now_ms: i64,
+    ) -> Result<(ReadResult, Vec<u64>), StoreError> {
+        self.inner.read_with_offers(q, offers, now_ms).await
+    }
+    async fn record_offers(
+        &self,
+        customer_id: &str,
+        offers: &[nextbest::features::store::OfferKey],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.record_offers(customer_id, offers, now_ms).await
+    }
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
         self.inner.item_ids().await
     }

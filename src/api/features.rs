@@ -1,5 +1,6 @@
 //! `GET /v1/features/customer/{id}` and `GET /v1/features/item/{id}`: the
-//! current online features of one entity, as the model would see them now.
+//! current online features of one entity, as the model would see them now
+//! (for a customer also the contact counters of the rules' capped actions).
 
 use super::{ApiError, AppStateRef};
 use crate::event::check_id;
@@ -19,16 +20,27 @@ pub async fn customer(
     check_id("customer_id", &id)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
     let session_id = q.get("session_id").map(String::as_str);
-    let read = state
+    let now = state.clock.now_ms();
+    let keys = state.rules.load().cap_keys();
+    let (read, counts) = state
         .store
-        .read(&ReadQuery {
-            customer_id: &id,
-            session_id,
-            item_ids: &[],
-        })
+        .read_with_offers(
+            &ReadQuery {
+                customer_id: &id,
+                session_id,
+                item_ids: &[],
+            },
+            &keys,
+            now,
+        )
         .await
         .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
-    let now = state.clock.now_ms();
+    // the contact counters of the rules' capped actions
+    let offers: Vec<Value> = keys
+        .iter()
+        .zip(counts)
+        .map(|(k, n)| json!({"action": k.action, "period_ms": k.period_ms, "count": n}))
+        .collect();
     Ok(Json(json!({
         "customer_id": id,
         "known": !read.customer.is_empty(),
@@ -36,6 +48,7 @@ pub async fn customer(
         "features": entity_values(&state.set, Entity::Customer, &read.customer, now),
         "session_id": read.session_id,
         "session": entity_values(&state.set, Entity::Session, &read.session, now),
+        "offers": offers,
     })))
 }
 

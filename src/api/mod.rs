@@ -12,6 +12,7 @@ pub mod health;
 mod layers;
 pub mod models;
 pub mod recommend;
+pub mod rules;
 pub mod stream;
 
 use crate::change_feed::ChangeFeed;
@@ -22,6 +23,7 @@ use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use crate::ingest::producer::EventProducer;
 use crate::model::Registry;
+use crate::rules::RuleSet;
 use arc_swap::ArcSwap;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
@@ -61,6 +63,8 @@ pub struct AppState {
     pub changes: ChangeFeed,
     /// "Now" for reads and requests.
     pub clock: Clock,
+    /// The rule files serving (listed by `GET /v1/rules`).
+    pub rules: Arc<ArcSwap<RuleSet>>,
 }
 
 /// Builds the router: [`public`] and [`admin`] routes, then the layers
@@ -132,6 +136,7 @@ fn public(http: &HttpConfig) -> Router<Arc<AppState>> {
 fn admin(http: &HttpConfig) -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/models", get(models::list))
+        .route("/v1/rules", get(rules::list))
         .layer(layers::request_timeout(http.request_timeout()))
 }
 

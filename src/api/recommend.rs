@@ -20,7 +20,7 @@ use tower_http::request_id::RequestId;
 pub const MAX_BUDGET_MS: u64 = 60_000;
 
 /// The fields of [`RecommendBody`], for the message naming an unknown one.
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "customer_id",
     "k",
     "context",
@@ -28,6 +28,7 @@ const FIELDS: [&str; 7] = [
     "budget_ms",
     "model",
     "session_id",
+    "explain",
 ];
 
 /// The request body as sent; [`validate`] checks it into a
@@ -42,6 +43,7 @@ struct RecommendBody {
     budget_ms: Option<u64>,
     model: Option<String>,
     session_id: Option<String>,
+    explain: Option<bool>,
 }
 
 /// The handler.
@@ -77,10 +79,10 @@ pub fn validate(
         Some(_) => return Err(field_err("k", &k_range(rc.max_k))),
     };
     let raw_context = body.context.unwrap_or_default();
-    // declared context features are model inputs: numbers or booleans
+    // declared context features: numbers or booleans (text ones: strings)
     let context = ContextValues::compile(&state.set, &raw_context).map_err(|e| {
         let f = format!("context.{}", e.name);
-        field_err(&f, "must be a number or a boolean")
+        field_err(&f, &format!("must be {}", e.expected))
     })?;
     // the session: top-level `session_id`, or (older clients) `context.session_id`
     let session_id = match (body.session_id, raw_context.get("session_id")) {
@@ -152,6 +154,7 @@ pub fn validate(
         budget_ms,
         model,
         now_ms: state.clock.now_ms(),
+        explain: body.explain.unwrap_or(false),
     })
 }
 
@@ -197,6 +200,7 @@ fn expected(path: &str, max_k: usize) -> Option<String> {
         "k" => k_range(max_k),
         "budget_ms" => budget_range(),
         "context" => "must be an object".to_string(),
+        "explain" => "must be true or false".to_string(),
         "candidates" => "must be an array of item ids".to_string(),
         p if p.starts_with("candidates[") => "must be a string (an item id)".to_string(),
         _ => return None,

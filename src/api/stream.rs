@@ -53,6 +53,7 @@ async fn push_loop(state: Arc<AppState>, mut socket: WebSocket, customer: String
             budget_ms: state.cfg.recommend.default_budget_ms,
             model: None,
             now_ms: state.clock.now_ms(),
+            explain: false,
         };
         let rec = state.decider.recommend(&req).await;
         let Ok(text) = serde_json::to_string(&rec) else {

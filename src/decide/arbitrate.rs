@@ -1,6 +1,13 @@
-//! The arbitration stage: orders the ranked items and keeps the top k.
+//! The arbitration stage: each item's priority, then the order and the
+//! top k.
 //!
-//! Order: higher score first; on equal scores, the item the customer
+//! Priority = propensity (the model's score) × value × weight (the product
+//! of the matching rules' levers). The value is the item's
+//! `recommend.value` feature (e.g. `item.margin`); an item without it
+//! recorded falls back to `item.price`, then 1; with `recommend.value`
+//! unset every value is 1.
+//!
+//! Order: higher priority first; on equal scores, the item the customer
 //! interacted with most recently first (the newest time it appears in their
 //! cart, viewed or purchased lists; items they never touched after those
 //! they did); then by item id, so the answer never depends on the order
@@ -9,11 +16,56 @@
 use super::candidates::{CART_LIST, PURCHASED_LIST, VIEW_LIST};
 use super::request::RankedItem;
 use crate::features::aggregate::EntityState;
+use crate::features::{Entity, FeatureSet};
+use crate::rules::schema::recorded_item_number;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
 /// The customer lists whose times break ties.
 const INTERACTION_LISTS: [&str; 3] = [CART_LIST, VIEW_LIST, PURCHASED_LIST];
+
+/// Where an item's value comes from (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValueSource {
+    /// Index of the `recommend.value` feature, and of `item.price`.
+    feature: Option<usize>,
+    price: Option<usize>,
+}
+
+/// The item feature holding the price (the value's first fallback).
+const PRICE: &str = "price";
+
+impl ValueSource {
+    /// Resolves `recommend.value` (`item.<numeric feature>`, or unset).
+    pub fn new(set: &FeatureSet, name: Option<&str>) -> Result<ValueSource, String> {
+        let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
+            return Ok(ValueSource::default());
+        };
+        let index = |n: &str| {
+            set.features
+                .iter()
+                .position(|f| f.entity == Entity::Item && f.name == n && f.is_numeric())
+        };
+        let feature = name.strip_prefix("item.").and_then(index).ok_or_else(|| {
+            format!("recommend.value `{name}` is not a numeric item feature (e.g. `item.margin`)")
+        })?;
+        Ok(ValueSource {
+            feature: Some(feature),
+            price: index(PRICE),
+        })
+    }
+
+    /// An item's value at `now`.
+    pub fn value(&self, set: &FeatureSet, item: &EntityState, now: i64) -> f64 {
+        let Some(f) = self.feature else { return 1.0 };
+        recorded_item_number(set, f, item, now)
+            .or_else(|| {
+                self.price
+                    .and_then(|p| recorded_item_number(set, p, item, now))
+            })
+            .unwrap_or(1.0)
+    }
+}
 
 /// Sorts `items` by the rule above and keeps the first `k`.
 pub fn top_k(mut items: Vec<RankedItem>, k: usize, customer: &EntityState) -> Vec<RankedItem> {
@@ -51,12 +103,7 @@ mod tests {
     use super::*;
 
     fn item(id: &str, score: f32) -> RankedItem {
-        RankedItem {
-            item_id: id.into(),
-            score,
-            action: "recommend".into(),
-            reasons: Vec::new(),
-        }
+        RankedItem::plain(id.into(), score, Vec::new())
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The candidates stage: which items are considered. A request either lists
 //! them, or they are generated from the customer's state (what they carted
 //! and viewed recently, popular items of their recent categories, then the
-//! globally popular items); rules may inject more later
-//! ([`inject`]). Each candidate carries where it came from, which becomes a
+//! globally popular items); rules inject more from their sources
+//! ([`from_source`], [`inject`]). Each candidate carries where it came from, which becomes a
 //! reason in the answer.
 
 use super::popularity::Popularity;
 use super::request::Label;
 use crate::features::aggregate::EntityState;
+use crate::rules::file::InjectSource;
 use std::collections::HashSet;
 
 /// Where a candidate came from.
@@ -102,6 +103,55 @@ pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<Candi
         push(id, Source::Popular, &mut out);
     }
     out
+}
+
+/// The items an `inject` source gives for a customer, at most `limit`,
+/// best first.
+pub fn from_source(
+    source: &InjectSource,
+    customer: &EntityState,
+    pop: &Popularity,
+    limit: usize,
+) -> Vec<String> {
+    let list = |name: &str| -> Vec<String> {
+        customer
+            .recent
+            .get(name)
+            .map(|l| l.iter().map(|(m, _)| m.clone()).collect())
+            .unwrap_or_default()
+    };
+    match source {
+        InjectSource::Items(ids) => ids.iter().take(limit).cloned().collect(),
+        InjectSource::RecentlyViewed => list(VIEW_LIST).into_iter().take(limit).collect(),
+        InjectSource::Popular => pop
+            .global
+            .iter()
+            .take(limit)
+            .map(|(id, _)| id.clone())
+            .collect(),
+        InjectSource::PopularInRecentCategories => {
+            let cats = list(CATEGORY_LIST);
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            // round robin over the categories, most recent first
+            let lists: Vec<&Vec<(String, f64)>> =
+                cats.iter().filter_map(|c| pop.by_category.get(c)).collect();
+            let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+            'fill: for rank in 0..longest {
+                for l in &lists {
+                    if let Some((id, _)) = l.get(rank) {
+                        if seen.insert(id.as_str()) {
+                            out.push(id.clone());
+                            if out.len() >= limit {
+                                break 'fill;
+                            }
+                        }
+                    }
+                }
+            }
+            out
+        }
+    }
 }
 
 /// Adds `ids` not already among `cands`, each with `reason` (the seam rules

@@ -1,19 +1,21 @@
 //! The fallback stage: the answer when ranking failed or ran out of time.
 //! The request's candidates in their order, or the globally popular items,
 //! scored by rank (1, 1/2, 1/3, ...), with `fallback: true` and the reason.
+//! Built from memory only, so rules (which need the customer's features)
+//! do not apply to it.
 
 use super::popularity::Popularity;
 use super::request::{RankedItem, RecommendRequest, Recommendation};
-use super::rules::ACTION_RECOMMEND;
 use std::collections::BTreeMap;
 
 /// The fallback answer to `req`.
 pub fn answer(req: &RecommendRequest, pop: &Popularity, reason: String) -> Recommendation {
-    let item = |r: usize, id: &str, source: &'static str| RankedItem {
-        item_id: id.to_string(),
-        score: 1.0 / (r as f32 + 1.0),
-        action: ACTION_RECOMMEND.into(),
-        reasons: vec!["fallback".into(), source.into()],
+    let item = |r: usize, id: &str, source: &'static str| {
+        RankedItem::plain(
+            id.to_string(),
+            1.0 / (r as f32 + 1.0),
+            vec!["fallback".into(), source.into()],
+        )
     };
     let items: Vec<RankedItem> = match &req.candidates {
         Some(list) => list
@@ -38,5 +40,6 @@ pub fn answer(req: &RecommendRequest, pop: &Popularity, reason: String) -> Recom
         fallback: true,
         fallback_reason: Some(reason),
         timings_us: BTreeMap::new(),
+        excluded: None,
     }
 }

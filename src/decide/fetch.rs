@@ -1,11 +1,11 @@
 //! The fetch stage: the customer's, the session's and the candidates' states
 //! in one store round trip, item states served from the per-instance
-//! [`ItemCache`] where fresh. Customer and session states are always read
-//! from the store.
+//! [`ItemCache`] where fresh. Customer and session states (and the contact
+//! counters rules cap actions with) are always read from the store.
 
 use super::item_cache::ItemCache;
 use crate::features::aggregate::EntityState;
-use crate::features::store::{FeatureStore, ReadQuery, StoreError};
+use crate::features::store::{FeatureStore, OfferKey, ReadQuery, StoreError};
 use std::sync::Arc;
 
 /// The states one request is decided on.
@@ -15,6 +15,8 @@ pub struct Fetched {
     pub session: EntityState,
     /// One per candidate, in candidate order (empty state for unknown items).
     pub items: Vec<Arc<EntityState>>,
+    /// The customer's contact counters asked for, in order.
+    pub offers: Vec<u64>,
 }
 
 /// The store and the optional item cache, as the fetch stage sees them.
@@ -25,26 +27,34 @@ pub struct Fetcher<'a> {
 
 impl Fetcher<'_> {
     /// Reads the customer, the session (the latest one if `session_id` is
-    /// `None`) and the items of `item_ids` not in the cache, in one round trip.
+    /// `None`), the items of `item_ids` not in the cache and the customer's
+    /// `offers` counters, in one round trip.
     pub async fn read(
         &self,
         customer_id: &str,
         session_id: Option<&str>,
         item_ids: &[String],
+        offers: &[OfferKey],
+        now_ms: i64,
     ) -> Result<Fetched, StoreError> {
         let (cached, missing) = self.cached(item_ids);
-        let read = self
+        let (read, offers) = self
             .store
-            .read(&ReadQuery {
-                customer_id,
-                session_id,
-                item_ids: &missing,
-            })
+            .read_with_offers(
+                &ReadQuery {
+                    customer_id,
+                    session_id,
+                    item_ids: &missing,
+                },
+                offers,
+                now_ms,
+            )
             .await?;
         Ok(Fetched {
             customer: read.customer,
             session: read.session,
             items: self.merge(cached, missing, read.items),
+            offers,
         })
     }
 

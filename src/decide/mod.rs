@@ -1,17 +1,19 @@
 //! Deciding what to show: the recommend pipeline, one stage a file, each
 //! handing the next a typed value:
 //!
-//! 1. [`candidates`]: the request's list, or generated from the customer's
-//!    state and the [`popularity`] lists (rules inject more later);
-//! 2. [`fetch`]: customer, session and item states in one store round trip
-//!    ([`item_cache`] for item states);
-//! 3. [`rules`] (eligibility): which candidates may be shown;
-//! 4. [`rows`]: the feature matrix for the chosen model;
-//! 5. [`score`]: the model on the blocking pool behind admission control
+//! 1. [`candidates`] and [`fetch`]: the customer's, the session's and the
+//!    request's items' states in one store round trip ([`item_cache`] for
+//!    item states); candidates are the request's list, or generated from
+//!    the customer's state and the [`popularity`] lists; the rules that
+//!    hold for the customer inject more; the items not read yet come in a
+//!    second round trip;
+//! 2. [`rules`]: each candidate judged by the rule files: excluded or not,
+//!    its weight, action and reasons;
+//! 3. [`rows`]: the feature matrix of the eligible candidates;
+//! 4. [`score`]: the model on the blocking pool behind admission control
 //!    ([`shadow`] models scored off the request path);
-//! 6. [`rules`] (actions) and [`arbitrate`]: action and reasons per item,
-//!    ordered, top k;
-//! 7. [`fallback`]: the answer when any of that failed.
+//! 5. [`arbitrate`]: priority = propensity × value × weight, ordered, top k;
+//! 6. [`fallback`]: the answer when any of that failed.
 //!
 //! The whole pipeline runs under the request's budget minus a small reserve:
 //! a store or model error, an overloaded scorer or the deadline give the
@@ -32,12 +34,15 @@ pub mod rules;
 pub mod score;
 pub mod shadow;
 
-pub use request::{Label, ModelRef, RankedItem, RecommendRequest, Recommendation};
+pub use request::{ExcludedItem, Label, ModelRef, RankedItem, RecommendRequest, Recommendation};
 
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use crate::model::routing::Routing;
 use crate::model::{LoadedModel, Registry};
+use crate::rules::eval::Sourced;
+use crate::rules::RuleSet;
+use arbitrate::ValueSource;
 use arc_swap::ArcSwap;
 use candidates::Candidate;
 use fetch::{Fetched, Fetcher};
@@ -88,7 +93,10 @@ pub struct Decider {
     pub micro_batch: Option<Duration>,
     /// Item states cache (`None` reads every item every time).
     pub item_cache: Option<item_cache::ItemCache>,
-    pub rules: rules::Rules,
+    /// The rule files serving (swapped on reload).
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    /// Where an item's value in arbitration comes from.
+    pub value: ValueSource,
     pub admission: Admission,
     pub shadows: Shadows,
 }
@@ -98,7 +106,8 @@ const RESERVE: Duration = Duration::from_millis(2);
 
 impl Decider {
     /// The pipeline for a configuration: item cache (Redis only), admission
-    /// sized to the model session pool, shadow bound, built-in rules.
+    /// sized to the model session pool, shadow bound, the rules. An
+    /// unknown `recommend.value` is an error.
     pub fn new(
         cfg: &crate::config::Config,
         set: Arc<FeatureSet>,
@@ -106,10 +115,12 @@ impl Decider {
         registry: Arc<ArcSwap<Registry>>,
         popularity: Arc<ArcSwap<Popularity>>,
         routing: Routing,
-    ) -> Decider {
+        rules: Arc<ArcSwap<RuleSet>>,
+    ) -> Result<Decider, String> {
         let sessions = cfg.model.sessions.max(1);
-        Decider {
-            rules: rules::Rules::new(&set, cfg.recommend.exclude_purchased),
+        Ok(Decider {
+            value: ValueSource::new(&set, cfg.recommend.value.as_deref())?,
+            rules,
             set,
             store,
             registry,
@@ -123,7 +134,7 @@ impl Decider {
             ),
             admission: Admission::new(sessions, cfg.model.max_waiting),
             shadows: Shadows::new(sessions),
-        }
+        })
     }
 
     /// Answers a request; within its budget, never an error.
@@ -174,13 +185,29 @@ impl Decider {
         timings: &mut BTreeMap<&'static str, u64>,
     ) -> Result<Recommendation, DecideError> {
         let model = self.pick_model(req).ok_or(DecideError::NoModel)?;
+        let rules = self.rules.load_full();
 
         let t = Instant::now();
-        let (cands, fetched) = self.candidates_and_states(req).await?;
+        let (cands, fetched, sourced, capped) = self.candidates_and_states(req, &rules).await?;
         stage(timings, "features", t);
 
         let t = Instant::now();
-        let eligible = self.rules.eligible(&fetched.customer, &cands);
+        let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
+        let verdicts = rules::judge(
+            &rules,
+            &inputs,
+            &capped,
+            &cands,
+            &fetched,
+            &sourced,
+            req.explain,
+        );
+        let eligible: Vec<usize> = (0..cands.len())
+            .filter(|&i| verdicts[i].excluded_by.is_none())
+            .collect();
+        stage(timings, "rules", t);
+
+        let t = Instant::now();
         let matrix = rows::build(
             &self.set,
             &model.plan,
@@ -198,25 +225,57 @@ impl Decider {
         self.score_shadows(&model, req, &fetched, &cands, &eligible, &scores);
 
         let t = Instant::now();
-        let facts = self.rules.facts(&self.set, &fetched.customer, req.now_ms);
+        let mut verdicts = verdicts;
+        // the rule each item's action came from (for its contact counter)
+        let mut action_rule: Vec<(String, usize)> = Vec::new();
         let items: Vec<RankedItem> = eligible
             .iter()
             .zip(scores)
-            .map(|(&i, score)| {
+            .map(|(&i, propensity)| {
                 let c = &cands[i];
-                let (action, extra) = self.rules.action(&facts, &fetched.customer, &c.item_id);
+                let v = std::mem::take(&mut verdicts[i]);
+                let value = self.value.value(&self.set, &fetched.items[i], req.now_ms);
                 let mut reasons = vec!["model_score".into(), c.source.reason()];
-                reasons.extend(extra);
+                for r in v.reasons {
+                    if !reasons.contains(&r) {
+                        reasons.push(r);
+                    }
+                }
+                let priority = f64::from(propensity) * value * v.weight;
+                if let Some((_, ri)) = &v.action {
+                    action_rule.push((c.item_id.clone(), *ri));
+                }
                 RankedItem {
                     item_id: c.item_id.clone(),
-                    score,
-                    action,
+                    score: priority as f32,
+                    propensity,
+                    value,
+                    weight: v.weight,
+                    action: v
+                        .action
+                        .map(|(a, _)| a)
+                        .unwrap_or(Label::Borrowed(rules::ACTION_RECOMMEND)),
                     reasons,
+                    explain: req.explain.then_some(v.explained),
                 }
             })
             .collect();
         let items = arbitrate::top_k(items, req.k, &fetched.customer);
-        stage(timings, "rules", t);
+        count_actions(&items);
+        self.record_offers(req, &rules, &items, &action_rule);
+        let excluded = req.explain.then(|| {
+            verdicts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    v.excluded_by.map(|ri| request::ExcludedItem {
+                        item_id: cands[i].item_id.clone(),
+                        rule: rules.rules[ri].name.clone(),
+                    })
+                })
+                .collect()
+        });
+        stage(timings, "arbitrate", t);
 
         Ok(Recommendation {
             request_id: req.request_id.clone(),
@@ -229,36 +288,85 @@ impl Decider {
             fallback: false,
             fallback_reason: None,
             timings_us: BTreeMap::new(),
+            excluded,
         })
     }
 
-    /// Candidates and states: with the request's list, one round trip for
-    /// everything; otherwise the customer first (candidates are generated
-    /// from it), then the generated items.
+    /// Counts, off the request path, one offer of each capped action the
+    /// answer shows (see `rules`' contact policy).
+    fn record_offers(
+        &self,
+        req: &RecommendRequest,
+        rules: &RuleSet,
+        items: &[RankedItem],
+        action_rule: &[(String, usize)],
+    ) {
+        if !rules.has_caps {
+            return;
+        }
+        let mut keys = Vec::new();
+        for item in items {
+            let key = action_rule
+                .iter()
+                .find(|(id, _)| *id == item.item_id)
+                .and_then(|(_, ri)| rules.rules[*ri].offer_key());
+            if let Some(k) = key {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        if keys.is_empty() {
+            return;
+        }
+        let (store, customer, now) = (self.store.clone(), req.customer_id.clone(), req.now_ms);
+        tokio::spawn(async move {
+            if let Err(e) = store.record_offers(&customer, &keys, now).await {
+                tracing::warn!(error = %e, "contact counters not recorded");
+            }
+        });
+    }
+
+    /// Candidates and states: the customer (with the request's items, if it
+    /// lists them, and the contact counters of capped rules) in one round
+    /// trip; then, if candidates are generated or rules inject some, the
+    /// items not read yet in a second. Also the rules whose cap is reached.
     async fn candidates_and_states(
         &self,
         req: &RecommendRequest,
-    ) -> Result<(Vec<Candidate>, Fetched), DecideError> {
+        rule_set: &RuleSet,
+    ) -> Result<(Vec<Candidate>, Fetched, Sourced, Vec<usize>), DecideError> {
         let fetcher = Fetcher {
             store: self.store.as_ref(),
             cache: self.item_cache.as_ref(),
         };
         let session = req.session_id.as_deref();
-        Ok(match &req.candidates {
-            Some(list) => {
-                let fetched = fetcher.read(&req.customer_id, session, list).await?;
-                (candidates::requested(list), fetched)
-            }
-            None => {
-                let mut fetched = fetcher.read(&req.customer_id, session, &[]).await?;
-                let pop = self.popularity.load();
-                let cands =
-                    candidates::generate(&fetched.customer, &pop, self.cfg.generated_candidates);
-                let ids: Vec<String> = cands.iter().map(|c| c.item_id.clone()).collect();
-                fetched.items = fetcher.items(&ids).await?;
-                (cands, fetched)
-            }
-        })
+        let listed: &[String] = req.candidates.as_deref().unwrap_or(&[]);
+        let cap_keys = rule_set.cap_keys();
+        let mut fetched = fetcher
+            .read(&req.customer_id, session, listed, &cap_keys, req.now_ms)
+            .await?;
+        let capped = rule_set.capped(&cap_keys, &fetched.offers);
+        let pop = self.popularity.load();
+        let mut cands = match &req.candidates {
+            Some(list) => candidates::requested(list),
+            None => candidates::generate(&fetched.customer, &pop, self.cfg.generated_candidates),
+        };
+        let injections = {
+            let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
+            rules::injections(rule_set, &inputs, &capped, &pop)
+        };
+        for (id, reason) in &injections.added {
+            candidates::inject(&mut cands, std::slice::from_ref(id), reason.clone());
+        }
+        // states of the candidates not read with the customer
+        let have = fetched.items.len();
+        if cands.len() > have {
+            let ids: Vec<String> = cands[have..].iter().map(|c| c.item_id.clone()).collect();
+            let more = fetcher.items(&ids).await?;
+            fetched.items.extend(more);
+        }
+        Ok((cands, fetched, injections.sourced, capped))
     }
 
     /// Hands the shadow models (if any) the same states, off the request path.
@@ -297,6 +405,21 @@ impl Decider {
             k: req.k,
         };
         self.shadows.spawn(self.set.clone(), primary, models, job);
+    }
+}
+
+/// Counts the actions offered (one metric call per action, not per item).
+fn count_actions(items: &[RankedItem]) {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for i in items {
+        match counts.iter_mut().find(|(a, _)| *a == i.action.as_ref()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((i.action.as_ref(), 1)),
+        }
+    }
+    for (action, n) in counts {
+        metrics::counter!(crate::metrics::ACTIONS_OFFERED, "action" => action.to_string())
+            .increment(n);
     }
 }
 

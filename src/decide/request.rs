@@ -3,6 +3,7 @@
 
 use crate::features::vector::ContextValues;
 use crate::model::registry::ModelSpec;
+use crate::rules::eval::Explained;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -26,15 +27,48 @@ pub struct RecommendRequest {
     pub model: Option<ModelSpec>,
     /// The time features are read at (ms since the epoch).
     pub now_ms: i64,
+    /// Say per item which rules matched and what each did.
+    pub explain: bool,
 }
 
-/// One recommended item.
+/// One recommended item. `score` is its final priority: `propensity`
+/// (the model's score) × `value` × `weight` (the product of the matching
+/// rules' levers).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RankedItem {
     pub item_id: String,
     pub score: f32,
+    pub propensity: f32,
+    pub value: f64,
+    pub weight: f64,
     pub action: Label,
     pub reasons: Vec<Label>,
+    /// With `explain`: the rules that matched and what each did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Vec<Explained>>,
+}
+
+impl RankedItem {
+    /// An item with no rule applied: priority = propensity = `score`.
+    pub fn plain(item_id: String, score: f32, reasons: Vec<Label>) -> RankedItem {
+        RankedItem {
+            item_id,
+            score,
+            propensity: score,
+            value: 1.0,
+            weight: 1.0,
+            action: super::rules::ACTION_RECOMMEND.into(),
+            reasons,
+            explain: None,
+        }
+    }
+}
+
+/// With `explain`: a candidate a rule removed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ExcludedItem {
+    pub item_id: String,
+    pub rule: String,
 }
 
 /// The model that produced a ranking.
@@ -55,4 +89,7 @@ pub struct Recommendation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<String>,
     pub timings_us: BTreeMap<&'static str, u64>,
+    /// With `explain`: the candidates rules excluded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<Vec<ExcludedItem>>,
 }

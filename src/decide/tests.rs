@@ -8,7 +8,7 @@ use crate::event::Event;
 use crate::features::aggregate::{EntityState, Plan};
 use crate::features::store::memory::MemoryStore;
 use crate::features::store::{
-    ApplyOutcome, GroupOutcome, GroupWrite, ReadQuery, ReadResult, StoreError,
+    ApplyOutcome, GroupOutcome, GroupWrite, OfferKey, ReadQuery, ReadResult, StoreError,
 };
 use crate::features::vector::ContextValues;
 use crate::model::scorer::LoadOptions;
@@ -45,6 +45,23 @@ impl FeatureStore for TestStore {
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
         self.wait().await?;
         self.inner.read(q).await
+    }
+    async fn read_with_offers(
+        &self,
+        q: &ReadQuery<'_>,
+        offers: &[OfferKey],
+        now_ms: i64,
+    ) -> Result<(ReadResult, Vec<u64>), StoreError> {
+        self.wait().await?;
+        self.inner.read_with_offers(q, offers, now_ms).await
+    }
+    async fn record_offers(
+        &self,
+        customer_id: &str,
+        offers: &[OfferKey],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.record_offers(customer_id, offers, now_ms).await
     }
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
         self.inner.item_ids().await
@@ -97,6 +114,12 @@ async fn decider(cfg: &Config, delay: Duration, fail: bool) -> Decider {
         reg.problems
     );
     let routing = Routing::new(&Default::default(), &[], None).expect("default routing");
+    let rules = RuleSet::load(&repo().join("rules"), &set, None);
+    assert!(
+        rules.errors().next().is_none(),
+        "shipped rules load: {:?}",
+        rules.files
+    );
     Decider::new(
         cfg,
         set,
@@ -104,7 +127,9 @@ async fn decider(cfg: &Config, delay: Duration, fail: bool) -> Decider {
         Arc::new(ArcSwap::from_pointee(reg)),
         Arc::new(ArcSwap::from_pointee(Popularity::default())),
         routing,
+        Arc::new(ArcSwap::from_pointee(rules)),
     )
+    .expect("default config")
 }
 
 fn request(d: &Decider, budget_ms: u64) -> RecommendRequest {
@@ -118,6 +143,7 @@ fn request(d: &Decider, budget_ms: u64) -> RecommendRequest {
         budget_ms,
         model: None,
         now_ms: 1_764_355_260_000,
+        explain: false,
     }
 }
 

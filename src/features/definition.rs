@@ -182,11 +182,13 @@ pub struct DerivedDef {
     pub kind: DerivedKind,
 }
 
-/// A numeric value read from the request's `context`.
+/// A value read from the request's `context`: a number (booleans count as
+/// 0/1; models and rules use it) or text (`type = "text"`; rules only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContextDef {
     pub name: String,
     pub default: f64,
+    pub numeric: bool,
 }
 
 /// All definitions, checked.
@@ -256,6 +258,9 @@ struct RawContext {
     name: String,
     #[serde(default)]
     default: f64,
+    /// `number` (default) or `text`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 impl Aggregation {
@@ -337,9 +342,20 @@ impl FeatureSet {
             if !valid_name(&c.name) || !seen.insert(q.clone()) {
                 return Err(invalid(&q, "has an invalid or duplicate name"));
             }
+            let numeric = match c.kind.as_deref() {
+                None | Some("number") => true,
+                Some("text") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        &q,
+                        format!("has type `{other}`; use `number` or `text`"),
+                    ))
+                }
+            };
             set.context.push(ContextDef {
                 name: c.name,
                 default: c.default,
+                numeric,
             });
         }
         for d in raw.derived {
@@ -387,7 +403,12 @@ impl FeatureSet {
             .map(FeatureDef::qualified)
             .collect();
         out.extend(self.derived.iter().map(|d| d.name.clone()));
-        out.extend(self.context.iter().map(|c| format!("context.{}", c.name)));
+        out.extend(
+            self.context
+                .iter()
+                .filter(|c| c.numeric)
+                .map(|c| format!("context.{}", c.name)),
+        );
         out
     }
 
@@ -397,7 +418,7 @@ impl FeatureSet {
             return f.is_numeric();
         }
         if let Some(rest) = name.strip_prefix("context.") {
-            return self.context.iter().any(|c| c.name == rest);
+            return self.context.iter().any(|c| c.name == rest && c.numeric);
         }
         self.derived.iter().any(|d| d.name == name)
     }

@@ -20,66 +20,81 @@ pub enum VectorError {
     UnknownFeature(String),
 }
 
-/// A declared context feature given a value that is not a number or a boolean.
+/// A declared context feature given a value of the wrong kind.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("field `context.{name}` must be a number or a boolean")]
+#[error("field `context.{name}` must be {expected}")]
 pub struct ContextError {
     /// The context feature's name (without `context.`).
     pub name: String,
+    /// What it must be: "a number or a boolean", or "a string".
+    pub expected: &'static str,
 }
 
-/// The request's context as models see it: one value per declared context
-/// feature of the [`FeatureSet`], in declaration order, defaults filled in.
-/// Undeclared keys of the request's `context` are not model inputs and are
-/// not kept.
+/// The request's context as models and rules see it: one value per
+/// declared context feature of the [`FeatureSet`], in declaration order,
+/// defaults filled in (numbers; text features hold "" unless given).
+/// Undeclared keys of the request's `context` are not kept.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ContextValues {
     values: Vec<f64>,
+    texts: Vec<String>,
 }
 
 impl ContextValues {
     /// Compiles a request's `context` object: numbers as they are, booleans
-    /// as 0/1, missing or `null` as the declared default; anything else is
-    /// an error naming the field.
+    /// as 0/1, text features as strings, missing or `null` as the declared
+    /// default; anything else is an error naming the field.
     pub fn compile(set: &FeatureSet, context: &Map<String, Value>) -> Result<Self, ContextError> {
-        let values = set
-            .context
-            .iter()
-            .map(|c| match context.get(&c.name) {
-                None | Some(Value::Null) => Ok(c.default),
-                Some(Value::Bool(b)) => Ok(f64::from(u8::from(*b))),
-                Some(Value::Number(n)) => {
-                    n.as_f64()
+        let mut out = ContextValues::defaults(set);
+        for (i, c) in set.context.iter().enumerate() {
+            let wrong = |expected| ContextError {
+                name: c.name.clone(),
+                expected,
+            };
+            match (context.get(&c.name), c.numeric) {
+                (None | Some(Value::Null), _) => {}
+                (Some(Value::Bool(b)), true) => out.values[i] = f64::from(u8::from(*b)),
+                (Some(Value::Number(n)), true) => {
+                    out.values[i] = n
+                        .as_f64()
                         .filter(|x| x.is_finite())
-                        .ok_or_else(|| ContextError {
-                            name: c.name.clone(),
-                        })
+                        .ok_or_else(|| wrong("a number or a boolean"))?
                 }
-                Some(_) => Err(ContextError {
-                    name: c.name.clone(),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ContextValues { values })
+                (Some(_), true) => return Err(wrong("a number or a boolean")),
+                (Some(Value::String(s)), false) => out.texts[i] = s.clone(),
+                (Some(_), false) => return Err(wrong("a string")),
+            }
+        }
+        Ok(out)
     }
 
     /// Every declared context feature at its default.
     pub fn defaults(set: &FeatureSet) -> Self {
         ContextValues {
-            values: set.context.iter().map(|c| c.default).collect(),
+            values: set
+                .context
+                .iter()
+                .map(|c| if c.numeric { c.default } else { 0.0 })
+                .collect(),
+            texts: vec![String::new(); set.context.len()],
         }
     }
 
     /// The value of the `index`-th declared context feature (0 if the set
-    /// declares fewer).
+    /// declares fewer, or it is a text feature).
     pub fn get(&self, index: usize) -> f64 {
         self.values.get(index).copied().unwrap_or(0.0)
     }
 
-    /// Sets the value of a declared context feature by name; false if the
-    /// set declares no such feature.
+    /// The text of the `index`-th declared context feature ("" if none).
+    pub fn text(&self, index: usize) -> &str {
+        self.texts.get(index).map_or("", String::as_str)
+    }
+
+    /// Sets the value of a declared numeric context feature by name; false
+    /// if the set declares no such feature.
     pub fn set(&mut self, set: &FeatureSet, name: &str, value: f64) -> bool {
-        match set.context.iter().position(|c| c.name == name) {
+        match set.context.iter().position(|c| c.name == name && c.numeric) {
             Some(i) if i < self.values.len() => {
                 self.values[i] = value;
                 true
@@ -177,7 +192,7 @@ impl RowPlan {
                 Source::Context(
                     set.context
                         .iter()
-                        .position(|c| c.name == rest)
+                        .position(|c| c.name == rest && c.numeric)
                         .ok_or_else(unknown)?,
                 )
             } else if let Some(d) = set.derived.iter().find(|d| &d.name == name) {
@@ -229,6 +244,27 @@ impl RowPlan {
         self.sources.len()
     }
 
+    /// Whether column `col` depends on the item (false: the same for every
+    /// item of a request).
+    pub fn is_per_item(&self, col: usize) -> bool {
+        self.sources.get(col).is_some_and(Source::per_item)
+    }
+
+    /// Column `col`'s value in full precision (what rules compare; model
+    /// rows hold it rounded to f32). 0 for a column out of range.
+    pub fn value(
+        &self,
+        set: &FeatureSet,
+        col: usize,
+        inp: &RowInputs<'_>,
+        item_id: &str,
+        item: &EntityState,
+    ) -> f64 {
+        self.sources
+            .get(col)
+            .map_or(0.0, |src| column(set, src, inp, item_id, item))
+    }
+
     /// Computes the columns that are the same for every item of a request.
     pub fn request_row(&self, set: &FeatureSet, inp: &RowInputs<'_>) -> RequestRow {
         let empty = EntityState::default();
@@ -239,7 +275,7 @@ impl RowPlan {
                 if src.per_item() {
                     0.0
                 } else {
-                    column(set, src, inp, "", &empty)
+                    column(set, src, inp, "", &empty) as f32
                 }
             })
             .collect();
@@ -260,7 +296,7 @@ impl RowPlan {
         let start = out.len();
         out.extend_from_slice(&request.values);
         for &c in &self.item_columns {
-            out[start + c] = column(set, &self.sources[c], inp, item_id, item);
+            out[start + c] = column(set, &self.sources[c], inp, item_id, item) as f32;
         }
     }
 
@@ -278,7 +314,7 @@ impl RowPlan {
         out.extend(
             self.sources
                 .iter()
-                .map(|src| column(set, src, inp, item_id, item)),
+                .map(|src| column(set, src, inp, item_id, item) as f32),
         );
     }
 }
@@ -290,7 +326,7 @@ fn column(
     inp: &RowInputs<'_>,
     item_id: &str,
     item: &EntityState,
-) -> f32 {
+) -> f64 {
     let pick = |e: Entity| match e {
         Entity::Customer => inp.customer,
         Entity::Session => inp.session,
@@ -329,7 +365,7 @@ fn column(
         Source::Context(i) => inp.context.get(*i),
     };
     if x.is_finite() {
-        x as f32
+        x
     } else {
         0.0
     }
@@ -420,13 +456,29 @@ mod tests {
         assert_eq!(
             ContextValues::compile(&set, &raw).unwrap_err(),
             ContextError {
-                name: first.name.clone()
+                name: first.name.clone(),
+                expected: "a number or a boolean",
             }
         );
         raw.insert(first.name.clone(), serde_json::json!(2.5));
         raw.insert("not_declared".into(), serde_json::json!("kept out"));
         let c = ContextValues::compile(&set, &raw).expect("valid context");
         assert_eq!(c.get(0), 2.5);
+        // a text context feature takes a string, nothing else
+        if let Some(t) = set.context.iter().position(|c| !c.numeric) {
+            let name = set.context[t].name.clone();
+            raw.insert(name.clone(), serde_json::json!("shoes"));
+            let c = ContextValues::compile(&set, &raw).expect("text context");
+            assert_eq!(c.text(t), "shoes");
+            raw.insert(name.clone(), serde_json::json!(3));
+            assert_eq!(
+                ContextValues::compile(&set, &raw).unwrap_err(),
+                ContextError {
+                    name,
+                    expected: "a string"
+                }
+            );
+        }
         assert_eq!(
             ContextValues::compile(&set, &Map::new()).expect("empty context"),
             ContextValues::defaults(&set)

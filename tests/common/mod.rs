@@ -177,6 +177,7 @@ pub fn base_config() -> Config {
         models_dir: repo().join("models"),
         ..Config::default()
     };
+    cfg.rules.dir = repo().join("rules");
     cfg.store.key_prefix = unique("t");
     cfg.kafka.group_id = unique("g");
     cfg.kafka.session_timeout_ms = 6000;

@@ -12,8 +12,8 @@
 //! as much as Redis.
 
 use super::{
-    session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, ReadQuery,
-    ReadResult, StoreError,
+    session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, OfferKey,
+    ReadQuery, ReadResult, StoreError,
 };
 use crate::features::aggregate::{apply_update, EntityState, Plan};
 use crate::features::definition::FeatureSet;
@@ -208,13 +208,20 @@ impl MemoryState {
 /// [`MemoryState`] behind a lock, as a [`FeatureStore`].
 pub struct MemoryStore {
     state: RwLock<MemoryState>,
+    /// Contact counters: (customer, key) → (count, expires at ms).
+    offers: std::sync::Mutex<HashMap<(String, OfferKey), (u64, i64)>>,
 }
 
 impl MemoryStore {
     pub fn new(set: Arc<FeatureSet>, dedupe_window_ms: i64) -> Self {
         MemoryStore {
             state: RwLock::new(MemoryState::new(set, dedupe_window_ms)),
+            offers: Default::default(),
         }
+    }
+
+    fn offers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, OfferKey), (u64, i64)>> {
+        self.offers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, MemoryState> {
@@ -245,6 +252,50 @@ impl FeatureStore for MemoryStore {
             session: session.clone(),
             items: q.item_ids.iter().map(|i| st.item(i).clone()).collect(),
         })
+    }
+
+    async fn read_with_offers(
+        &self,
+        q: &ReadQuery<'_>,
+        offers: &[OfferKey],
+        now_ms: i64,
+    ) -> Result<(ReadResult, Vec<u64>), StoreError> {
+        let read = self.read(q).await?;
+        let counts = self.offers();
+        let n: Vec<u64> = offers
+            .iter()
+            .map(
+                |k| match counts.get(&(q.customer_id.to_string(), k.clone())) {
+                    Some((n, expires)) if *expires > now_ms => *n,
+                    _ => 0,
+                },
+            )
+            .collect();
+        Ok((read, n))
+    }
+
+    async fn record_offers(
+        &self,
+        customer_id: &str,
+        offers: &[OfferKey],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut counts = self.offers();
+        // forget expired counters now and then, so the map stays small
+        if counts.len() % 1024 == 1023 {
+            counts.retain(|_, (_, expires)| *expires > now_ms);
+        }
+        for k in offers {
+            let fresh = (0, now_ms.saturating_add(k.period_ms));
+            let e = counts
+                .entry((customer_id.to_string(), k.clone()))
+                .or_insert(fresh);
+            if e.1 <= now_ms {
+                *e = fresh;
+            }
+            e.0 += 1;
+        }
+        Ok(())
     }
 
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {

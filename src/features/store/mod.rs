@@ -143,6 +143,15 @@ pub struct ReadResult {
     pub items: Vec<EntityState>,
 }
 
+/// A contact counter of a customer: how many answers offered `action`
+/// within a window of `period_ms` that starts at the first such offer (a
+/// fixed window: the count resets when it expires).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OfferKey {
+    pub action: String,
+    pub period_ms: i64,
+}
+
 /// The online feature store.
 #[async_trait]
 pub trait FeatureStore: Send + Sync + 'static {
@@ -155,6 +164,21 @@ pub trait FeatureStore: Send + Sync + 'static {
     async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError>;
     /// Reads customer, session and item states in one round trip.
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError>;
+    /// [`Self::read`] and the customer's counts of `offers` (in order; 0
+    /// for none or expired), in the same round trip.
+    async fn read_with_offers(
+        &self,
+        q: &ReadQuery<'_>,
+        offers: &[OfferKey],
+        now_ms: i64,
+    ) -> Result<(ReadResult, Vec<u64>), StoreError>;
+    /// Counts one offer of each of `offers` to the customer at `now_ms`.
+    async fn record_offers(
+        &self,
+        customer_id: &str,
+        offers: &[OfferKey],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Every item id seen so far (for popularity lists).
     async fn item_ids(&self) -> Result<Vec<String>, StoreError>;
     /// Reads item states only.

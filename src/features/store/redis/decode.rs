@@ -248,3 +248,20 @@ pub(super) fn string(v: Value) -> Result<String, StoreError> {
 pub(super) fn strings(v: Value) -> Result<Vec<String>, StoreError> {
     array(v)?.into_iter().map(string).collect()
 }
+
+/// The MGET reply of `n` contact counters (nil → 0).
+pub(super) fn offer_counts(v: Value, n: usize) -> Result<Vec<u64>, StoreError> {
+    let counts: Vec<u64> = array(v)?
+        .into_iter()
+        .map(|c| match c {
+            Value::Nil => Ok(0),
+            other => string(other)?
+                .parse::<u64>()
+                .map_err(|e| protocol(&format!("offer count: {e}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    if counts.len() != n {
+        return Err(protocol("offer counts reply has the wrong length"));
+    }
+    Ok(counts)
+}

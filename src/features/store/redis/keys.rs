@@ -8,6 +8,7 @@
 //! | `{p}:{c:<customer>}:x:<feature>` | hash | a resettable sum |
 //! | `{p}:{c:<customer>}:s:<session>` (+ `:r:`/`:x:`) | hash | session features |
 //! | `{p}:{c:<customer>}:seen` | zset | event ids applied to the customer group |
+//! | `{p}:{c:<customer>}:o:<action>:<period_ms>` | string | offers of an action in the current contact window (expires with it) |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
 //! | `{p}:items` | set | every item id seen |
 //!
@@ -19,6 +20,7 @@
 
 use super::RedisStore;
 use crate::features::definition::{is_resettable, Aggregation, Entity, FeatureSet};
+use crate::features::store::OfferKey;
 
 /// Names of the features of one entity that have keys of their own (the
 /// `:r:` and `:x:` keys), which the reads list.
@@ -52,6 +54,14 @@ impl RedisStore {
 
     pub(super) fn item_key(&self, id: &str) -> String {
         format!("{}:{{i:{}}}", self.settings.key_prefix, id)
+    }
+
+    /// A contact counter of the customer (in the customer's slot).
+    pub(super) fn offer_key(&self, customer: &str, k: &OfferKey) -> String {
+        format!(
+            "{}:{{c:{}}}:o:{}:{}",
+            self.settings.key_prefix, customer, k.action, k.period_ms
+        )
     }
 
     pub(super) fn items_index(&self) -> String {

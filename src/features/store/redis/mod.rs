@@ -19,8 +19,8 @@ mod keys;
 
 use super::dump;
 use super::{
-    session_feature, ApplyOutcome, FeatureStore, GroupOutcome, GroupWrite, ReadQuery, ReadResult,
-    StoreError,
+    session_feature, ApplyOutcome, FeatureStore, GroupOutcome, GroupWrite, OfferKey, ReadQuery,
+    ReadResult, StoreError,
 };
 use crate::features::aggregate::{EntityState, Plan};
 use crate::features::definition::{Entity, FeatureSet};
@@ -152,6 +152,61 @@ impl FeatureStore for RedisStore {
         self.push_item_reads(&mut pipe, q.item_ids);
         let replies = self.run_pipeline(&pipe).await?;
         self.parse_read(replies, q.item_ids.len())
+    }
+
+    async fn read_with_offers(
+        &self,
+        q: &ReadQuery<'_>,
+        offers: &[OfferKey],
+        _now_ms: i64,
+    ) -> Result<(ReadResult, Vec<u64>), StoreError> {
+        if offers.is_empty() {
+            return Ok((self.read(q).await?, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(&self.read_sha)
+            .arg(1)
+            .arg(self.customer_key(q.customer_id))
+            .arg(self.group_args(&self.customer, &self.session, q.session_id));
+        self.push_item_reads(&mut pipe, q.item_ids);
+        // the counters share the customer's hash tag: one slot, one MGET
+        let keys: Vec<String> = offers
+            .iter()
+            .map(|k| self.offer_key(q.customer_id, k))
+            .collect();
+        pipe.cmd("MGET").arg(&keys);
+        let mut replies = self.run_pipeline(&pipe).await?;
+        let counts = replies
+            .pop()
+            .ok_or_else(|| StoreError::Protocol("missing offer counts reply".into()))?;
+        let counts = decode::offer_counts(counts, offers.len())?;
+        Ok((self.parse_read(replies, q.item_ids.len())?, counts))
+    }
+
+    async fn record_offers(
+        &self,
+        customer_id: &str,
+        offers: &[OfferKey],
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if offers.is_empty() {
+            return Ok(());
+        }
+        // a fixed window: the expiry is set by the first offer only (NX)
+        let mut pipe = redis::pipe();
+        for k in offers {
+            let key = self.offer_key(customer_id, k);
+            pipe.cmd("INCR").arg(&key).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(k.period_ms.max(1))
+                .arg("NX")
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
     }
 
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {

@@ -1,0 +1,297 @@
+//! Business rules: `rules/*.toml` files of `[[rule]]` tables whose CEL
+//! conditions over live features decide what is shown and why.
+//!
+//! - [`file`]: the file format, parsed with positions;
+//! - [`schema`]: the variables conditions read (`customer.*`, `item.*`, …);
+//! - [`condition`]: CEL compiled with the `cel` crate and checked (names,
+//!   features, types) once, at load;
+//! - [`rule`]: a compiled rule;
+//! - [`eval`]: one request's evaluation (eligibility, levers, actions,
+//!   injections), synchronous, on the features already read;
+//! - [`reload`]: the folder watched and swapped in.
+//!
+//! A [`RuleSet`] is what one load of the folder produced: the rules that
+//! serve, in file-name then file order, and each file's status. A file
+//! with any error is rejected as a whole, with `file:line:column` and the
+//! reason; the rules it had in the previous set keep serving.
+
+pub mod condition;
+pub mod eval;
+pub mod file;
+pub mod reload;
+pub mod rule;
+pub mod schema;
+
+use crate::features::store::OfferKey;
+use crate::features::FeatureSet;
+use cel::Env;
+use file::{FileError, Pos};
+use rule::Rule;
+use schema::{Namespace, Plan, Schema};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A rule file's state after a load.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileStatus {
+    /// The path as loaded (folder + file name).
+    pub file: String,
+    /// `active` or `rejected`.
+    pub status: &'static str,
+    /// Rules it holds (for a rejected file, those of the version serving).
+    pub rules: Vec<String>,
+    /// For a rejected file: `file:line:column: reason`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    /// For a rejected file that served before: its previous rules still serve.
+    pub serving_previous: bool,
+}
+
+/// The rules serving, and what each file's load gave.
+pub struct RuleSet {
+    pub rules: Vec<Arc<Rule>>,
+    pub files: Vec<FileStatus>,
+    /// The fields any rule reads, compiled.
+    pub plan: Plan,
+    /// Whether any serving rule has a contact cap.
+    pub has_caps: bool,
+    /// The folder loaded.
+    pub dir: String,
+    /// The CEL environment the conditions were compiled for.
+    pub env: Arc<Env>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("dir", &self.dir)
+            .field("rules", &self.rules)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleSet {
+    /// No rules.
+    pub fn empty(set: &FeatureSet) -> RuleSet {
+        RuleSet::from_rules(
+            set,
+            &Schema::new(set),
+            Arc::new(Env::stdlib()),
+            Vec::new(),
+            Vec::new(),
+            String::new(),
+        )
+    }
+
+    fn from_rules(
+        set: &FeatureSet,
+        schema: &Schema,
+        env: Arc<Env>,
+        rules: Vec<Arc<Rule>>,
+        files: Vec<FileStatus>,
+        dir: String,
+    ) -> RuleSet {
+        let used: BTreeSet<(Namespace, String)> = rules
+            .iter()
+            .flat_map(|r| r.when.iter().chain(r.item_when.iter()))
+            .flat_map(|c| c.used.iter().cloned())
+            .collect();
+        let used: Vec<(Namespace, String)> = used.into_iter().collect();
+        RuleSet {
+            plan: schema.plan(set, &used),
+            has_caps: rules.iter().any(|r| r.effects.cap.is_some()),
+            rules,
+            files,
+            dir,
+            env,
+        }
+    }
+
+    /// Loads one rule file alone (for `nextbest rules check <file>`).
+    pub fn load_file_only(path: &Path, set: &FeatureSet) -> RuleSet {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        RuleSet::load_paths(dir, vec![path.to_path_buf()], set, None)
+    }
+
+    /// Loads every `*.toml` of `dir` (a missing folder is no rules). A
+    /// rejected file keeps serving the rules it had in `previous`.
+    pub fn load(dir: &Path, set: &FeatureSet, previous: Option<&RuleSet>) -> RuleSet {
+        let paths: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect(),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the rules folder; no rules");
+                }
+                Vec::new()
+            }
+        };
+        RuleSet::load_paths(dir, paths, set, previous)
+    }
+
+    fn load_paths(
+        dir: &Path,
+        mut paths: Vec<std::path::PathBuf>,
+        set: &FeatureSet,
+        previous: Option<&RuleSet>,
+    ) -> RuleSet {
+        let schema = Schema::new(set);
+        let env = Arc::new(Env::stdlib());
+        paths.sort();
+        let mut rules: Vec<Arc<Rule>> = Vec::new();
+        let mut files = Vec::new();
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for path in paths {
+            let file = path.display().to_string();
+            let loaded = load_file(&env, &schema, &path, &file).and_then(|rs| {
+                // a name must be unique across the folder
+                let mut here: BTreeMap<&str, ()> = BTreeMap::new();
+                for r in &rs {
+                    let other = names
+                        .get(&r.name)
+                        .cloned()
+                        .or_else(|| here.insert(&r.name, ()).map(|()| file.clone()));
+                    if let Some(other) = other {
+                        return Err(FileError {
+                            file: file.clone(),
+                            pos: Pos {
+                                line: r.line,
+                                column: 1,
+                            },
+                            message: format!("rule `{}` is already defined in {other}", r.name),
+                        });
+                    }
+                }
+                Ok(rs)
+            });
+            match loaded {
+                Ok(rs) => {
+                    for r in &rs {
+                        names.insert(r.name.clone(), file.clone());
+                    }
+                    files.push(FileStatus {
+                        file: file.clone(),
+                        status: "active",
+                        rules: rs.iter().map(|r| r.name.clone()).collect(),
+                        error: None,
+                        line: None,
+                        column: None,
+                        serving_previous: false,
+                    });
+                    rules.extend(rs.into_iter().map(Arc::new));
+                }
+                Err(e) => {
+                    let kept: Vec<Arc<Rule>> = previous
+                        .map(|p| {
+                            p.rules
+                                .iter()
+                                .filter(|r| r.file == file && !names.contains_key(&r.name))
+                                .cloned()
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    tracing::error!(error = %e, kept = kept.len(), "rule file rejected");
+                    for r in &kept {
+                        names.insert(r.name.clone(), file.clone());
+                    }
+                    files.push(FileStatus {
+                        file: file.clone(),
+                        status: "rejected",
+                        rules: kept.iter().map(|r| r.name.clone()).collect(),
+                        error: Some(e.to_string()),
+                        line: Some(e.pos.line),
+                        column: Some(e.pos.column),
+                        serving_previous: !kept.is_empty(),
+                    });
+                    rules.extend(kept);
+                }
+            }
+        }
+        let set_ = RuleSet::from_rules(set, &schema, env, rules, files, dir.display().to_string());
+        set_.publish_metrics();
+        set_
+    }
+
+    /// The contact counters the serving rules' caps need, each once.
+    pub fn cap_keys(&self) -> Vec<OfferKey> {
+        let mut keys: Vec<OfferKey> = Vec::new();
+        for r in &self.rules {
+            if let Some(k) = r.offer_key() {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        keys
+    }
+
+    /// The rules whose cap `counts` (of [`Self::cap_keys`], in order) reached.
+    pub fn capped(&self, keys: &[OfferKey], counts: &[u64]) -> Vec<usize> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let cap = r.effects.cap?;
+                let k = r.offer_key()?;
+                let n = keys
+                    .iter()
+                    .position(|x| *x == k)
+                    .and_then(|p| counts.get(p))?;
+                (*n >= u64::from(cap.max)).then_some(i)
+            })
+            .collect()
+    }
+
+    /// The files rejected.
+    pub fn errors(&self) -> impl Iterator<Item = &FileStatus> {
+        self.files.iter().filter(|f| f.status == "rejected")
+    }
+
+    /// A one-line summary: rules serving, files rejected.
+    pub fn summary(&self) -> String {
+        let rejected = self.errors().count();
+        format!(
+            "{} rules from {} files in {}{}",
+            self.rules.len(),
+            self.files.len() - rejected,
+            if self.dir.is_empty() { "-" } else { &self.dir },
+            if rejected > 0 {
+                format!(", {rejected} files rejected")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    fn publish_metrics(&self) {
+        metrics::gauge!(crate::metrics::RULES_ACTIVE).set(self.rules.len() as f64);
+        metrics::gauge!(crate::metrics::RULE_FILES_REJECTED).set(self.errors().count() as f64);
+    }
+}
+
+fn load_file(
+    env: &Arc<Env>,
+    schema: &Schema,
+    path: &Path,
+    file: &str,
+) -> Result<Vec<Rule>, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        file: file.to_string(),
+        pos: Pos { line: 1, column: 1 },
+        message: format!("cannot read: {e}"),
+    })?;
+    file::parse(file, &text)?
+        .into_iter()
+        .map(|spec| Rule::compile(env, schema, file, &text, spec))
+        .collect()
+}

@@ -1,0 +1,464 @@
+//! Business rules from outside: the shipped upsell example through Kafka
+//! and Redis, exclusions, levers and `explain` as written, a broken file
+//! rejected with `file:line` while the old rules answer, a hot reload under
+//! concurrent requests, and `nextbest rules check`.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An event with its own price and category.
+fn shop(id: &str, kind: &str, c: &str, item: &str, price: f64, cat: &str, ts: i64) -> Value {
+    json!({
+        "event_id": id, "type": kind, "customer_id": c, "ts": ts, "item_id": item,
+        "session_id": format!("s-{c}"),
+        "props": {"price": price, "quantity": 1, "category": cat}
+    })
+}
+
+fn item<'a>(rec: &'a Value, id: &str) -> Option<&'a Value> {
+    rec["items"].as_array()?.iter().find(|i| i["item_id"] == id)
+}
+
+fn ids(rec: &Value) -> Vec<String> {
+    rec["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["item_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The group join on a fresh group can take a while on Tansu.
+const JOIN: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
+    let mut cfg = base_config();
+    cfg.store.redis_url = Some(redis_url());
+    cfg.kafka.brokers = Some(kafka_brokers());
+    cfg.kafka.batch_linger_ms = 5;
+    let app = TestApp::spawn(cfg).await;
+    let (rich, modest, other) = (unique("rich"), unique("modest"), unique("other"));
+    let t = now_ms() - 10_000;
+    let events = json!([
+        // a cart of 120: two items of 60 (the average item is 60)
+        shop(
+            &format!("{rich}-1"),
+            "add_to_cart",
+            &rich,
+            "bag1",
+            60.0,
+            "bags",
+            t
+        ),
+        shop(
+            &format!("{rich}-2"),
+            "add_to_cart",
+            &rich,
+            "bag2",
+            60.0,
+            "bags",
+            t + 1
+        ),
+        // a cart of 80
+        shop(
+            &format!("{modest}-1"),
+            "add_to_cart",
+            &modest,
+            "bag3",
+            40.0,
+            "bags",
+            t + 2
+        ),
+        shop(
+            &format!("{modest}-2"),
+            "add_to_cart",
+            &modest,
+            "bag4",
+            40.0,
+            "bags",
+            t + 3
+        ),
+        // other shoppers make a pricier and a cheaper bag popular
+        shop(
+            &format!("{other}-1"),
+            "page_view",
+            &other,
+            "lux1",
+            90.0,
+            "bags",
+            t + 4
+        ),
+        shop(
+            &format!("{other}-2"),
+            "page_view",
+            &other,
+            "lux1",
+            90.0,
+            "bags",
+            t + 5
+        ),
+        shop(
+            &format!("{other}-3"),
+            "page_view",
+            &other,
+            "cheap1",
+            50.0,
+            "bags",
+            t + 6
+        ),
+    ]);
+    let (s, body) = app.post("/v1/events", events).await;
+    assert_eq!(s, 202, "{body}");
+
+    // the upsell appears once the consumer applied the events and the
+    // popularity lists were rebuilt
+    let rec = eventually(JOIN, "an upsell for the cart of 120", || {
+        let (app, rich) = (&app, rich.clone());
+        async move {
+            let (_, r) = app
+                .post("/v1/recommend", json!({"customer_id": rich, "k": 10}))
+                .await;
+            item(&r, "lux1")
+                .is_some_and(|i| i["action"] == "upsell")
+                .then_some(r)
+        }
+    })
+    .await;
+    let lux = item(&rec, "lux1").expect("lux1 ranked");
+    assert!(
+        lux["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("upsell_over_100"))),
+        "{lux}"
+    );
+    assert_eq!(lux["weight"], 1.2, "{lux}");
+    assert_eq!(lux["value"], 1.0, "{lux}");
+    let (score, propensity) = (
+        lux["score"].as_f64().expect("score"),
+        lux["propensity"].as_f64().expect("propensity"),
+    );
+    assert!((score - propensity * 1.2).abs() < 1e-5, "{lux}");
+    // priced below the cart's average item: not an upsell
+    if let Some(cheap) = item(&rec, "cheap1") {
+        assert_ne!(cheap["action"], "upsell", "{cheap}");
+    }
+    // the items in the cart are to be bought, not upsold
+    assert_eq!(
+        item(&rec, "bag1").expect("bag1")["action"],
+        "complete_purchase",
+        "{rec}"
+    );
+
+    // a cart of 80 gets no upsell (its features are in: its items are in its cart)
+    let (_, r) = app
+        .post("/v1/recommend", json!({"customer_id": modest, "k": 10}))
+        .await;
+    assert_eq!(
+        item(&r, "bag3").expect("bag3")["action"],
+        "complete_purchase",
+        "{r}"
+    );
+    assert!(
+        item(&r, "lux1").is_some(),
+        "lux1 is a candidate for the modest cart too: {r}"
+    );
+    assert!(
+        r["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["action"] != "upsell")),
+        "{r}"
+    );
+    app.stop().await;
+}
+
+fn write(path: &Path, text: &str) {
+    // write then rename, so the watcher never sees half a file
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write rule file");
+    std::fs::rename(&tmp, path).expect("rename rule file");
+}
+
+const RULES_V1: &str = r#"[[rule]]
+name = "boost_p2"
+description = "p2 is on promotion"
+item_when = "item.id == 'p2'"
+weight = 3.0
+
+[[rule]]
+name = "hide_p3"
+item_when = "item.id == 'p3'"
+exclude = true
+
+[[rule]]
+name = "vip"
+when = "customer.views_1h >= 1.0"
+item_when = "item.id == 'p1'"
+action = "vip_offer"
+priority = 1
+"#;
+
+#[tokio::test]
+async fn rules_exclude_boost_act_explain_and_reload() {
+    let dir = std::env::temp_dir().join(unique("rules"));
+    std::fs::create_dir_all(&dir).expect("rules dir");
+    let file = dir.join("promo.toml");
+    write(&file, RULES_V1);
+    let mut cfg = base_config();
+    cfg.rules.dir = dir.clone();
+    cfg.rules.reload_debounce_ms = 100;
+    let app = TestApp::spawn(cfg).await;
+    let c = unique("c");
+    let ask =
+        json!({"customer_id": c, "k": 4, "candidates": ["p1", "p2", "p3", "p4"], "explain": true});
+
+    let (s, rec) = app.post("/v1/recommend", ask.clone()).await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(ids(&rec).len(), 3, "{rec}");
+    assert!(item(&rec, "p3").is_none(), "hide_p3 excludes p3: {rec}");
+    assert_eq!(
+        rec["excluded"],
+        json!([{"item_id": "p3", "rule": "hide_p3"}])
+    );
+    let p2 = item(&rec, "p2").expect("p2");
+    assert_eq!(p2["weight"], 3.0);
+    let (score, propensity) = (
+        p2["score"].as_f64().unwrap_or(0.0),
+        p2["propensity"].as_f64().unwrap_or(-1.0),
+    );
+    assert!((score - 3.0 * propensity).abs() < 1e-5, "{p2}");
+    assert!(
+        p2["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("boost_p2"))),
+        "{p2}"
+    );
+    assert_eq!(
+        p2["explain"],
+        json!([{"rule": "boost_p2", "file": file.display().to_string(), "did": [{"effect": "weight", "weight": 3.0}]}])
+    );
+    // `when` does not hold yet: p1 keeps the default action
+    let p1 = item(&rec, "p1").expect("p1");
+    assert_eq!(p1["action"], "recommend", "{p1}");
+    assert_eq!(item(&rec, "p4").expect("p4")["weight"], 1.0);
+
+    // one page view and the customer's rule holds
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            event(&unique("e"), "page_view", &c, Some("p9"), now_ms()),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (_, rec) = app.post("/v1/recommend", ask.clone()).await;
+    let p1 = item(&rec, "p1").expect("p1");
+    assert_eq!(p1["action"], "vip_offer", "{p1}");
+    assert!(
+        p1["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("vip"))),
+        "{p1}"
+    );
+
+    // the listing
+    let (s, listed) = app.get("/v1/rules").await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = listed["rules"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["boost_p2", "hide_p3", "vip"], "{listed}");
+    assert_eq!(listed["rules"][0]["file"], file.display().to_string());
+    assert_eq!(listed["files"][0]["status"], "active");
+
+    // a broken version is rejected with file:line:column; the old rules answer
+    write(
+        &file,
+        &RULES_V1.replace("item.id == 'p3'", "item.id == 'p3' && item.colour == 'red'"),
+    );
+    let listed = eventually(Duration::from_secs(20), "the broken file rejected", || {
+        let app = &app;
+        async move {
+            let (_, l) = app.get("/v1/rules").await;
+            (l["files"][0]["status"] == "rejected").then_some(l)
+        }
+    })
+    .await;
+    let f = &listed["files"][0];
+    let error = f["error"].as_str().unwrap_or("");
+    assert!(
+        error.starts_with(&format!("{}:9:33:", file.display())) && error.contains("item.colour"),
+        "{f}"
+    );
+    assert_eq!(
+        (f["line"].as_u64(), f["column"].as_u64()),
+        (Some(9), Some(33)),
+        "{f}"
+    );
+    assert_eq!(f["serving_previous"], true, "{f}");
+    let (_, rec) = app.post("/v1/recommend", ask.clone()).await;
+    assert!(
+        item(&rec, "p3").is_none(),
+        "the previous rules still exclude p3: {rec}"
+    );
+    assert_eq!(ids(&rec).len(), 3);
+
+    // a good new version swaps in within seconds while requests keep coming
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (client, url, body) = (
+            app.client.clone(),
+            format!("{}/v1/recommend", app.base),
+            ask.clone(),
+        );
+        let (stop, answered) = (stop.clone(), answered.clone());
+        tokio::spawn(async move {
+            let mut bad = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        if v["fallback"] != false || ids(&v).len() != 3 {
+                            bad.push(v.to_string());
+                        }
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => bad.push(format!("{other:?}")),
+                }
+            }
+            bad
+        })
+    };
+    write(&file, &RULES_V1.replace("'p3'", "'p4'"));
+    eventually(
+        Duration::from_secs(20),
+        "the new rules to exclude p4",
+        || {
+            let (app, ask) = (&app, ask.clone());
+            async move {
+                let (_, r) = app.post("/v1/recommend", ask).await;
+                (item(&r, "p4").is_none() && item(&r, "p3").is_some()).then_some(())
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let bad = load.await.expect("load task");
+    assert!(
+        answered.load(Ordering::Relaxed) > 0,
+        "requests ran during the reload"
+    );
+    assert!(
+        bad.is_empty(),
+        "every request during the reload answered fully: {bad:?}"
+    );
+    let (_, listed) = app.get("/v1/rules").await;
+    assert_eq!(listed["files"][0]["status"], "active", "{listed}");
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rules_check_passes_the_shipped_rules_and_fails_a_broken_file() {
+    let bin = env!("CARGO_BIN_EXE_nextbest");
+    let features = repo().join("feature-store/features.toml");
+    let ok = std::process::Command::new(bin)
+        .args(["rules", "check"])
+        .arg(repo().join("rules"))
+        .env("NEXTBEST_FEATURES", &features)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("upsell_over_100"), "{out}");
+
+    let dir = std::env::temp_dir().join(unique("badrules"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("typo.toml"),
+        "[[rule]]\nname = \"typo\"\nitem_when = \"customer.cart_value > 'x'\"\nweight = 2.0\n",
+    )
+    .expect("write");
+    let bad = std::process::Command::new(bin)
+        .args(["rules", "check"])
+        .arg(&dir)
+        .env("NEXTBEST_FEATURES", &features)
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{out}");
+    let want = format!("{}:3:", dir.join("typo.toml").display());
+    assert!(out.contains(&want) && out.contains("wrong types"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The offers counted for `action` (from the customer's features).
+async fn offers(app: &TestApp, c: &str, action: &str) -> u64 {
+    let (_, f) = app.get(&format!("/v1/features/customer/{c}")).await;
+    f["offers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["action"] == action))
+        .and_then(|o| o["count"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_contact_cap_holds_after_n_offers_and_resets_after_the_period() {
+    let dir = std::env::temp_dir().join(unique("caprules"));
+    std::fs::create_dir_all(&dir).expect("rules dir");
+    write(
+        &dir.join("cap.toml"),
+        "[[rule]]\nname = \"teaser\"\nitem_when = \"item.id == 'p1'\"\naction = \"teaser\"\npriority = 1\nmax_per_customer = 2\nperiod = \"3s\"\n",
+    );
+    let mut cfg = base_config();
+    cfg.rules.dir = dir.clone();
+    cfg.store.redis_url = Some(redis_url());
+    let app = TestApp::spawn(cfg).await;
+    let c = unique("c");
+    let ask = json!({"customer_id": c, "k": 2, "candidates": ["p1", "p2"]});
+    let action = |r: &Value| {
+        item(r, "p1")
+            .map(|i| i["action"].clone())
+            .unwrap_or(Value::Null)
+    };
+    for n in 1..=2 {
+        let (_, r) = app.post("/v1/recommend", ask.clone()).await;
+        assert_eq!(action(&r), "teaser", "offer {n}: {r}");
+        // the offer is counted after the answer, off the request path
+        eventually(Duration::from_secs(10), "the offer to be counted", || {
+            let (app, c) = (&app, c.clone());
+            async move { (offers(app, &c, "teaser").await == n).then_some(()) }
+        })
+        .await;
+    }
+    let (_, r) = app.post("/v1/recommend", ask.clone()).await;
+    assert_eq!(action(&r), "recommend", "capped after 2 offers: {r}");
+    assert_eq!(
+        offers(&app, &c, "teaser").await,
+        2,
+        "a capped answer is no offer"
+    );
+    // the window expires: the counter is gone and the action comes back
+    eventually(Duration::from_secs(15), "the cap to reset", || {
+        let (app, ask) = (&app, ask.clone());
+        async move {
+            let (_, r) = app.post("/v1/recommend", ask).await;
+            (item(&r, "p1").is_some_and(|i| i["action"] == "teaser")).then_some(())
+        }
+    })
+    .await;
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
