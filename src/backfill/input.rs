@@ -18,13 +18,14 @@
 //! writing anything.
 //!
 //! Catalog and profile rows become static group writes here too
-//! ([`read_static`]): one `SetStatic` update per `static` feature of
-//! features.toml, numbers checked to be finite and printed once.
+//! ([`read_static`]), converted by `features::catalog` exactly as an HTTP
+//! or Kafka catalog update is: one `SetStatic` update per `static` feature
+//! of features.toml, numbers checked to be finite and printed once.
 
-use crate::event::{check_id, Event, EventError, NUMERIC_PROPS};
-use crate::features::aggregate::Update;
-use crate::features::definition::{Aggregation, Entity, FeatureSet};
-use crate::features::store::{EventIds, Group, GroupWrite};
+use crate::event::{Event, EventError, NUMERIC_PROPS};
+use crate::features::catalog::{Fields, StaticColumns};
+use crate::features::definition::{Entity, FeatureSet};
+use crate::features::store::GroupWrite;
 use polars::prelude::*;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -363,94 +364,42 @@ pub fn read_records(
     }
 }
 
-/// Reads a catalog/profile file into static group writes.
+/// Reads a catalog/profile file into static group writes: every static
+/// column must be in the file, each row is converted by
+/// [`StaticColumns::write`] (the conversion `PUT /v1/items/{id}` and the
+/// catalog topics use too), empty cells set nothing.
 pub fn read_static(
     set: &FeatureSet,
     entity: Entity,
     path: &Path,
 ) -> Result<Vec<GroupWrite>, InputError> {
     let p = path.display().to_string();
-    let id_col = match entity {
-        Entity::Item => "item_id",
-        _ => "customer_id",
-    };
-    let defs: Vec<(String, String, bool)> = set
-        .statics(entity)
-        .filter_map(|f| match &f.aggregation {
-            Aggregation::Static { column, numeric } => {
-                Some((f.name.clone(), column.clone(), *numeric))
-            }
-            _ => None,
-        })
-        .collect();
+    let cols = StaticColumns::of(set, entity);
+    let id_col = cols.id_column();
     let (columns, records) = read_records(path, Some(&[id_col]))?;
-    let required = std::iter::once(id_col).chain(defs.iter().map(|(_, c, _)| c.as_str()));
+    let required = std::iter::once(id_col).chain(cols.columns());
     require_columns(&p, &columns, required)?;
     records
         .into_iter()
-        .map(|r| static_row(&p, id_col, &defs, entity, r))
+        .map(|r| static_row(&p, &cols, r))
         .collect()
 }
 
-fn static_row(
-    path: &str,
-    id_col: &str,
-    defs: &[(String, String, bool)],
-    entity: Entity,
-    r: Record,
-) -> Result<GroupWrite, InputError> {
-    let err = |column: &str, message: String| InputError::Row {
+fn static_row(path: &str, cols: &StaticColumns, r: Record) -> Result<GroupWrite, InputError> {
+    let err = |column: Option<&str>, message: String| InputError::Row {
         path: path.to_string(),
         at: r.at.clone(),
-        column: Some(column.to_string()),
+        column: column.map(str::to_string),
         message,
     };
+    let id_col = cols.id_column();
     let id = match r.fields.get(id_col) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(err(id_col, "missing or not text".into())),
+        _ => return Err(err(Some(id_col), "missing or not text".into())),
     };
-    check_id(id_col, &id).map_err(|e| err(id_col, e.to_string()))?;
-    let mut updates = Vec::new();
-    for (name, column, numeric) in defs {
-        let value = match (r.fields.get(column), numeric) {
-            (None | Some(Value::Null), _) => continue,
-            (Some(Value::Bool(b)), true) => u8::from(*b).to_string(),
-            (Some(Value::Number(n)), true) => match n.as_f64() {
-                Some(x) if x.is_finite() => format!("{x}"),
-                _ => return Err(err(column, "must be a finite number".into())),
-            },
-            (Some(Value::String(s)), true) => match s.trim() {
-                "true" => "1".into(),
-                "false" => "0".into(),
-                t => match t.parse::<f64>() {
-                    Ok(x) if x.is_finite() => format!("{x}"),
-                    _ => return Err(err(column, format!("`{s}` is not a number"))),
-                },
-            },
-            (Some(Value::String(s)), false) => s.clone(),
-            (Some(v @ (Value::Number(_) | Value::Bool(_))), false) => v.to_string(),
-            (Some(other), _) => {
-                return Err(err(
-                    column,
-                    format!("must be a number or text, got {other}"),
-                ))
-            }
-        };
-        updates.push(Update::SetStatic {
-            feature: name.as_str().into(),
-            value,
-        });
-    }
-    Ok(GroupWrite {
-        group: match entity {
-            Entity::Item => Group::Item(id),
-            _ => Group::Customer(id),
-        },
-        events: EventIds::default(),
-        updates,
-        sessions: Vec::new(),
-    })
+    cols.write(&id, &r.fields, Fields::FileRow)
+        .map_err(|e| err(e.column(), e.problem()))
 }
 
 /// Reads a Parquet or CSV file with polars.

@@ -80,9 +80,10 @@ pub enum Aggregation {
         cap: usize,
     },
     TimeSinceLast,
-    /// Static enrichment (item catalog, customer profile): set only by
-    /// `nextbest backfill --items/--customers` from the file column `column`,
-    /// never by events; each load overwrites the previous value.
+    /// Static enrichment (item catalog, customer profile): set from the
+    /// column `column` by `nextbest backfill --items/--customers` and by
+    /// catalog updates while serving (`features::catalog`), never by events;
+    /// each write overwrites the previous value.
     Static {
         column: String,
         numeric: bool,
