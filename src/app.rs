@@ -271,8 +271,14 @@ impl App {
         }
         if let Some(consumer) = self.consumer {
             let changes = self.state.changes.clone();
+            let decider = self.state.decider.clone();
             tasks.push(tokio::spawn(consumer.run(stop_rx.clone(), move |out| {
                 changes.publish(&out.changed_customers);
+                // catalog writes take effect at once on this instance; other
+                // instances' caches expire within `recommend.item_cache_ms`
+                if let Some(cache) = &decider.item_cache {
+                    cache.invalidate(&out.changed_items);
+                }
             })));
         }
         let router = api::router(self.state.clone());

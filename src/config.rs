@@ -116,7 +116,8 @@ pub struct KafkaConfig {
     pub batch_size: usize,
     /// Longest wait for a batch to fill, in ms.
     pub batch_linger_ms: u64,
-    /// Create the contract's topics at startup if missing.
+    /// Create the contract's topics (events, catalog, dead letters, actions)
+    /// at startup if missing.
     pub create_topics: bool,
     /// Partitions of topics created at startup.
     pub partitions: i32,
@@ -183,7 +184,9 @@ pub struct RecommendConfig {
     /// How often the popularity lists are rebuilt, in seconds.
     pub popularity_refresh_secs: u64,
     /// How long item states read from Redis are reused by requests, in ms
-    /// (0 = always read). Customer features are never cached.
+    /// (0 = always read). Customer features are never cached. A catalog
+    /// write drops the item at once on the instance that applied it; other
+    /// instances see it within this time.
     pub item_cache_ms: u64,
 }
 

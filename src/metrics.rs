@@ -30,6 +30,8 @@ pub const ACTIONS_OFFERED: &str = "nextbest_actions_offered_total";
 pub const CONTACT_SUPPRESSED: &str = "nextbest_contact_suppressed_total";
 pub const RULES_ACTIVE: &str = "nextbest_rules_active";
 pub const RULE_FILES_REJECTED: &str = "nextbest_rule_files_rejected";
+pub const CATALOG_UPDATES: &str = "nextbest_catalog_updates_total";
+pub const CATALOG_REJECTED: &str = "nextbest_catalog_rejected_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -139,5 +141,13 @@ fn describe() {
         APPLY_SECONDS,
         Unit::Seconds,
         "time to apply one batch to the store"
+    );
+    describe_counter!(
+        CATALOG_UPDATES,
+        "catalog/profile writes applied to the store, by entity (item/customer) and via (http/kafka)"
+    );
+    describe_counter!(
+        CATALOG_REJECTED,
+        "catalog/profile updates refused as invalid (a 400, or a dead letter), by entity and via"
     );
 }

@@ -10,6 +10,13 @@
 //! it was stored. Past the bound it evicts entries one by one (by its
 //! TinyLFU admission and LRU order), so a full cache keeps serving the items
 //! it holds instead of every request missing at once.
+//!
+//! A catalog write applied by this instance (`PUT /v1/items/{id}`, or a
+//! `catalog.items` message its consumer applied) [`ItemCache::invalidate`]s
+//! the item, so this instance's next request reads it fresh. Other
+//! instances keep their copy until its `ttl` runs out; and a request whose
+//! store read raced the write may put the old state back, again for at most
+//! one `ttl`.
 
 use crate::features::aggregate::EntityState;
 use moka::sync::Cache;
@@ -44,6 +51,13 @@ impl ItemCache {
     /// Fresh entries for `ids` (None where missing or stale).
     pub fn get_many(&self, ids: &[String]) -> Vec<Option<Arc<EntityState>>> {
         ids.iter().map(|id| self.cache.get(id.as_str())).collect()
+    }
+
+    /// Forgets `ids`, so the next request reads them from the store.
+    pub fn invalidate(&self, ids: &[String]) {
+        for id in ids {
+            self.cache.invalidate(id.as_str());
+        }
     }
 
     /// Stores freshly read states.
@@ -92,6 +106,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(stored.elapsed() >= ttl, "expired before its ttl");
+    }
+
+    #[test]
+    fn an_invalidated_entry_is_read_again_and_the_others_stay() {
+        let cache = ItemCache::new(Duration::from_secs(60));
+        let a = ids(0..3);
+        put(&cache, &a);
+        assert!(cache.get_many(&a).iter().all(Option::is_some), "all cached");
+        cache.invalidate(&a[1..2]);
+        let got = cache.get_many(&a);
+        assert!(got[1].is_none(), "the invalidated item is missing");
+        assert!(got[0].is_some() && got[2].is_some(), "the others are kept");
     }
 
     #[test]

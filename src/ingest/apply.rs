@@ -1,9 +1,11 @@
-//! The apply step shared by the consumer and the embedded ingestion:
-//! validated events → plans → one store call, with metrics and a span.
+//! The apply steps shared by the consumer and the in-process paths:
+//! validated events → plans → one store call ([`apply_events`]), and
+//! validated catalog/profile writes → one store call ([`apply_catalog`]),
+//! each with metrics and a span.
 
 use crate::event::Event;
 use crate::features::aggregate::plan_event;
-use crate::features::store::{ApplyOutcome, FeatureStore, StoreError};
+use crate::features::store::{ApplyOutcome, FeatureStore, Group, GroupWrite, StoreError};
 use crate::features::FeatureSet;
 use std::time::Instant;
 
@@ -37,6 +39,64 @@ pub async fn apply_events(
         metrics::counter!(crate::metrics::EVENTS_APPLIED, "type" => e.kind.as_str()).increment(1);
         metrics::histogram!(crate::metrics::EVENT_FRESHNESS)
             .record(((now - e.ts) as f64 / 1000.0).max(0.0));
+    }
+    Ok(out)
+}
+
+/// Which path a catalog write came by (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogVia {
+    /// `PUT /v1/items/{id}` or `PUT /v1/customers/{id}`, applied in-process.
+    Http,
+    /// A `catalog.*` message, applied by the consumer.
+    Kafka,
+}
+
+impl CatalogVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatalogVia::Http => "http",
+            CatalogVia::Kafka => "kafka",
+        }
+    }
+}
+
+/// The entities whose static fields a catalog apply set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CatalogOutcome {
+    pub items: Vec<String>,
+    pub customers: Vec<String>,
+}
+
+/// Applies validated catalog/profile writes (static fields only, no event
+/// ids: each overwrites, so applying one twice is harmless) in one call.
+#[tracing::instrument(name = "apply_catalog", skip_all, fields(writes = writes.len(), via = via.as_str()))]
+pub async fn apply_catalog(
+    store: &dyn FeatureStore,
+    writes: &[GroupWrite],
+    via: CatalogVia,
+) -> Result<CatalogOutcome, ApplyError> {
+    debug_assert!(
+        writes.iter().all(|w| w.events.is_empty()),
+        "catalog writes carry no event ids, so apply_groups never reports a conflict"
+    );
+    store.apply_groups(writes).await.inspect_err(|_| {
+        metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "apply_catalog").increment(1);
+    })?;
+    let mut out = CatalogOutcome::default();
+    for w in writes {
+        let entity = match &w.group {
+            Group::Item(id) => {
+                out.items.push(id.clone());
+                "item"
+            }
+            Group::Customer(id) => {
+                out.customers.push(id.clone());
+                "customer"
+            }
+        };
+        metrics::counter!(crate::metrics::CATALOG_UPDATES, "entity" => entity, "via" => via.as_str())
+            .increment(1);
     }
     Ok(out)
 }

@@ -1,13 +1,19 @@
-//! The Kafka consumer: group `nextbest`, subscribed to `^events\..*`.
+//! The Kafka consumer: group `nextbest`, subscribed to `^events\..*` and
+//! the catalog topics `catalog.items` / `catalog.customers`.
 //!
 //! Contract (at-least-once delivery, exactly-once effect):
 //! 1. a batch of messages is read (up to `batch_size`, waiting at most
 //!    `batch_linger_ms` after the first);
-//! 2. each message is validated; invalid ones go to the dead-letter topic
-//!    with the reason, and the broker must acknowledge that before going on;
+//! 2. each message is validated (an event, or on a catalog topic a partial
+//!    update of one item's or customer's static fields, key = id); invalid
+//!    ones go to the dead-letter topic with the reason, and the broker must
+//!    acknowledge that before going on;
 //! 3. the valid events are applied to the store in one call (one Redis
 //!    pipeline); the store dedupes by event id, so a redelivered event
-//!    changes nothing;
+//!    changes nothing; then the batch's catalog writes in one call, in
+//!    message order (each overwrites, so a redelivered one changes nothing
+//!    either, and events never touch static fields, so the two calls
+//!    commute);
 //! 4. only then are the batch's offsets committed.
 //!
 //! A crash anywhere before 4 redelivers the batch, which 3 makes harmless.
@@ -19,11 +25,12 @@
 //! again on each retry, and the commit is synchronous. Messages on the
 //! dead-letter topic itself (it matches the pattern) are skipped.
 
-use super::apply::apply_events;
-use super::kafka::{client_config, KafkaSetupError, EVENTS_PATTERN};
+use super::apply::{apply_catalog, apply_events, CatalogVia};
+use super::catalog::{self, CatalogTopics};
+use super::kafka::{client_config, KafkaSetupError, SUBSCRIPTION};
 use super::producer::{DeadLetterOrigin, EventProducer};
 use crate::config::KafkaConfig;
-use crate::event::Event;
+use crate::event::{Event, EventError};
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -101,7 +108,12 @@ pub struct BatchOutcome {
     pub dead_lettered: usize,
     pub applied: usize,
     pub duplicates: usize,
+    /// Customers whose features changed (events or profile writes).
     pub changed_customers: Vec<String>,
+    /// Catalog/profile writes applied.
+    pub catalog_applied: usize,
+    /// Items whose catalog fields were written (their cached states are stale).
+    pub changed_items: Vec<String>,
 }
 
 /// The consumer with what it needs to apply events.
@@ -110,11 +122,13 @@ pub struct EventConsumer {
     set: Arc<FeatureSet>,
     store: Arc<dyn FeatureStore>,
     producer: EventProducer,
+    catalog: CatalogTopics,
     cfg: KafkaConfig,
 }
 
 impl EventConsumer {
-    /// Creates the consumer and subscribes to the events pattern.
+    /// Creates the consumer and subscribes to the events pattern and the
+    /// catalog topics.
     pub fn new(
         brokers: &str,
         cfg: &KafkaConfig,
@@ -139,9 +153,10 @@ impl EventConsumer {
                 brokers: brokers.into(),
                 source,
             })?;
-        consumer.subscribe(&[EVENTS_PATTERN])?;
+        consumer.subscribe(&SUBSCRIPTION)?;
         Ok(EventConsumer {
             consumer,
+            catalog: CatalogTopics::new(&set),
             set,
             store,
             producer,
@@ -181,11 +196,24 @@ impl EventConsumer {
     pub async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ConsumeError> {
         let mut out = BatchOutcome::default();
         let mut events = Vec::with_capacity(batch.messages.len());
+        let mut writes = Vec::new();
         for m in &batch.messages {
             if m.topic() == self.cfg.dlq_topic {
                 continue;
             }
             let payload = m.payload().unwrap_or_default();
+            if let Some(cols) = self.catalog.columns(m.topic()) {
+                match catalog::decode(cols, m.key(), payload) {
+                    Ok(w) => writes.push(w),
+                    Err(err) => {
+                        metrics::counter!(crate::metrics::CATALOG_REJECTED, "entity" => cols.entity_name(), "via" => CatalogVia::Kafka.as_str())
+                            .increment(1);
+                        self.dead_letter(m, &err.to_string(), "catalog").await?;
+                        out.dead_lettered += 1;
+                    }
+                }
+                continue;
+            }
             match Event::from_slice(payload) {
                 Ok(e) => {
                     metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
@@ -193,35 +221,50 @@ impl EventConsumer {
                     events.push(e);
                 }
                 Err(err) => {
-                    let reason = err.to_string();
-                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %reason, "dead-lettering message");
-                    let origin = DeadLetterOrigin {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                    };
-                    self.producer
-                        .dead_letter(m.key(), payload, &reason, &origin)
-                        .await?;
                     let label = match &err {
-                        crate::event::EventError::Json(_)
-                        | crate::event::EventError::NotAnObject => "malformed",
+                        EventError::Json(_) | EventError::NotAnObject => "malformed",
                         _ => "invalid",
                     };
-                    metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label)
-                        .increment(1);
+                    self.dead_letter(m, &err.to_string(), label).await?;
                     out.dead_lettered += 1;
                 }
             }
         }
-        out.valid = events.len();
+        out.valid = events.len() + writes.len();
         if !events.is_empty() {
             let applied = apply_events(&self.set, self.store.as_ref(), &events).await?;
             out.applied = applied.applied;
             out.duplicates = applied.duplicates;
             out.changed_customers = applied.changed_customers;
         }
+        if !writes.is_empty() {
+            let applied = apply_catalog(self.store.as_ref(), &writes, CatalogVia::Kafka).await?;
+            out.catalog_applied = writes.len();
+            out.changed_items = applied.items;
+            out.changed_customers.extend(applied.customers);
+        }
         Ok(out)
+    }
+
+    /// Sends a message's original bytes to the dead-letter topic with the
+    /// reason, and waits for the broker's acknowledgement.
+    async fn dead_letter(
+        &self,
+        m: &OwnedMessage,
+        reason: &str,
+        label: &'static str,
+    ) -> Result<(), ConsumeError> {
+        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %reason, "dead-lettering message");
+        let origin = DeadLetterOrigin {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        self.producer
+            .dead_letter(m.key(), m.payload().unwrap_or_default(), reason, &origin)
+            .await?;
+        metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label).increment(1);
+        Ok(())
     }
 
     /// Commits the offsets after the batch's last message per partition.
@@ -251,7 +294,7 @@ impl EventConsumer {
         mut shutdown: watch::Receiver<bool>,
         on_applied: impl Fn(&BatchOutcome) + Send,
     ) {
-        tracing::info!(group = %self.cfg.group_id, pattern = EVENTS_PATTERN, "consumer started");
+        tracing::info!(group = %self.cfg.group_id, subscription = ?SUBSCRIPTION, "consumer started");
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 b = self.next_batch(Duration::from_millis(500)) => b,

@@ -12,6 +12,15 @@ use std::time::Duration;
 /// The subscription pattern of the contract.
 pub const EVENTS_PATTERN: &str = "^events\\..*";
 
+/// Catalog updates: key = item id, value = JSON object of its static fields.
+pub const CATALOG_ITEMS_TOPIC: &str = "catalog.items";
+/// Profile updates: key = customer id, value = JSON object of its static fields.
+pub const CATALOG_CUSTOMERS_TOPIC: &str = "catalog.customers";
+
+/// What the consumer subscribes to: the events pattern and the two catalog
+/// topics (as anchored patterns, so a missing topic is not an error).
+pub const SUBSCRIPTION: [&str; 3] = [EVENTS_PATTERN, "^catalog\\.items$", "^catalog\\.customers$"];
+
 /// Errors talking to Kafka.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -42,6 +51,8 @@ pub fn client_config(brokers: &str) -> ClientConfig {
 /// Every topic the contract names.
 pub fn contract_topics(cfg: &KafkaConfig) -> Vec<String> {
     let mut t: Vec<String> = EventType::ALL.iter().map(|e| e.topic()).collect();
+    t.push(CATALOG_ITEMS_TOPIC.into());
+    t.push(CATALOG_CUSTOMERS_TOPIC.into());
     t.push(cfg.dlq_topic.clone());
     t.push(cfg.actions_topic.clone());
     t

@@ -1,5 +1,6 @@
-//! Producing to Kafka: events from `POST /v1/events` (acknowledged by the
-//! broker before the HTTP 202), and dead letters with their reason.
+//! Producing to Kafka: events from `POST /v1/events` and catalog updates
+//! from `PUT /v1/items/{id}` / `PUT /v1/customers/{id}` (acknowledged by
+//! the broker before the HTTP 202), and dead letters with their reason.
 
 use crate::config::KafkaConfig;
 use crate::event::Event;
@@ -18,6 +19,8 @@ pub enum ProduceError {
         topic: String,
         message: String,
     },
+    #[error("broker did not acknowledge the update on {topic}: {message}")]
+    Catalog { topic: String, message: String },
     #[error("broker did not acknowledge dead letter on {topic}: {message}")]
     DeadLetter { topic: String, message: String },
 }
@@ -84,6 +87,26 @@ impl EventProducer {
             r?;
         }
         Ok(())
+    }
+
+    /// Produces one catalog/profile update (already validated) to `topic`,
+    /// keyed by the id; returns once the broker acknowledged it.
+    #[tracing::instrument(name = "produce_catalog", skip_all, fields(topic = topic))]
+    pub async fn send_catalog(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: &[u8],
+    ) -> Result<(), ProduceError> {
+        let record = FutureRecord::to(topic).key(id.as_bytes()).payload(payload);
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| ProduceError::Catalog {
+                topic: topic.to_string(),
+                message: e.to_string(),
+            })
     }
 
     /// Sends a message's original bytes to the dead-letter topic with the reason.
