@@ -2,7 +2,7 @@
 //! current online features of one entity, as the model would see them now
 //! (for a customer also the contact counters of the rules' capped actions).
 
-use super::{ApiError, AppStateRef};
+use super::{ApiError, AppState, AppStateRef};
 use crate::event::check_id;
 use crate::features::aggregate::entity_values;
 use crate::features::store::ReadQuery;
@@ -20,13 +20,24 @@ pub async fn customer(
     check_id("customer_id", &id)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("customer_id"), None))?;
     let session_id = q.get("session_id").map(String::as_str);
+    customer_features(&state, &id, session_id).await.map(Json)
+}
+
+/// The body of `GET /v1/features/customer/{id}` (also the answer of an
+/// applied `PUT /v1/customers/{id}`, with the latest session), with the
+/// contact counters of the rules' capped actions.
+pub(super) async fn customer_features(
+    state: &AppState,
+    id: &str,
+    session_id: Option<&str>,
+) -> Result<Value, ApiError> {
     let now = state.clock.now_ms();
     let keys = state.rules.load().cap_keys();
     let (read, counts) = state
         .store
         .read_with_offers(
             &ReadQuery {
-                customer_id: &id,
+                customer_id: id,
                 session_id,
                 item_ids: &[],
             },
@@ -35,13 +46,12 @@ pub async fn customer(
         )
         .await
         .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
-    // the contact counters of the rules' capped actions
     let offers: Vec<Value> = keys
         .iter()
         .zip(counts)
         .map(|(k, n)| json!({"action": k.action, "period_ms": k.period_ms, "count": n}))
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "customer_id": id,
         "known": !read.customer.is_empty(),
         "as_of": now,
@@ -49,23 +59,29 @@ pub async fn customer(
         "session_id": read.session_id,
         "session": entity_values(&state.set, Entity::Session, &read.session, now),
         "offers": offers,
-    })))
+    }))
 }
 
 pub async fn item(state: AppStateRef, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     check_id("item_id", &id)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("item_id"), None))?;
+    item_features(&state, &id).await.map(Json)
+}
+
+/// The body of `GET /v1/features/item/{id}` (also the answer of an applied
+/// `PUT /v1/items/{id}`).
+pub(super) async fn item_features(state: &AppState, id: &str) -> Result<Value, ApiError> {
     let items = state
         .store
-        .read_items(std::slice::from_ref(&id))
+        .read_items(&[id.to_string()])
         .await
         .map_err(|e| ApiError::Unavailable(format!("feature store: {e}")))?;
     let st = items.into_iter().next().unwrap_or_default();
     let now = state.clock.now_ms();
-    Ok(Json(json!({
+    Ok(json!({
         "item_id": id,
         "known": !st.is_empty(),
         "as_of": now,
         "features": entity_values(&state.set, Entity::Item, &st, now),
-    })))
+    }))
 }

@@ -5,6 +5,7 @@
 //! the tower layers around them need. The router is two parts, [`public`]
 //! and [`admin`], so access control can wrap the admin routes alone.
 
+pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod features;
@@ -28,7 +29,7 @@ use arc_swap::ArcSwap;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 pub use error::ApiError;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,12 +42,12 @@ use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-/// How `POST /v1/events` ingests.
+/// How `POST /v1/events` and the catalog PUTs ingest.
 #[derive(Clone)]
 pub enum Ingest {
     /// Embedded: applied to the store in-process.
     InProcess,
-    /// Produced to Kafka; the consumer applies them.
+    /// Produced to Kafka (`events.<type>`, `catalog.*`); the consumer applies them.
     Kafka(EventProducer),
 }
 
@@ -130,13 +131,15 @@ fn public(http: &HttpConfig) -> Router<Arc<AppState>> {
         .route("/v1/stream", get(stream::stream))
 }
 
-/// Routes for operators: what serves now, and (to come) catalog and profile
-/// writes (`PUT /v1/items/{id}`, `PUT /v1/customers/{id}`) and `/v1/rules`.
-/// Kept apart so an auth layer can wrap these alone.
+/// Routes for operators: what serves now, catalog and profile writes
+/// (`PUT /v1/items/{id}`, `PUT /v1/customers/{id}`) and (to come)
+/// `/v1/rules`. Kept apart so an auth layer can wrap these alone.
 fn admin(http: &HttpConfig) -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/rules", get(rules::list))
+        .route("/v1/items/{id}", put(catalog::put_item))
+        .route("/v1/customers/{id}", put(catalog::put_customer))
         .layer(layers::request_timeout(http.request_timeout()))
 }
 
