@@ -2,12 +2,13 @@
 //! here on free ports), an app on port 0, bounded polling.
 #![allow(dead_code)]
 
+use nextbest::api::AppState;
 use nextbest::app::App;
 use nextbest::config::Config;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub fn repo() -> PathBuf {
@@ -189,6 +190,8 @@ pub fn base_config() -> Config {
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
+    /// The running app's shared state (for looking inside, e.g. its caches).
+    pub state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -197,6 +200,7 @@ impl TestApp {
     pub async fn spawn(cfg: Config) -> TestApp {
         let app = App::build(cfg).await.expect("app builds");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             let _ = app
@@ -208,6 +212,7 @@ impl TestApp {
         TestApp {
             base,
             client: reqwest::Client::new(),
+            state,
             stop: Some(tx),
             handle: Some(handle),
         }
@@ -218,6 +223,20 @@ impl TestApp {
             .client
             .post(format!("{}{path}", self.base))
             .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// PUTs `body` as it is (JSON or not) to `path`.
+    pub async fn put(&self, path: &str, body: impl Into<String>) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.into())
             .send()
             .await
             .expect("request sent");
