@@ -1,10 +1,13 @@
 //! Business rules from outside: the shipped upsell example through Kafka
-//! and Redis, exclusions, levers and `explain` as written, a broken file
+//! and Redis (and an item the catalog topic marks out of stock leaving the
+//! answer), exclusions, levers and `explain` as written, a broken file
 //! rejected with `file:line` while the old rules answer, a hot reload under
 //! concurrent requests, and `nextbest rules check`.
 
 mod common;
 use common::*;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -174,6 +177,41 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
         r["items"]
             .as_array()
             .is_some_and(|a| a.iter().all(|i| i["action"] != "upsell")),
+        "{r}"
+    );
+
+    // the catalog marks lux1 out of stock over Kafka: the next answers drop it
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("acks", "all")
+        .create()
+        .expect("test producer");
+    producer
+        .send(
+            FutureRecord::to("catalog.items")
+                .key("lux1")
+                .payload(r#"{"in_stock": 0}"#),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to catalog.items: {e}"));
+    let r = eventually(JOIN, "lux1 out of the answer", || {
+        let (app, rich) = (&app, rich.clone());
+        async move {
+            let (_, r) = app
+                .post(
+                    "/v1/recommend",
+                    json!({"customer_id": rich, "k": 10, "explain": true}),
+                )
+                .await;
+            (r["fallback"] == false && item(&r, "lux1").is_none()).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        r["excluded"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!({"item_id": "lux1", "rule": "out_of_stock"}))),
         "{r}"
     );
     app.stop().await;
