@@ -4,6 +4,11 @@
 //! rules.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// The server's allocator (src/main.rs), so allocation-heavy paths measure
+/// as they run there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use nextbest::event::Event;
 use nextbest::features::aggregate::{apply_update, plan_event, EntityState};
 use nextbest::features::store::memory::MemoryState;

@@ -11,25 +11,30 @@
 //!    weights, the winning action (highest priority; on a tie the rule
 //!    first in file order), the reasons, and (for `explain`) what each rule
 //!    did. A rule with `inject` matches only the items its source gave.
+//!    A condition is a pure function of the fields it reads, so its result
+//!    is kept per combination of its item fields within the request: a
+//!    rule on `item.in_stock` runs at most twice per request, however many
+//!    candidates there are.
 //!
 //! A condition that fails at run time (say a feature missing from a
 //! stored state in a way the checks could not foresee) skips that rule for
 //! that item and is counted; it never fails the request.
 
 use super::file::Inject;
-use super::schema::{Inputs, ItemVars, RequestVars};
+use super::schema::{Bound, Inputs, Resolver};
 use super::RuleSet;
 use crate::decide::Label;
 use crate::features::aggregate::EntityState;
-use cel::Context;
+use cel::{Context, Value};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hasher;
 use std::sync::Arc;
 
 /// The rules that hold for one request.
 pub struct Active<'r> {
     set: &'r RuleSet,
-    vars: RequestVars,
+    request: Bound,
     /// Indices into `set.rules`.
     rules: Vec<usize>,
     /// Rules left out because their cap is reached.
@@ -91,11 +96,27 @@ impl Default for Verdict {
 pub type Sourced = HashMap<usize, HashSet<String>>;
 
 impl RuleSet {
-    /// Evaluates every rule's `when` for a request. `capped_actions` are the
-    /// (rule index) whose contact cap the customer has reached.
+    /// Evaluates every rule's `when` for a request. `capped` are the rules
+    /// (indices) whose contact cap the customer has reached.
     pub fn begin(&self, inp: &Inputs<'_>, capped: &[usize]) -> Active<'_> {
-        let vars = self.plan.request_vars(inp);
-        let ctx = request_context(self, &vars);
+        let request = self.plan.bind_request(inp);
+        let (active, left_out) = self.holding(&request, capped);
+        Active {
+            set: self,
+            request,
+            rules: active,
+            capped: left_out,
+        }
+    }
+
+    /// The rules whose `when` holds: (active, left out by their cap).
+    fn holding(&self, request: &Bound, capped: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let resolver = Resolver {
+            plan: &self.plan,
+            request,
+            item: None,
+        };
+        let ctx = context(self, &resolver);
         let mut active = Vec::with_capacity(self.rules.len());
         let mut left_out = Vec::new();
         for (i, r) in self.rules.iter().enumerate() {
@@ -118,20 +139,14 @@ impl RuleSet {
                 active.push(i);
             }
         }
-        Active {
-            set: self,
-            vars,
-            rules: active,
-            capped: left_out,
-        }
+        (active, left_out)
     }
 }
 
-fn request_context<'a>(set: &RuleSet, vars: &RequestVars) -> Context<'a, 'a> {
+/// A context whose variables come from `resolver`.
+fn context<'a>(set: &RuleSet, resolver: &'a Resolver<'a>) -> Context<'a, 'a> {
     let mut ctx = Context::with_env(set.env.clone());
-    ctx.add_variable_from_value("customer", vars.customer.clone());
-    ctx.add_variable_from_value("session", vars.session.clone());
-    ctx.add_variable_from_value("context", vars.context.clone());
+    ctx.set_variable_resolver(resolver);
     ctx
 }
 
@@ -182,21 +197,16 @@ impl Active<'_> {
         if self.rules.is_empty() {
             return out;
         }
-        let root = request_context(self.set, &self.vars);
-        let reads_items = self.set.plan.reads_items();
+        let plan = &self.set.plan;
         let mut matches = vec![0u64; self.rules.len()];
+        // a condition is a pure function of the fields it reads: per rule,
+        // its result for each combination of its item fields seen so far
+        let mut memo: Vec<HashMap<u64, (Vec<Value>, bool)>> =
+            vec![HashMap::new(); self.rules.len()];
         for (verdict, (id, state)) in out.iter_mut().zip(items) {
-            let vars = if reads_items {
-                self.set.plan.item_vars(inp, id, state)
-            } else {
-                ItemVars {
-                    item: cel::Value::Null,
-                    cross: cel::Value::Null,
-                }
-            };
-            let mut ctx = root.new_inner_scope();
-            ctx.add_variable_from_value("item", vars.item);
-            ctx.add_variable_from_value("cross", vars.cross);
+            let values = plan.item_values(inp, id, state);
+            // the item's variables, bound only if some condition must run
+            let mut bound: Option<Bound> = None;
             let mut best: Option<(i64, usize)> = None;
             for (slot, &ri) in self.rules.iter().enumerate() {
                 let r = &self.set.rules[ri];
@@ -206,13 +216,32 @@ impl Active<'_> {
                 }
                 let holds = match &r.item_when {
                     None => true,
-                    Some(c) => match c.eval(&ctx) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            rule_error(&r.name, &e);
-                            false
+                    Some(c) => {
+                        let keys = &self.set.memo_keys[ri];
+                        let h = hash_values(keys.iter().map(|&k| &values[k]));
+                        match memo[slot].get(&h) {
+                            Some((seen, b)) if same(seen, keys, &values) => *b,
+                            _ => {
+                                let item = &*bound.get_or_insert_with(|| plan.bind_item(&values));
+                                let resolver = Resolver {
+                                    plan,
+                                    request: &self.request,
+                                    item: Some(item),
+                                };
+                                let b = match c.eval(&context(self.set, &resolver)) {
+                                    Ok(b) => b,
+                                    Err(e) => {
+                                        rule_error(&r.name, &e);
+                                        false
+                                    }
+                                };
+                                memo[slot].entry(h).or_insert_with(|| {
+                                    (keys.iter().map(|&k| values[k].clone()).collect(), b)
+                                });
+                                b
+                            }
                         }
-                    },
+                    }
                 };
                 if !holds {
                     continue;
@@ -293,8 +322,119 @@ impl Active<'_> {
     }
 }
 
+/// A hash of the values a condition reads.
+fn hash_values<'a>(values: impl Iterator<Item = &'a Value>) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    for v in values {
+        hash_value(v, &mut h);
+    }
+    h.finish()
+}
+
+fn hash_value(v: &Value, h: &mut rustc_hash::FxHasher) {
+    match v {
+        Value::Float(f) => h.write_u64(f.to_bits()),
+        Value::Int(i) => h.write_i64(*i),
+        Value::Bool(b) => h.write_u8(u8::from(*b)),
+        Value::String(s) => h.write(s.as_bytes()),
+        Value::List(l) => {
+            h.write_usize(l.len());
+            for x in l.iter() {
+                hash_value(x, h);
+            }
+        }
+        // other kinds never come from features; equality decides
+        _ => h.write_u8(0xff),
+    }
+}
+
+/// Whether `seen` holds the same values as `values` at `keys`.
+fn same(seen: &[Value], keys: &[usize], values: &[Value]) -> bool {
+    seen.len() == keys.len() && seen.iter().zip(keys).all(|(s, &k)| *s == values[k])
+}
+
 fn push_reason(reasons: &mut Vec<Label>, reason: &Label) {
     if !reasons.contains(reason) {
         reasons.push(reason.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::aggregate::LastValue;
+    use crate::features::vector::ContextValues;
+    use crate::features::FeatureSet;
+
+    fn set() -> FeatureSet {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        FeatureSet::load(&path).expect("shipped definitions")
+    }
+
+    fn rules(set: &FeatureSet, text: &str) -> RuleSet {
+        let dir = std::env::temp_dir().join(format!("nb-eval-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("r.toml"), text).expect("write");
+        let r = RuleSet::load(&dir, set, None);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(r.errors().next().is_none(), "{:?}", r.files);
+        r
+    }
+
+    fn item(in_stock: &str, price: &str) -> EntityState {
+        let mut st = EntityState::default();
+        for (k, v) in [("in_stock", in_stock), ("price", price)] {
+            st.lasts.insert(
+                k.into(),
+                LastValue {
+                    ts: 1,
+                    seq: 0,
+                    value: v.into(),
+                },
+            );
+        }
+        st
+    }
+
+    #[test]
+    fn kept_results_match_evaluating_every_item() {
+        let set = set();
+        let rules = rules(
+            &set,
+            "[[rule]]\nname = \"oos\"\nitem_when = \"item.in_stock == 0.0\"\nexclude = true\n\
+             [[rule]]\nname = \"dear\"\nitem_when = \"item.price > 50.0\"\nweight = 2.0\n\
+             [[rule]]\nname = \"pick\"\nitem_when = \"item.id == 'c' || customer.cart_value > 1000.0\"\naction = \"pick\"\n",
+        );
+        let states = [
+            item("1", "10"),
+            item("0", "10"),
+            item("1", "99"),
+            item("1", "10"),
+            item("0", "99"),
+        ];
+        let ids = ["a", "b", "c", "d", "e"];
+        let customer = EntityState::default();
+        let ctx = ContextValues::defaults(&set);
+        let inp = Inputs {
+            set: &set,
+            customer: &customer,
+            session: &customer,
+            context: &ctx,
+            now: 10,
+        };
+        let items: Vec<(&str, &EntityState)> = ids.iter().copied().zip(states.iter()).collect();
+        let v = rules
+            .begin(&inp, &[])
+            .judge(&inp, &items, &Sourced::new(), false);
+        let excluded: Vec<bool> = v.iter().map(|v| v.excluded_by.is_some()).collect();
+        assert_eq!(excluded, [false, true, false, false, true]);
+        let weights: Vec<f64> = v.iter().map(|v| v.weight).collect();
+        assert_eq!(weights, [1.0, 1.0, 2.0, 1.0, 2.0]);
+        let actions: Vec<Option<&str>> = v
+            .iter()
+            .map(|v| v.action.as_ref().map(|(a, _)| a.as_ref()))
+            .collect();
+        assert_eq!(actions, [None, None, Some("pick"), None, None]);
     }
 }

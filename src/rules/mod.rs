@@ -65,6 +65,9 @@ pub struct RuleSet {
     pub dir: String,
     /// The CEL environment the conditions were compiled for.
     pub env: Arc<Env>,
+    /// Per rule: the positions (in the plan's item fields) of the item
+    /// fields its `item_when` reads (the key its results are kept under).
+    pub memo_keys: Vec<Vec<usize>>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -104,8 +107,27 @@ impl RuleSet {
             .flat_map(|c| c.used.iter().cloned())
             .collect();
         let used: Vec<(Namespace, String)> = used.into_iter().collect();
+        let plan = schema.plan(set, &used);
+        let item_fields: Vec<(Namespace, String)> = plan
+            .item_fields()
+            .map(|(ns, f)| (ns, f.to_string()))
+            .collect();
+        let memo_keys = rules
+            .iter()
+            .map(|r| {
+                r.item_when.as_ref().map_or_else(Vec::new, |c| {
+                    item_fields
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| c.used.contains(f))
+                        .map(|(i, _)| i)
+                        .collect()
+                })
+            })
+            .collect();
         RuleSet {
-            plan: schema.plan(set, &used),
+            memo_keys,
+            plan,
             has_caps: rules.iter().any(|r| r.effects.cap.is_some()),
             rules,
             files,

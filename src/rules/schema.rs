@@ -13,6 +13,8 @@
 use crate::features::aggregate::{numeric_value, EntityState};
 use crate::features::definition::{Aggregation, Entity, FeatureSet};
 use crate::features::vector::{ContextValues, RowInputs, RowPlan};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::objects::{Key, Map};
 use cel::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -236,9 +238,15 @@ impl Schema {
         // empty plan reads nothing rather than panicking
         let numeric = RowPlan::compile(set, &numeric_names)
             .unwrap_or_else(|_| RowPlan::compile(set, &[]).expect("an empty plan compiles"));
+        let by_name = slots
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("{}.{}", f.ns.as_str(), key_str(&f.key)), i))
+            .collect();
         Plan {
             numeric,
             fields: slots,
+            by_name,
         }
     }
 }
@@ -264,6 +272,8 @@ struct PlanField {
 pub struct Plan {
     numeric: RowPlan,
     fields: Vec<PlanField>,
+    /// Qualified name → index into `fields`.
+    by_name: rustc_hash::FxHashMap<String, usize>,
 }
 
 /// The states variables are built from.
@@ -275,56 +285,107 @@ pub struct Inputs<'a> {
     pub now: i64,
 }
 
-/// A request's `customer`, `session` and `context` variables.
-#[derive(Debug, Clone)]
-pub struct RequestVars {
-    pub customer: Value,
-    pub session: Value,
-    pub context: Value,
+/// Values of a plan's fields, bound under their qualified names
+/// (`customer.cart_value`): cel resolves `customer.cart_value` as a variable
+/// of that name before it tries a field of `customer`, so a condition finds
+/// each value with one lookup, and no map is built per item. One slot per
+/// plan field; a [`Plan::bind_request`] fills the per-request ones, a
+/// [`Plan::bind_item`] the per-item ones.
+#[derive(Debug)]
+pub struct Bound(Vec<Option<Box<dyn Val>>>);
+
+/// The variables one evaluation sees: the request's and (for `item_when`)
+/// one item's.
+pub struct Resolver<'a> {
+    pub plan: &'a Plan,
+    pub request: &'a Bound,
+    pub item: Option<&'a Bound>,
 }
 
-/// One item's `item` and `cross` variables.
-#[derive(Debug, Clone)]
-pub struct ItemVars {
-    pub item: Value,
-    pub cross: Value,
+impl VariableResolver for Resolver<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        let Some(&i) = self.plan.by_name.get(name) else {
+            // a namespace alone (`has(item.x)` resolves `item`): a map of
+            // what is bound, built on demand
+            let ns = Namespace::parse(name)?;
+            return self.namespace(ns).map(CowVal::Owned);
+        };
+        let bound = if self.plan.fields[i].ns.per_item() {
+            self.item?
+        } else {
+            self.request
+        };
+        bound.0.get(i)?.as_deref().map(CowVal::Borrowed)
+    }
+}
+
+impl Resolver<'_> {
+    fn namespace(&self, ns: Namespace) -> Option<Box<dyn Val>> {
+        let bound = if ns.per_item() {
+            self.item?
+        } else {
+            self.request
+        };
+        let map: HashMap<Key, Value> = self
+            .plan
+            .fields
+            .iter()
+            .zip(&bound.0)
+            .filter(|(f, _)| f.ns == ns)
+            .filter_map(|(f, v)| Some((f.key.clone(), Value::try_from(v.as_deref()?).ok()?)))
+            .collect();
+        Value::Map(Map { map: Arc::new(map) }).try_into().ok()
+    }
 }
 
 impl Plan {
-    /// The request's variables (fields of the per-request namespaces).
-    pub fn request_vars(&self, inp: &Inputs<'_>) -> RequestVars {
+    /// The request's fields bound (customer, session, context).
+    pub fn bind_request(&self, inp: &Inputs<'_>) -> Bound {
         let empty = EntityState::default();
-        let mut maps: [HashMap<Key, Value>; 3] = Default::default();
-        for f in self.fields.iter().filter(|f| !f.ns.per_item()) {
-            let i = match f.ns {
-                Namespace::Customer => 0,
-                Namespace::Session => 1,
-                _ => 2,
-            };
-            maps[i].insert(f.key.clone(), self.value(f, inp, "", &empty));
-        }
-        let [customer, session, context] = maps.map(|m| Value::Map(Map { map: Arc::new(m) }));
-        RequestVars {
-            customer,
-            session,
-            context,
-        }
+        Bound(
+            self.fields
+                .iter()
+                .map(|f| {
+                    (!f.ns.per_item())
+                        .then(|| self.value(f, inp, "", &empty).try_into().ok())
+                        .flatten()
+                })
+                .collect(),
+        )
     }
 
-    /// One item's variables.
-    pub fn item_vars(&self, inp: &Inputs<'_>, item_id: &str, item: &EntityState) -> ItemVars {
-        let mut maps: [HashMap<Key, Value>; 2] = Default::default();
-        for f in self.fields.iter().filter(|f| f.ns.per_item()) {
-            let i = usize::from(f.ns == Namespace::Cross);
-            maps[i].insert(f.key.clone(), self.value(f, inp, item_id, item));
-        }
-        let [item, cross] = maps.map(|m| Value::Map(Map { map: Arc::new(m) }));
-        ItemVars { item, cross }
+    /// One item's fields bound, from its [`Self::item_values`].
+    pub fn bind_item(&self, values: &[Value]) -> Bound {
+        let mut values = values.iter();
+        Bound(
+            self.fields
+                .iter()
+                .map(|f| {
+                    if f.ns.per_item() {
+                        values.next().and_then(|v| v.clone().try_into().ok())
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
+        )
     }
 
-    /// Whether any field read is per item.
-    pub fn reads_items(&self) -> bool {
-        self.fields.iter().any(|f| f.ns.per_item())
+    /// The per-item fields read, in [`Self::item_fields`] order.
+    pub fn item_values(&self, inp: &Inputs<'_>, item_id: &str, item: &EntityState) -> Vec<Value> {
+        self.fields
+            .iter()
+            .filter(|f| f.ns.per_item())
+            .map(|f| self.value(f, inp, item_id, item))
+            .collect()
+    }
+
+    /// The per-item fields read, in order.
+    pub fn item_fields(&self) -> impl Iterator<Item = (Namespace, &str)> {
+        self.fields
+            .iter()
+            .filter(|f| f.ns.per_item())
+            .map(|f| (f.ns, key_str(&f.key)))
     }
 
     fn value(&self, f: &PlanField, inp: &Inputs<'_>, item_id: &str, item: &EntityState) -> Value {
@@ -364,6 +425,13 @@ impl Plan {
             Slot::ItemId => text(item_id),
             Slot::ContextText(i) => text(inp.context.text(*i)),
         }
+    }
+}
+
+fn key_str(k: &Key) -> &str {
+    match k {
+        Key::String(s) => s.as_str(),
+        _ => "",
     }
 }
 
