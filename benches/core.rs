@@ -164,6 +164,15 @@ fn bench(c: &mut Criterion) {
             active.judge(&rule_inputs, &cands, &sourced, true).len()
         })
     });
+    // the shipped rules (rules/*.toml) on the same candidates
+    let shipped = nextbest::rules::RuleSet::load(&repo.join("rules"), &set, None);
+    assert!(shipped.errors().next().is_none(), "shipped rules load");
+    g.bench_function("judge_shipped_rules_x_100_candidates", |b| {
+        b.iter(|| {
+            let active = shipped.begin(&rule_inputs, &[]);
+            active.judge(&rule_inputs, &cands, &sourced, false).len()
+        })
+    });
     g.finish();
 }
 

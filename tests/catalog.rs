@@ -8,7 +8,6 @@ use common::*;
 use nextbest::features::aggregate::EntityState;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -165,24 +164,6 @@ async fn put_on_redis_drops_the_item_from_this_instances_cache() {
         "the next request read the new state"
     );
     app.stop().await;
-}
-
-fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .create()
-        .expect("test producer")
-}
-
-async fn produce(p: &FutureProducer, topic: &str, key: &str, payload: &str) {
-    p.send(
-        FutureRecord::to(topic).key(key).payload(payload),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
 }
 
 async fn item_feature(app: &TestApp, id: &str, name: &str) -> Value {

@@ -15,29 +15,10 @@ use nextbest::ingest::kafka::ensure_topics;
 use nextbest::ingest::producer::EventProducer;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .create()
-        .expect("test producer")
-}
-
-async fn produce(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
-    p.send(
-        FutureRecord::to(topic).key(key).payload(payload),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
-}
 
 fn kafka_cfg() -> KafkaConfig {
     KafkaConfig {

@@ -6,8 +6,6 @@
 
 mod common;
 use common::*;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -181,20 +179,7 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
     );
 
     // the catalog marks lux1 out of stock over Kafka: the next answers drop it
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("acks", "all")
-        .create()
-        .expect("test producer");
-    producer
-        .send(
-            FutureRecord::to("catalog.items")
-                .key("lux1")
-                .payload(r#"{"in_stock": 0}"#),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("produce to catalog.items: {e}"));
+    produce(&producer(), "catalog.items", "lux1", r#"{"in_stock": 0}"#).await;
     let r = eventually(JOIN, "lux1 out of the answer", || {
         let (app, rich) = (&app, rich.clone());
         async move {

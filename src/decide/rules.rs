@@ -32,9 +32,12 @@ pub fn injections(
     capped: &[usize],
     pop: &Popularity,
 ) -> Injections {
-    let active = rules.begin(inputs, capped);
     let mut added = Vec::new();
     let mut sourced = Sourced::new();
+    if !rules.has_injections {
+        return Injections { added, sourced };
+    }
+    let active = rules.begin(inputs, capped);
     for (ri, inject, reason) in active.injections() {
         let ids = candidates::from_source(&inject.source, inputs.customer, pop, inject.limit);
         for id in &ids {

@@ -203,8 +203,15 @@ impl Active<'_> {
         // its result for each combination of its item fields seen so far
         let mut memo: Vec<HashMap<u64, (Vec<Value>, bool)>> =
             vec![HashMap::new(); self.rules.len()];
+        // only the item fields the active rules read are computed
+        let mut needed = vec![false; plan.item_fields().count()];
+        for &ri in &self.rules {
+            for &k in &self.set.memo_keys[ri] {
+                needed[k] = true;
+            }
+        }
         for (verdict, (id, state)) in out.iter_mut().zip(items) {
-            let values = plan.item_values(inp, id, state);
+            let values = plan.item_values(inp, id, state, &needed);
             // the item's variables, bound only if some condition must run
             let mut bound: Option<Bound> = None;
             let mut best: Option<(i64, usize)> = None;

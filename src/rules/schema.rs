@@ -371,12 +371,26 @@ impl Plan {
         )
     }
 
-    /// The per-item fields read, in [`Self::item_fields`] order.
-    pub fn item_values(&self, inp: &Inputs<'_>, item_id: &str, item: &EntityState) -> Vec<Value> {
+    /// The per-item fields read, in [`Self::item_fields`] order; those not
+    /// `needed` (read by no rule that holds for this request) are null.
+    pub fn item_values(
+        &self,
+        inp: &Inputs<'_>,
+        item_id: &str,
+        item: &EntityState,
+        needed: &[bool],
+    ) -> Vec<Value> {
         self.fields
             .iter()
             .filter(|f| f.ns.per_item())
-            .map(|f| self.value(f, inp, item_id, item))
+            .enumerate()
+            .map(|(i, f)| {
+                if needed.get(i).copied().unwrap_or(true) {
+                    self.value(f, inp, item_id, item)
+                } else {
+                    Value::Null
+                }
+            })
             .collect()
     }
 

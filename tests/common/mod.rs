@@ -165,6 +165,33 @@ pub fn kafka_brokers() -> String {
         .clone()
 }
 
+/// A plain Kafka producer to the test broker (acks from all, no linger).
+pub fn producer() -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .expect("test producer")
+}
+
+/// Produces one message and waits for the broker's ack.
+pub async fn produce(
+    p: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: impl AsRef<[u8]>,
+) {
+    p.send(
+        rdkafka::producer::FutureRecord::to(topic)
+            .key(key)
+            .payload(payload.as_ref()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
 /// A unique name for isolating keys, groups and ids between tests.
 pub fn unique(tag: &str) -> String {
     format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

@@ -110,6 +110,18 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The calls of one read: the customer group's script, then the items.
+    fn read_pipeline(&self, q: &ReadQuery<'_>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(&self.read_sha)
+            .arg(1)
+            .arg(self.customer_key(q.customer_id))
+            .arg(self.group_args(&self.customer, &self.session, q.session_id));
+        self.push_item_reads(&mut pipe, q.item_ids);
+        pipe
+    }
+
     async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
         let mut conn = self.conn.clone();
         let first: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
@@ -143,14 +155,7 @@ impl FeatureStore for RedisStore {
     }
 
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(&self.read_sha)
-            .arg(1)
-            .arg(self.customer_key(q.customer_id))
-            .arg(self.group_args(&self.customer, &self.session, q.session_id));
-        self.push_item_reads(&mut pipe, q.item_ids);
-        let replies = self.run_pipeline(&pipe).await?;
+        let replies = self.run_pipeline(&self.read_pipeline(q)).await?;
         self.parse_read(replies, q.item_ids.len())
     }
 
@@ -163,13 +168,7 @@ impl FeatureStore for RedisStore {
         if offers.is_empty() {
             return Ok((self.read(q).await?, Vec::new()));
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(&self.read_sha)
-            .arg(1)
-            .arg(self.customer_key(q.customer_id))
-            .arg(self.group_args(&self.customer, &self.session, q.session_id));
-        self.push_item_reads(&mut pipe, q.item_ids);
+        let mut pipe = self.read_pipeline(q);
         // the counters share the customer's hash tag: one slot, one MGET
         let keys: Vec<String> = offers
             .iter()
