@@ -226,3 +226,36 @@ async fn recommend_sheds_past_its_concurrency() {
     .await;
     app.stop().await;
 }
+
+/// With the broker unreachable, events are refused with 503 and
+/// `Retry-After` (nothing is accepted), as JSON; a valid body is what got
+/// that far (positive control: a bad one is still a 400 first).
+#[tokio::test]
+async fn events_with_the_broker_down_are_503_with_retry_after() {
+    let mut cfg = base_config();
+    cfg.kafka.brokers = Some(format!("127.0.0.1:{}", free_port()));
+    cfg.kafka.create_topics = false;
+    cfg.kafka.consume = false;
+    cfg.kafka.produce_timeout_ms = 500;
+    let app = TestApp::spawn(cfg).await;
+    let c = unique("c");
+    let (s, r) = app.post("/v1/events", json!({"type": "page_view"})).await;
+    assert_eq!(s, 400, "{r}");
+    let r = app
+        .client
+        .post(format!("{}/v1/events", app.base))
+        .json(&event(&unique("e"), "page_view", &c, Some("p1"), now_ms()))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.expect("json body");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not accepted")),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -16,6 +16,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// A dependency (the store, the broker) did not answer: 503 with
+    /// `Retry-After`, nothing of the request kept.
     #[error("{0}")]
     Unavailable(String),
     /// More requests in flight on a route than it takes: 503 with `Retry-After`.
@@ -27,7 +29,7 @@ pub enum ApiError {
     Http { status: StatusCode, message: String },
 }
 
-/// Seconds a shed client is asked to wait.
+/// Seconds a client answered 503 is asked to wait.
 const RETRY_AFTER_SECS: &str = "1";
 
 impl ApiError {
@@ -62,8 +64,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, b)
             }
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": m })),
-            ApiError::Overloaded(m) => {
+            ApiError::Unavailable(m) | ApiError::Overloaded(m) => {
                 let mut resp =
                     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": m }))).into_response();
                 resp.headers_mut().insert(
