@@ -104,14 +104,12 @@ impl App {
             rescan_every: Duration::from_secs(cfg.model.rescan_secs),
         });
         let popularity = Arc::new(ArcSwap::from_pointee(Popularity::default()));
-        let rule_set = RuleSet::load(&cfg.rules.dir, &set, None);
-        for f in rule_set.errors() {
-            tracing::error!(
-                error = f.error.as_deref().unwrap_or(""),
-                "rule file rejected"
-            );
-        }
-        let rules = Arc::new(ArcSwap::from_pointee(rule_set));
+        // a rejected rule file is logged by the load
+        let rules = Arc::new(ArcSwap::from_pointee(RuleSet::load(
+            &cfg.rules.dir,
+            &set,
+            None,
+        )));
         let rules_reloader = cfg.rules.watch.then(|| RulesReloader {
             dir: cfg.rules.dir.clone(),
             set: set.clone(),

@@ -40,7 +40,7 @@ use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use crate::model::routing::Routing;
 use crate::model::{LoadedModel, Registry};
-use crate::rules::eval::Sourced;
+use crate::rules::eval::{Active, Sourced};
 use crate::rules::RuleSet;
 use arbitrate::ValueSource;
 use arc_swap::ArcSwap;
@@ -188,20 +188,12 @@ impl Decider {
         let rules = self.rules.load_full();
 
         let t = Instant::now();
-        let (cands, fetched, sourced, capped) = self.candidates_and_states(req, &rules).await?;
+        let (cands, fetched, active, sourced) = self.candidates_and_states(req, &rules).await?;
         stage(timings, "features", t);
 
         let t = Instant::now();
         let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
-        let verdicts = rules::judge(
-            &rules,
-            &inputs,
-            &capped,
-            &cands,
-            &fetched,
-            &sourced,
-            req.explain,
-        );
+        let verdicts = rules::judge(&active, &inputs, &cands, &fetched, &sourced, req.explain);
         let eligible: Vec<usize> = (0..cands.len())
             .filter(|&i| verdicts[i].excluded_by.is_none())
             .collect();
@@ -330,12 +322,13 @@ impl Decider {
     /// Candidates and states: the customer (with the request's items, if it
     /// lists them, and the contact counters of capped rules) in one round
     /// trip; then, if candidates are generated or rules inject some, the
-    /// items not read yet in a second. Also the rules whose cap is reached.
-    async fn candidates_and_states(
+    /// items not read yet in a second. Also the rules that hold for the
+    /// customer (caps applied) and which items the injecting ones gave.
+    async fn candidates_and_states<'r>(
         &self,
         req: &RecommendRequest,
-        rule_set: &RuleSet,
-    ) -> Result<(Vec<Candidate>, Fetched, Sourced, Vec<usize>), DecideError> {
+        rule_set: &'r RuleSet,
+    ) -> Result<(Vec<Candidate>, Fetched, Active<'r>, Sourced), DecideError> {
         let fetcher = Fetcher {
             store: self.store.as_ref(),
             cache: self.item_cache.as_ref(),
@@ -352,12 +345,12 @@ impl Decider {
             Some(list) => candidates::requested(list),
             None => candidates::generate(&fetched.customer, &pop, self.cfg.generated_candidates),
         };
-        let injections = {
-            let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
-            rules::injections(rule_set, &inputs, &capped, &pop)
-        };
-        for (id, reason) in &injections.added {
-            candidates::inject(&mut cands, std::slice::from_ref(id), reason.clone());
+        let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
+        // the `when`s, once per request
+        let active = rule_set.begin(&inputs, &capped);
+        let injections = rules::injections(&active, &fetched.customer, &pop);
+        for (ids, reason) in &injections.added {
+            candidates::inject(&mut cands, ids, reason.clone());
         }
         // states of the candidates not read with the customer
         let have = fetched.items.len();
@@ -366,7 +359,7 @@ impl Decider {
             let more = fetcher.items(&ids).await?;
             fetched.items.extend(more);
         }
-        Ok((cands, fetched, injections.sourced, capped))
+        Ok((cands, fetched, active, injections.sourced))
     }
 
     /// Hands the shadow models (if any) the same states, off the request path.

@@ -9,41 +9,31 @@ use super::candidates::{self, Candidate};
 use super::fetch::Fetched;
 use super::popularity::Popularity;
 use super::request::Label;
+use crate::features::aggregate::EntityState;
 use crate::features::vector::ContextValues;
 use crate::features::FeatureSet;
-use crate::rules::eval::{Sourced, Verdict};
+use crate::rules::eval::{Active, Sourced, Verdict};
 use crate::rules::schema::Inputs;
-use crate::rules::RuleSet;
 
 /// The action an item gets when no rule gives it one.
 pub const ACTION_RECOMMEND: &str = "recommend";
 
-/// The items the request's active rules inject, with the reason each
-/// gives, and which items each injecting rule's source gave.
+/// The items the request's active rules inject: per injecting rule, its
+/// source's items (in order) and the reason they carry; and which items
+/// each injecting rule's source gave.
 pub struct Injections {
-    pub added: Vec<(String, Label)>,
+    pub added: Vec<(Vec<String>, Label)>,
     pub sourced: Sourced,
 }
 
-/// What the injecting rules that hold for this customer add.
-pub fn injections(
-    rules: &RuleSet,
-    inputs: &Inputs<'_>,
-    capped: &[usize],
-    pop: &Popularity,
-) -> Injections {
+/// What the injecting rules that hold add.
+pub fn injections(active: &Active<'_>, customer: &EntityState, pop: &Popularity) -> Injections {
     let mut added = Vec::new();
     let mut sourced = Sourced::new();
-    if !rules.has_injections {
-        return Injections { added, sourced };
-    }
-    let active = rules.begin(inputs, capped);
     for (ri, inject, reason) in active.injections() {
-        let ids = candidates::from_source(&inject.source, inputs.customer, pop, inject.limit);
-        for id in &ids {
-            added.push((id.clone(), reason.clone()));
-        }
-        sourced.insert(ri, ids.into_iter().collect());
+        let ids = candidates::from_source(&inject.source, customer, pop, inject.limit);
+        sourced.insert(ri, ids.iter().cloned().collect());
+        added.push((ids, reason));
     }
     Injections { added, sourced }
 }
@@ -66,16 +56,14 @@ pub fn inputs<'a>(
 
 /// Every candidate's verdict (in candidate order).
 pub fn judge(
-    rules: &RuleSet,
+    active: &Active<'_>,
     inputs: &Inputs<'_>,
-    capped: &[usize],
     cands: &[Candidate],
     fetched: &Fetched,
     sourced: &Sourced,
     explain: bool,
 ) -> Vec<Verdict> {
-    let active = rules.begin(inputs, capped);
-    let items: Vec<(&str, &crate::features::aggregate::EntityState)> = cands
+    let items: Vec<(&str, &EntityState)> = cands
         .iter()
         .zip(&fetched.items)
         .map(|(c, st)| (c.item_id.as_str(), st.as_ref()))

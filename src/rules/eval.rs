@@ -29,7 +29,6 @@ use cel::{Context, Value};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
-use std::sync::Arc;
 
 /// The rules that hold for one request.
 pub struct Active<'r> {
@@ -170,16 +169,6 @@ impl Active<'_> {
             .collect()
     }
 
-    /// Whether any rule is active.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// The rule with index `i`.
-    pub fn rule(&self, i: usize) -> &Arc<super::rule::Rule> {
-        &self.set.rules[i]
-    }
-
     /// Judges each candidate `(id, state)`; `sourced` says which items the
     /// injecting rules' sources gave.
     pub fn judge(
@@ -215,6 +204,8 @@ impl Active<'_> {
             // the item's variables, bound only if some condition must run
             let mut bound: Option<Bound> = None;
             let mut best: Option<(i64, usize)> = None;
+            // the rule of each entry of `verdict.explained`
+            let mut explained_rules: Vec<usize> = Vec::new();
             for (slot, &ri) in self.rules.iter().enumerate() {
                 let r = &self.set.rules[ri];
                 let injected = r.effects.inject.is_some();
@@ -270,15 +261,21 @@ impl Active<'_> {
                         weight: r.effects.weight,
                     });
                 }
-                if let Some((priority, _)) = &r.effects.action {
+                if let Some((priority, action)) = &r.effects.action {
                     if best.is_none_or(|(p, _)| *priority > p) {
                         best = Some((*priority, ri));
                     }
+                    did.push(Did::Action {
+                        action: action.clone(),
+                        priority: *priority,
+                        chosen: false,
+                    });
                 }
                 if !r.effects.exclude && (injected || r.effects.weight != 1.0) {
                     push_reason(&mut verdict.reasons, &r.reason);
                 }
                 if explain {
+                    explained_rules.push(ri);
                     verdict.explained.push(Explained {
                         rule: r.name.clone(),
                         file: r.file.clone(),
@@ -293,8 +290,14 @@ impl Active<'_> {
                     push_reason(&mut verdict.reasons, &r.reason);
                 }
             }
-            if explain {
-                self.explain_actions(verdict, best.map(|(_, ri)| ri));
+            // mark the action chosen in its rule's explanation
+            let chosen = best.and_then(|(_, b)| explained_rules.iter().position(|&ri| ri == b));
+            if let Some(e) = chosen.and_then(|i| verdict.explained.get_mut(i)) {
+                for d in &mut e.did {
+                    if let Did::Action { chosen, .. } = d {
+                        *chosen = true;
+                    }
+                }
             }
         }
         for (slot, n) in matches.into_iter().enumerate() {
@@ -304,28 +307,6 @@ impl Active<'_> {
             }
         }
         out
-    }
-
-    /// Adds each matching rule's action to its explanation, marking the
-    /// one chosen.
-    fn explain_actions(&self, verdict: &mut Verdict, chosen: Option<usize>) {
-        for e in &mut verdict.explained {
-            let Some(ri) = self
-                .rules
-                .iter()
-                .copied()
-                .find(|&ri| self.set.rules[ri].name == e.rule)
-            else {
-                continue;
-            };
-            if let Some((priority, action)) = &self.set.rules[ri].effects.action {
-                e.did.push(Did::Action {
-                    action: action.clone(),
-                    priority: *priority,
-                    chosen: chosen == Some(ri),
-                });
-            }
-        }
     }
 }
 

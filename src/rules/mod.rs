@@ -61,8 +61,6 @@ pub struct RuleSet {
     pub plan: Plan,
     /// Whether any serving rule has a contact cap.
     pub has_caps: bool,
-    /// Whether any serving rule injects candidates.
-    pub has_injections: bool,
     /// The folder loaded.
     pub dir: String,
     /// The CEL environment the conditions were compiled for.
@@ -131,7 +129,6 @@ impl RuleSet {
             memo_keys,
             plan,
             has_caps: rules.iter().any(|r| r.effects.cap.is_some()),
-            has_injections: rules.iter().any(|r| r.effects.inject.is_some()),
             rules,
             files,
             dir,
