@@ -208,9 +208,19 @@ impl MemoryState {
 /// [`MemoryState`] behind a lock, as a [`FeatureStore`].
 pub struct MemoryStore {
     state: RwLock<MemoryState>,
-    /// Contact counters: (customer, key) → (count, expires at ms).
-    offers: std::sync::Mutex<HashMap<(String, OfferKey), (u64, i64)>>,
+    offers: std::sync::Mutex<Offers>,
 }
+
+/// Contact counters: (customer, key) → (count, expires at ms). Expired
+/// ones are dropped whenever the map has doubled since the last sweep, so
+/// it stays within twice the live counters (at least [`OFFERS_SWEEP_MIN`]).
+#[derive(Default)]
+struct Offers {
+    counts: HashMap<(String, OfferKey), (u64, i64)>,
+    sweep_at: usize,
+}
+
+const OFFERS_SWEEP_MIN: usize = 1024;
 
 impl MemoryStore {
     pub fn new(set: Arc<FeatureSet>, dedupe_window_ms: i64) -> Self {
@@ -220,7 +230,7 @@ impl MemoryStore {
         }
     }
 
-    fn offers(&self) -> std::sync::MutexGuard<'_, HashMap<(String, OfferKey), (u64, i64)>> {
+    fn offers(&self) -> std::sync::MutexGuard<'_, Offers> {
         self.offers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -261,11 +271,11 @@ impl FeatureStore for MemoryStore {
         now_ms: i64,
     ) -> Result<(ReadResult, Vec<u64>), StoreError> {
         let read = self.read(q).await?;
-        let counts = self.offers();
+        let state = self.offers();
         let n: Vec<u64> = offers
             .iter()
             .map(
-                |k| match counts.get(&(q.customer_id.to_string(), k.clone())) {
+                |k| match state.counts.get(&(q.customer_id.to_string(), k.clone())) {
                     Some((n, expires)) if *expires > now_ms => *n,
                     _ => 0,
                 },
@@ -280,11 +290,12 @@ impl FeatureStore for MemoryStore {
         offers: &[OfferKey],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut counts = self.offers();
-        // forget expired counters now and then, so the map stays small
-        if counts.len() % 1024 == 1023 {
-            counts.retain(|_, (_, expires)| *expires > now_ms);
+        let mut state = self.offers();
+        if state.counts.len() >= state.sweep_at.max(OFFERS_SWEEP_MIN) {
+            state.counts.retain(|_, (_, expires)| *expires > now_ms);
+            state.sweep_at = 2 * state.counts.len();
         }
+        let counts = &mut state.counts;
         for k in offers {
             let fresh = (0, now_ms.saturating_add(k.period_ms));
             let e = counts
@@ -313,5 +324,47 @@ impl FeatureStore for MemoryStore {
 
     fn describe(&self) -> String {
         "memory".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn offer_counters_expire_and_expired_ones_are_swept() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let set = Arc::new(FeatureSet::load(&path).expect("definitions"));
+        let store = MemoryStore::new(set, 1000);
+        let key = OfferKey {
+            action: "a".into(),
+            period_ms: 100,
+        };
+        let q = ReadQuery {
+            customer_id: "c",
+            session_id: None,
+            item_ids: &[],
+        };
+        let keys = std::slice::from_ref(&key);
+        for _ in 0..2 {
+            store.record_offers("c", keys, 0).await.expect("record");
+        }
+        let count = |now| store.read_with_offers(&q, keys, now);
+        assert_eq!(count(99).await.expect("read").1, [2]);
+        assert_eq!(count(100).await.expect("read").1, [0], "the window is over");
+        // a new window starts at the next offer
+        store.record_offers("c", keys, 150).await.expect("record");
+        assert_eq!(count(200).await.expect("read").1, [1]);
+        // many customers, each window long over: the map never holds more
+        // than twice the sweep minimum
+        for i in 0..(5 * OFFERS_SWEEP_MIN) {
+            let now = 1_000 + i as i64 * 200;
+            store
+                .record_offers(&format!("c{i}"), keys, now)
+                .await
+                .expect("record");
+            assert!(store.offers().counts.len() <= 2 * OFFERS_SWEEP_MIN + 1);
+        }
     }
 }
