@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
     let set =
         Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
     let evs = events(100_000);
+    let now = evs.iter().map(|e| e.ts).max().unwrap_or(0);
 
     let mut g = c.benchmark_group("aggregate");
     g.throughput(Throughput::Elements(evs.len() as u64));
@@ -51,7 +52,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut st = MemoryState::new(set.clone(), i64::MAX / 4);
             let plans: Vec<_> = evs.iter().map(|e| plan_event(&set, e)).collect();
-            st.apply(&plans);
+            st.apply(&plans, now);
             st.len()
         })
     });
@@ -64,7 +65,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut s = EntityState::default();
             for p in &plans {
-                p.customer.iter().for_each(|u| apply_update(&mut s, u));
+                p.customer.iter().for_each(|u| apply_update(&mut s, u, now));
             }
             s.nums.len()
         })
@@ -73,7 +74,7 @@ fn bench(c: &mut Criterion) {
 
     let mut st = MemoryState::new(set.clone(), i64::MAX / 4);
     let plans: Vec<_> = evs.iter().map(|e| plan_event(&set, e)).collect();
-    st.apply(&plans);
+    st.apply(&plans, now);
     let opts = LoadOptions {
         sessions: 1,
         intra_threads: 1,

@@ -100,6 +100,10 @@ pub struct StoreConfig {
     pub ttl_secs: u64,
     /// Timeout of one Redis call outside the request path, in ms.
     pub timeout_ms: u64,
+    /// How far ahead of the server's clock an event's `ts` may be, in
+    /// seconds (devices' clocks drift); later ones are refused (HTTP 400,
+    /// Kafka: dead-lettered).
+    pub allowed_future_secs: u64,
 }
 
 /// Kafka ingestion.
@@ -212,6 +216,13 @@ impl StoreConfig {
     pub fn dedupe_window_ms(&self) -> i64 {
         (self.dedupe_window_secs * 1000) as i64
     }
+
+    /// [`StoreConfig::allowed_future_secs`] in ms.
+    pub fn allowed_future_ms(&self) -> i64 {
+        self.allowed_future_secs
+            .saturating_mul(1000)
+            .min(i64::MAX as u64) as i64
+    }
 }
 
 impl Default for HttpConfig {
@@ -238,6 +249,7 @@ impl Default for StoreConfig {
             dedupe_window_secs: 7 * 24 * 3600,
             ttl_secs: 90 * 24 * 3600,
             timeout_ms: 2000,
+            allowed_future_secs: 300,
         }
     }
 }

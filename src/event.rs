@@ -16,6 +16,9 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MIN_TS_MS: i64 = 946_684_800_000;
 /// Latest accepted event time: 2200-01-01T00:00:00Z in ms.
 pub const MAX_TS_MS: i64 = 7_258_118_400_000;
+/// The largest accepted `seq`: 2^53, the largest integer every store keeps
+/// exactly (Redis scripts compare numbers as doubles).
+pub const MAX_SEQ: i64 = 1 << 53;
 
 /// The event types of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -181,8 +184,13 @@ impl Event {
             None | Some(Value::Null) => None,
             Some(v) => Some(
                 v.as_i64()
-                    .filter(|s| *s >= 0)
-                    .ok_or_else(|| EventError::invalid("seq", "must be a non-negative integer"))?,
+                    .filter(|s| (0..=MAX_SEQ).contains(s))
+                    .ok_or_else(|| {
+                        EventError::invalid(
+                            "seq",
+                            format!("must be an integer from 0 to 2^53 ({MAX_SEQ}), got {v}"),
+                        )
+                    })?,
             ),
         };
         let props = match obj.remove("props") {
@@ -225,6 +233,25 @@ impl Event {
         })
     }
 
+    /// Refuses an event dated more than `allowed_future_ms` after `now_ms`
+    /// (a device with a wrong clock): accepted, it would sit in the
+    /// customer's state as the newest event for as long as it is ahead.
+    pub fn check_clock(&self, now_ms: i64, allowed_future_ms: i64) -> Result<(), EventError> {
+        let ahead = self.ts.saturating_sub(now_ms);
+        if ahead > allowed_future_ms {
+            return Err(EventError::invalid(
+                "ts",
+                format!(
+                    "{} is {} ahead of the server's clock (at most {} s is allowed: store.allowed_future_secs); the sender's clock is wrong",
+                    self.ts,
+                    human_ms(ahead),
+                    allowed_future_ms / 1000
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The contract JSON of this event (what is produced to Kafka).
     pub fn to_json_bytes(&self) -> Vec<u8> {
         // Serialising a struct of strings, numbers and a JSON map cannot fail.
@@ -244,6 +271,17 @@ impl Event {
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
         }
+    }
+}
+
+/// A duration for a message: `12 s`, `5 min`, `3 h`, `400 days`.
+fn human_ms(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        ..=119 => format!("{s} s"),
+        120..=7_199 => format!("{} min", s / 60),
+        7_200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
     }
 }
 
@@ -397,5 +435,28 @@ mod tests {
     fn page_view_needs_no_item() {
         let v = json!({"event_id":"e","type":"page_view","customer_id":"c","ts":1764355200000i64});
         assert!(Event::from_value(v).is_ok());
+    }
+
+    #[test]
+    fn events_ahead_of_the_clock_are_refused_and_seq_is_bounded() {
+        let e = Event::from_value(good()).expect("valid");
+        let now = e.ts;
+        assert!(
+            e.check_clock(now - 60_000, 300_000).is_ok(),
+            "a minute ahead is fine"
+        );
+        let err = e
+            .check_clock(now - 10 * 365 * 86_400_000, 300_000)
+            .expect_err("ten years ahead");
+        assert_eq!(err.field().as_deref(), Some("ts"));
+        assert!(err.to_string().contains("3650 days ahead"), "{err}");
+
+        let mut v = good();
+        v["seq"] = json!(MAX_SEQ);
+        assert!(Event::from_value(v).is_ok());
+        let mut v = good();
+        v["seq"] = json!(MAX_SEQ + 1);
+        let err = Event::from_value(v).expect_err("seq beyond 2^53");
+        assert_eq!(err.field().as_deref(), Some("seq"));
     }
 }

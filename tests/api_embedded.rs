@@ -210,3 +210,51 @@ async fn without_a_model_recommend_falls_back_and_readyz_says_why() {
     assert_eq!((s, r["model_loaded"].clone()), (503, json!(false)));
     let _ = tokio::time::timeout(Duration::from_secs(1), app.stop()).await;
 }
+
+/// Issue 15 item 1, from outside: an event ten years ahead is refused with
+/// a 400 naming `ts` (nothing of its batch stored), one a minute ahead is
+/// taken, and the customer's real views keep counting.
+#[tokio::test]
+async fn events_from_the_future_are_refused_and_freeze_nothing() {
+    let app = TestApp::spawn(base_config()).await;
+    let c = unique("c");
+    let t = now_ms();
+    let far = t + 10 * 365 * 86_400_000;
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!([
+                event("ok-1", "page_view", &c, Some("p1"), t - 1000),
+                event("far", "page_view", &c, Some("p2"), far),
+            ]),
+        )
+        .await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(r["field"], "ts", "{r}");
+    assert_eq!(r["index"], 1, "{r}");
+    let msg = r["error"].as_str().unwrap_or_default();
+    assert!(msg.contains("ahead of the server's clock"), "{r}");
+    assert_eq!(
+        app.customer_feature(&c, "views_1h").await,
+        json!(0.0),
+        "nothing of the batch stored"
+    );
+
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!([
+                event("ok-1", "page_view", &c, Some("p1"), t - 1000),
+                event("soon", "page_view", &c, Some("p2"), t + 60_000),
+                event("ok-2", "page_view", &c, Some("p3"), t),
+            ]),
+        )
+        .await;
+    assert_eq!((s, r["accepted"].clone()), (202, json!(3)), "{r}");
+    let views = app.customer_feature(&c, "views_1h").await;
+    assert!(
+        views == json!(2.0) || views == json!(3.0),
+        "the real views count (and the one a minute ahead once its bucket is reached): {views}"
+    );
+    app.stop().await;
+}

@@ -73,11 +73,14 @@ async fn redis_store(set: Arc<FeatureSet>) -> RedisStore {
         .expect("redis connects")
 }
 
-/// Streams events the way the consumer does: plans in uneven batches.
+/// Streams events the way the consumer does: plans in uneven batches, each
+/// written at the time of the newest event so far (the history's clock).
 async fn stream(set: &FeatureSet, store: &dyn FeatureStore, events: &[Event]) {
     let plans: Vec<_> = events.iter().map(|e| plan_event(set, e)).collect();
+    let mut now = i64::MIN;
     for chunk in plans.chunks(23) {
-        store.apply(chunk).await.expect("stream apply");
+        now = chunk.iter().map(|p| p.ts).fold(now, i64::max);
+        store.apply(chunk, now).await.expect("stream apply");
     }
 }
 
@@ -240,7 +243,9 @@ async fn backfill_equals_streaming_on_generated_histories() {
             .await
             .expect("backfill into memory");
 
-        for now in [T_END, T_END - 3 * DAY, T_END + 2 * 3_600_000] {
+        // read at or after the writes' clock (T_END): windows are pruned
+        // relative to it, so earlier reads are not what the state is for
+        for now in [T_END, T_END + 2 * 3_600_000, T_END + 3 * DAY] {
             let a = snapshot(&set, &streamed, now).await;
             let b = snapshot(&set, &backfilled, now).await;
             let m = snapshot(&set, &memory, now).await;
@@ -440,14 +445,19 @@ impl FeatureStore for FailingAfter {
     async fn apply(
         &self,
         plans: &[nextbest::features::aggregate::Plan],
+        now_ms: i64,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.inner.apply(plans).await
+        self.inner.apply(plans, now_ms).await
     }
-    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+    async fn apply_groups(
+        &self,
+        groups: &[GroupWrite],
+        now_ms: i64,
+    ) -> Result<GroupOutcome, StoreError> {
         if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.ok {
             return Err(StoreError::Protocol("injected failure".into()));
         }
-        self.inner.apply_groups(groups).await
+        self.inner.apply_groups(groups, now_ms).await
     }
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
         self.inner.read(q).await

@@ -53,7 +53,7 @@ fn assert_close(a: &EntityState, b: &EntityState, what: &str) {
     assert_eq!(a.windows.len(), b.windows.len(), "{what}: windows");
     for (k, w) in &a.windows {
         let v = &b.windows[k];
-        assert_eq!(w.max, v.max, "{what}: {k} max");
+        assert_eq!(w.lo, v.lo, "{what}: {k} lo");
         assert_eq!(
             w.buckets.keys().collect::<Vec<_>>(),
             v.buckets.keys().collect::<Vec<_>>(),
@@ -82,10 +82,14 @@ fn assert_close(a: &EntityState, b: &EntityState, what: &str) {
 }
 
 async fn redis_store(url: &str, set: Arc<FeatureSet>) -> RedisStore {
+    redis_store_window(url, set, 30 * 24 * 3_600_000).await
+}
+
+async fn redis_store_window(url: &str, set: Arc<FeatureSet>, window_ms: i64) -> RedisStore {
     let settings = RedisSettings {
         url: url.into(),
         key_prefix: unique("p"),
-        dedupe_window_ms: 30 * 24 * 3_600_000,
+        dedupe_window_ms: window_ms,
         ttl_seconds: 3600,
         timeout_ms: 2000,
     };
@@ -102,11 +106,16 @@ async fn redis_and_memory_agree_on_shuffled_histories_with_duplicates() {
         let mem = MemoryStore::new(set.clone(), 30 * 24 * 3_600_000);
         let red = redis_store(&redis_url(), set.clone()).await;
         let plans: Vec<_> = events.iter().map(|e| plan_event(&set, e)).collect();
-        // memory in one go; redis in uneven batches
-        let m = mem.apply(&plans).await.expect("memory applies");
+        // memory in one go; redis in uneven batches; both at one "now"
+        let now = now_ms();
+        let m = mem.apply(&plans, now).await.expect("memory applies");
         let mut dups = 0;
         for chunk in plans.chunks(37) {
-            dups += red.apply(chunk).await.expect("redis applies").duplicates;
+            dups += red
+                .apply(chunk, now)
+                .await
+                .expect("redis applies")
+                .duplicates;
         }
         assert_eq!(m.duplicates, dups, "seed {seed}: same duplicates");
         assert!(
@@ -200,4 +209,215 @@ async fn redis_outage_gives_fallbacks_within_budget_then_recovers() {
         .await;
     assert_eq!(s, 202, "events are stored again after the restart");
     app.stop().await;
+}
+
+fn page_view(id: &str, customer: &str, session: &str, item: &str, ts: i64) -> Event {
+    Event::from_value(json!({
+        "event_id": id, "type": "page_view", "customer_id": customer, "session_id": session,
+        "item_id": item, "ts": ts, "props": {"category": "shoes"}
+    }))
+    .expect("valid event")
+}
+
+/// Issue 15 item 1: an event dated ten years ahead (let into the store
+/// directly, past the HTTP/Kafka boundary that refuses it) hides no later
+/// real event from the windows and does not clear the dedupe memory; both
+/// stores agree.
+#[tokio::test]
+async fn a_future_event_neither_freezes_windows_nor_clears_dedupe() {
+    let set = set();
+    let mem = MemoryStore::new(set.clone(), 3_600_000);
+    let red = redis_store(&redis_url(), set.clone()).await;
+    let now = now_ms();
+    let c = unique("fut");
+    let first = page_view("f0", &c, "s", "p1", now - 1_000);
+    let future = page_view("f-future", &c, "s", "p2", now + 10 * 365 * 86_400_000);
+    let second = page_view("f1", &c, "s", "p3", now);
+    let q = ReadQuery {
+        customer_id: &c,
+        session_id: None,
+        item_ids: &[],
+    };
+    let views = set.stored("customer.views_1h").expect("views_1h");
+    for store in [&mem as &dyn FeatureStore, &red] {
+        let what = store.describe();
+        for e in [&first, &future, &second] {
+            let out = store
+                .apply(&[plan_event(&set, e)], now)
+                .await
+                .expect("applies");
+            assert_eq!(out.duplicates, 0, "{what}: {} applied", e.event_id);
+        }
+        let st = store.read(&q).await.expect("read").customer;
+        let v = nextbest::features::aggregate::feature_value(views, &st, now);
+        assert_eq!(v.as_f64(), Some(2.0), "{what}: both real views count");
+        // the first event is still remembered: its redelivery changes nothing
+        let again = store
+            .apply(&[plan_event(&set, &first)], now + 1)
+            .await
+            .expect("applies");
+        assert_eq!((again.applied, again.duplicates), (0, 1), "{what}");
+    }
+    let a = mem.read(&q).await.expect("memory read");
+    let b = red.read(&q).await.expect("redis read");
+    assert_close(&a.customer, &b.customer, "memory vs redis");
+}
+
+/// Issue 15 item 3: a write that fails (a key of the customer holds the
+/// wrong type) leaves nothing written and the event id unrecorded, so the
+/// retry, once the key is fixed, applies the event exactly once.
+#[tokio::test]
+async fn a_failing_write_leaves_nothing_and_its_retry_applies_it_once() {
+    let set = set();
+    let prefix = unique("aon");
+    let settings = RedisSettings {
+        url: redis_url(),
+        key_prefix: prefix.clone(),
+        dedupe_window_ms: 3_600_000,
+        ttl_seconds: 3600,
+        timeout_ms: 2000,
+    };
+    let red = RedisStore::connect(settings, set.clone())
+        .await
+        .expect("redis connects");
+    let mut conn = redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let c = unique("c");
+    let base = format!("{prefix}:{{c:{c}}}");
+    let bad = format!("{base}:r:recent_items");
+    let _: () = redis::cmd("SET")
+        .arg(&bad)
+        .arg("not a sorted set")
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let now = now_ms();
+    let e = page_view("a1", &c, "s", "p1", now);
+    let err = red
+        .apply(&[plan_event(&set, &e)], now)
+        .await
+        .expect_err("the wrong-type key fails the write");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&base)
+        .query_async(&mut conn)
+        .await
+        .expect("hkeys");
+    assert!(fields.is_empty(), "nothing written: {fields:?}");
+    let seen: i64 = redis::cmd("ZCARD")
+        .arg(format!("{base}:seen"))
+        .query_async(&mut conn)
+        .await
+        .expect("zcard");
+    assert_eq!(seen, 0, "the id is not recorded");
+
+    let _: () = redis::cmd("DEL")
+        .arg(&bad)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let out = red
+        .apply(&[plan_event(&set, &e)], now)
+        .await
+        .expect("the retry applies");
+    // the item group (another script call of the same pipeline) was
+    // written by the first attempt: now only the customer group is
+    assert_eq!((out.applied, out.duplicates), (1, 0), "the customer group");
+    let items = ["p1".to_string()];
+    let q = ReadQuery {
+        customer_id: &c,
+        session_id: None,
+        item_ids: &items,
+    };
+    let r = red.read(&q).await.expect("read");
+    let value = |name: &str, st: &nextbest::features::aggregate::EntityState| {
+        let f = set.stored(name).expect("defined");
+        nextbest::features::aggregate::feature_value(f, st, now).as_f64()
+    };
+    assert_eq!(value("customer.views_1h", &r.customer), Some(1.0), "once");
+    assert_eq!(value("item.views_1h", &r.items[0]), Some(1.0), "once");
+    assert_eq!(r.customer.recent["recent_items"][0].0, "p1");
+}
+
+/// Issue 15 item 3: a session id holding `:` can't name another session's
+/// keys (`a:r:items` is not session `a`'s recent list `items`).
+#[tokio::test]
+async fn session_ids_with_colons_keep_their_own_keys() {
+    let set = Arc::new(
+        FeatureSet::parse(
+            r#"
+[[feature]]
+name = "items"
+entity = "session"
+events = ["page_view"]
+aggregation = "distinct_recent"
+value = "item_id"
+cap = 5
+[[feature]]
+name = "views"
+entity = "session"
+events = ["page_view"]
+aggregation = "count"
+"#,
+        )
+        .expect("definitions parse"),
+    );
+    let red = redis_store(&redis_url(), set.clone()).await;
+    let c = unique("colon");
+    let now = now_ms();
+    let plans = [
+        plan_event(&set, &page_view("k1", &c, "a", "p1", now)),
+        plan_event(&set, &page_view("k2", &c, "a:r:items", "p2", now)),
+    ];
+    let out = red.apply(&plans, now).await.expect("both apply");
+    assert_eq!(out.applied, 4);
+    for (sid, items, views) in [("a", ["p1"], 1.0), ("a:r:items", ["p2"], 1.0)] {
+        let q = ReadQuery {
+            customer_id: &c,
+            session_id: Some(sid),
+            item_ids: &[],
+        };
+        let r = red.read(&q).await.expect("read");
+        let got: Vec<&str> = r.session.recent["items"]
+            .iter()
+            .map(|(m, _)| m.as_str())
+            .collect();
+        assert_eq!(got, items, "session {sid}");
+        assert_eq!(r.session.nums.get("views"), Some(&views), "session {sid}");
+    }
+}
+
+/// Issue 15 item 4: with a dedupe window shorter than the history, the two
+/// stores forget the same ids: the same redeliveries count again in both
+/// (and some do, the positive control that the window was reached).
+#[tokio::test]
+async fn redis_and_memory_forget_the_same_event_ids() {
+    let set = set();
+    let window = 12 * 3_600_000; // the history spans 3 days
+    let events = history(4242, 600);
+    let plans: Vec<_> = events.iter().map(|e| plan_event(&set, e)).collect();
+    let mem = MemoryStore::new(set.clone(), window);
+    let red = redis_store_window(&redis_url(), set.clone(), window).await;
+    let now = now_ms();
+    let mut mem_dups = Vec::new();
+    let mut red_dups = Vec::new();
+    for chunk in plans.chunks(29) {
+        mem_dups.extend(mem.apply(chunk, now).await.expect("memory").duplicate);
+        red_dups.extend(red.apply(chunk, now).await.expect("redis").duplicate);
+    }
+    assert_eq!(mem_dups, red_dups, "the same events are duplicates in both");
+    let mut first = std::collections::HashSet::new();
+    let redelivered = events.iter().filter(|e| !first.insert(&e.event_id)).count();
+    let counted = red_dups.iter().filter(|d| **d).count();
+    assert!(
+        redelivered > 0 && counted > 0,
+        "redeliveries happened and were caught"
+    );
+    assert!(
+        counted < redelivered,
+        "some redeliveries fell outside the window: {counted} of {redelivered} caught"
+    );
 }

@@ -208,7 +208,7 @@ pub fn export_training(
         .collect();
     let plan = RowPlan::compile(&set, &names)?;
     let mut state = MemoryState::new(set.clone(), i64::MAX / 4);
-    state.apply_groups(&statics);
+    state.apply_groups(&statics, 0); // static fields: no clock involved
 
     let mut columns: Vec<Vec<f32>> = vec![Vec::with_capacity(n); names.len()];
     let mut next_event = 0;
@@ -225,7 +225,8 @@ pub fn export_training(
                 .iter()
                 .map(|e| plan_event(&set, e))
                 .collect();
-            state.apply(&plans);
+            // written as of the newest of them: the replay's clock
+            state.apply(&plans, events[next_event - 1].ts);
         }
         let customer = labels.customer[i].as_str();
         let item = labels.item[i].as_str();

@@ -230,7 +230,8 @@ impl PendingGroup {
         if window_ms <= 0 {
             return 0;
         }
-        let cutoff = self.write.events.dedupe_cutoff(window_ms);
+        // the backfill writes as of `as_of`, never before its newest event
+        let cutoff = self.write.events.dedupe_cutoff(window_ms, i64::MAX);
         self.write
             .events
             .iter()

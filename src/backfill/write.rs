@@ -58,7 +58,15 @@ pub async fn write_stream(
 ) -> Result<WriteTotals, BackfillError> {
     let (batch, in_flight) = job.batching();
     let mut totals = WriteTotals::default();
-    let mut conflicts = write_round(store, groups, batch, in_flight, progress, &mut totals).await?;
+    let now = job.as_of; // windows pruned as of the backfill's time
+    let mut conflicts = write_round(
+        store,
+        groups,
+        (batch, in_flight, now),
+        progress,
+        &mut totals,
+    )
+    .await?;
     let layout = FoldLayout::new(set);
     // each round strictly shrinks the conflicting groups, so this ends
     while !conflicts.is_empty() {
@@ -73,8 +81,7 @@ pub async fn write_stream(
         conflicts = write_round(
             store,
             futures::stream::iter(retry),
-            batch,
-            in_flight,
+            (batch, in_flight, now),
             progress,
             &mut totals,
         )
@@ -83,14 +90,13 @@ pub async fn write_stream(
     Ok(totals)
 }
 
-/// One pass of [`write_stream`]: `apply_groups` per batch, `in_flight`
-/// batches at once. Returns the groups not written because some of their
-/// events were already applied.
+/// One pass of [`write_stream`]: `apply_groups` per batch (written at
+/// `now`), `in_flight` batches at once. Returns the groups not written
+/// because some of their events were already applied.
 async fn write_round(
     store: &dyn FeatureStore,
     groups: impl futures::Stream<Item = PendingGroup>,
-    batch: usize,
-    in_flight: usize,
+    (batch, in_flight, now): (usize, usize, i64),
     progress: &Progress,
     totals: &mut WriteTotals,
 ) -> Result<Vec<Conflict>, BackfillError> {
@@ -99,7 +105,7 @@ async fn write_round(
         .map(|chunk| async move {
             let (writes, mut idx): (Vec<GroupWrite>, Vec<Vec<u32>>) =
                 chunk.into_iter().map(|p| (p.write, p.events)).unzip();
-            let out = store.apply_groups(&writes).await?;
+            let out = store.apply_groups(&writes, now).await?;
             progress.advance(out.applied as u64, out.keys as u64);
             let conflicts = out
                 .conflicts

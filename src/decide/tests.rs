@@ -36,11 +36,15 @@ impl TestStore {
 
 #[async_trait]
 impl FeatureStore for TestStore {
-    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
-        self.inner.apply(plans).await
+    async fn apply(&self, plans: &[Plan], now_ms: i64) -> Result<ApplyOutcome, StoreError> {
+        self.inner.apply(plans, now_ms).await
     }
-    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
-        self.inner.apply_groups(groups).await
+    async fn apply_groups(
+        &self,
+        groups: &[GroupWrite],
+        now_ms: i64,
+    ) -> Result<GroupOutcome, StoreError> {
+        self.inner.apply_groups(groups, now_ms).await
     }
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
         self.wait().await?;
@@ -98,7 +102,7 @@ async fn decider(cfg: &Config, delay: Duration, fail: bool) -> Decider {
             .expect("valid event")
         })
         .collect();
-    crate::ingest::apply::apply_events(&set, &inner, &seed)
+    crate::ingest::apply::apply_events_at(&set, &inner, &seed, 1_764_355_200_010)
         .await
         .expect("memory apply");
     let store: Arc<dyn FeatureStore> = Arc::new(TestStore { inner, delay, fail });

@@ -122,8 +122,9 @@ impl Folded<'_> {
 enum Slot<'e> {
     Empty,
     Add(f64),
-    /// At most the newest `BUCKETS_PER_WINDOW` buckets (see [`push_bucket`]).
-    Windowed(Vec<(i64, f64)>),
+    /// At most the newest `BUCKETS_PER_WINDOW` buckets (see [`push_bucket`])
+    /// and the window's bucket width.
+    Windowed(i64, Vec<(i64, f64)>),
     Last {
         ts: i64,
         seq: i64,
@@ -140,10 +141,10 @@ enum Slot<'e> {
     },
 }
 
-/// Adds `amount` to `bucket` of a window, keeping only the buckets that can
-/// still matter (those within `BUCKETS_PER_WINDOW` of the newest, as
-/// `apply_update` keeps them): a bucket that old is never written, since the
-/// newest bucket only grows. Keeps a long history's fold to a dozen entries per
+/// Adds `amount` to `bucket` of a window, keeping only the buckets within
+/// `BUCKETS_PER_WINDOW` of the newest: `apply_update` at a time no earlier
+/// than the newest event (a backfill refuses rows after its `as_of`) drops
+/// the older ones anyway. Keeps a long history's fold to a dozen entries per
 /// window instead of one per bucket ever seen.
 fn push_bucket(w: &mut Vec<(i64, f64)>, bucket: i64, amount: f64) {
     let newest = w.iter().map(|(b, _)| *b).max().unwrap_or(bucket);
@@ -166,7 +167,7 @@ impl<'e> Slot<'e> {
     fn push(&mut self, c: Change<'e>) {
         match (self, c) {
             (Slot::Add(x), Change::Add(a)) => *x += a,
-            (Slot::Windowed(w), Change::AddWindowed { bucket, amount }) => {
+            (Slot::Windowed(_, w), Change::AddWindowed { bucket, amount, .. }) => {
                 push_bucket(w, bucket, amount)
             }
             (
@@ -200,10 +201,14 @@ impl<'e> Slot<'e> {
             (slot @ Slot::Empty, c) => {
                 *slot = match c {
                     Change::Add(a) => Slot::Add(a),
-                    Change::AddWindowed { bucket, amount } => {
+                    Change::AddWindowed {
+                        bucket,
+                        bucket_ms,
+                        amount,
+                    } => {
                         let mut w = Vec::with_capacity(BUCKETS_PER_WINDOW as usize);
                         w.push((bucket, amount));
-                        Slot::Windowed(w)
+                        Slot::Windowed(bucket_ms, w)
                     }
                     Change::SetLast { ts, seq, value } => Slot::Last { ts, seq, value },
                     Change::MaxTs(t) => Slot::MaxTs(t),
@@ -231,7 +236,7 @@ impl<'e> Slot<'e> {
     fn len(&self) -> usize {
         match self {
             Slot::Empty => 0,
-            Slot::Windowed(w) => w.len(),
+            Slot::Windowed(_, w) => w.len(),
             Slot::Recent { cap, members } => members.len().min(*cap),
             Slot::Resettable { parts, .. } => parts.len() + 1,
             _ => 1,
@@ -247,10 +252,11 @@ impl<'e> Slot<'e> {
                 amount,
             }),
             // `push_bucket` kept only the buckets within the newest window
-            Slot::Windowed(w) => {
+            Slot::Windowed(bucket_ms, w) => {
                 out.extend(w.into_iter().map(|(bucket, amount)| Update::AddWindowed {
                     feature: f(),
                     bucket,
+                    bucket_ms,
                     amount,
                 }))
             }
@@ -351,7 +357,7 @@ reset_on = ["purchase"]
         .expect("definitions parse")
     }
 
-    fn random_change(r: &mut Rng) -> (usize, Change<'static>) {
+    fn random_change(r: &mut Rng, bucket_ms: i64) -> (usize, Change<'static>) {
         let ts = 1_000_000 + r.below(40) as i64 * 1000;
         match r.below(7) {
             0 => (0, Change::Add(r.below(5) as f64)),
@@ -359,6 +365,7 @@ reset_on = ["purchase"]
                 1,
                 Change::AddWindowed {
                     bucket: r.below(30) as i64,
+                    bucket_ms,
                     amount: 1.0,
                 },
             ),
@@ -396,20 +403,23 @@ reset_on = ["purchase"]
         let layout = FoldLayout::new(&set);
         let named =
             |(f, c): (usize, Change<'static>)| c.named(set.features[f].name.as_str().into());
+        let bms = set.features[1].window.expect("w is windowed").bucket_ms();
         for seed in 1..300u64 {
             let mut r = Rng(seed * 7919);
+            // "now" no earlier than the newest bucket (29), as in a backfill
+            let now = (29 + r.below(20) as i64) * bms + r.below(bms as u64) as i64;
             let prior: Vec<Update> = (0..r.below(20))
-                .map(|_| named(random_change(&mut r)))
+                .map(|_| named(random_change(&mut r, bms)))
                 .collect();
             let batch: Vec<(usize, Change<'static>)> = (0..1 + r.below(60))
-                .map(|_| random_change(&mut r))
+                .map(|_| random_change(&mut r, bms))
                 .collect();
             let mut base = EntityState::default();
-            prior.iter().for_each(|u| apply_update(&mut base, u));
+            prior.iter().for_each(|u| apply_update(&mut base, u, now));
 
             let mut one_by_one = base.clone();
             for c in &batch {
-                apply_update(&mut one_by_one, &named(c.clone()));
+                apply_update(&mut one_by_one, &named(c.clone()), now);
             }
 
             let mut fold = layout.empty(Entity::Customer);
@@ -420,7 +430,7 @@ reset_on = ["purchase"]
             layout
                 .updates(fold)
                 .iter()
-                .for_each(|u| apply_update(&mut folded, u));
+                .for_each(|u| apply_update(&mut folded, u, now));
             assert_eq!(one_by_one, folded, "seed {seed}");
         }
     }

@@ -418,7 +418,7 @@ mod tests {
                 plan_event(&set, &e)
             })
             .collect();
-        st.apply(&plans);
+        st.apply(&plans, t0 + 1_000_000);
         let mut raw = Map::new();
         if let Some(c) = set.context.first() {
             raw.insert(c.name.clone(), Value::Bool(true));

@@ -16,20 +16,31 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-/// Applies validated events to the store in one call.
-#[tracing::instrument(name = "apply_events", skip_all, fields(events = events.len()))]
+/// Applies validated events to the store in one call, at the wall clock.
 pub async fn apply_events(
     set: &FeatureSet,
     store: &dyn FeatureStore,
     events: &[Event],
 ) -> Result<ApplyOutcome, ApplyError> {
+    apply_events_at(set, store, events, crate::now_ms()).await
+}
+
+/// Applies validated events to the store in one call, written at `now`
+/// (the writer's clock: windows and the dedupe memory are pruned relative
+/// to it).
+#[tracing::instrument(name = "apply_events", skip_all, fields(events = events.len()))]
+pub async fn apply_events_at(
+    set: &FeatureSet,
+    store: &dyn FeatureStore,
+    events: &[Event],
+    now: i64,
+) -> Result<ApplyOutcome, ApplyError> {
     let plans: Vec<_> = events.iter().map(|e| plan_event(set, e)).collect();
     let t = Instant::now();
-    let out = store.apply(&plans).await.inspect_err(|_| {
+    let out = store.apply(&plans, now).await.inspect_err(|_| {
         metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "apply").increment(1);
     })?;
     metrics::histogram!(crate::metrics::APPLY_SECONDS).record(t.elapsed().as_secs_f64());
-    let now = crate::now_ms();
     for (i, e) in events.iter().enumerate() {
         if out.duplicate.get(i).copied().unwrap_or(false) {
             metrics::counter!(crate::metrics::EVENTS_DUPLICATE, "type" => e.kind.as_str())
@@ -80,9 +91,13 @@ pub async fn apply_catalog(
         writes.iter().all(|w| w.events.is_empty()),
         "catalog writes carry no event ids, so apply_groups never reports a conflict"
     );
-    store.apply_groups(writes).await.inspect_err(|_| {
-        metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "apply_catalog").increment(1);
-    })?;
+    // static fields only: nothing depends on the writer's clock
+    store
+        .apply_groups(writes, crate::now_ms())
+        .await
+        .inspect_err(|_| {
+            metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "apply_catalog").increment(1);
+        })?;
     let mut out = CatalogOutcome::default();
     for w in writes {
         let entity = match &w.group {

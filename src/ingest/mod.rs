@@ -10,4 +10,4 @@ pub mod consumer;
 pub mod kafka;
 pub mod producer;
 
-pub use apply::{apply_catalog, apply_events, ApplyError, CatalogVia};
+pub use apply::{apply_catalog, apply_events, apply_events_at, ApplyError, CatalogVia};

@@ -62,12 +62,13 @@ mod fixtures {
     }
 
     pub(super) fn apply_all(set: &FeatureSet, events: &[Event]) -> (EntityState, EntityState) {
+        let now = events.iter().map(|e| e.ts).max().unwrap_or(T0);
         let mut c = EntityState::default();
         let mut i = EntityState::default();
         for e in events {
             let p = plan_event(set, e);
-            p.customer.iter().for_each(|u| apply_update(&mut c, u));
-            p.item.iter().for_each(|u| apply_update(&mut i, u));
+            p.customer.iter().for_each(|u| apply_update(&mut c, u, now));
+            p.item.iter().for_each(|u| apply_update(&mut i, u, now));
         }
         (c, i)
     }

@@ -17,10 +17,13 @@ pub type FeatureName = compact_str::CompactString;
 pub enum Update {
     /// Lifetime count or sum: field `f` += amount.
     Add { feature: FeatureName, amount: f64 },
-    /// Windowed count or sum in bucket `bucket` (see module doc).
+    /// Windowed count or sum in bucket `bucket` of width `bucket_ms` (the
+    /// window's; [`apply_update`](super::apply_update) prunes relative to
+    /// "now" with it).
     AddWindowed {
         feature: FeatureName,
         bucket: i64,
+        bucket_ms: i64,
         amount: f64,
     },
     /// `last`: keep the value with the greatest `(ts, seq)`.
@@ -73,6 +76,7 @@ pub enum Change<'e> {
     Add(f64),
     AddWindowed {
         bucket: i64,
+        bucket_ms: i64,
         amount: f64,
     },
     SetLast {
@@ -98,9 +102,14 @@ impl Change<'_> {
     pub fn named(self, feature: FeatureName) -> Update {
         match self {
             Change::Add(amount) => Update::Add { feature, amount },
-            Change::AddWindowed { bucket, amount } => Update::AddWindowed {
+            Change::AddWindowed {
+                bucket,
+                bucket_ms,
+                amount,
+            } => Update::AddWindowed {
                 feature,
                 bucket,
+                bucket_ms,
                 amount,
             },
             Change::SetLast { ts, seq, value } => Update::SetLast {
@@ -281,6 +290,7 @@ fn change_for<'e>(f: &FeatureDef, e: &'e Event, props: &impl Props<'e>) -> Optio
     let additive = |amount: f64| match f.window {
         Some(w) => Change::AddWindowed {
             bucket: e.ts.div_euclid(w.bucket_ms()),
+            bucket_ms: w.bucket_ms(),
             amount,
         },
         None => Change::Add(amount),

@@ -12,10 +12,14 @@ pub struct Resettable {
     pub parts: BTreeMap<i64, f64>,
 }
 
-/// A windowed count or sum: time buckets and the newest bucket seen.
+/// A windowed count or sum: time buckets, and `lo`, the newest bucket
+/// pruned so far: every bucket at or below it was dropped (or never kept),
+/// because a read at the time of the pruning write or later no longer sees
+/// it. Pruning follows the writer's clock, not the newest event, so an
+/// event dated in the future can't push the window past the present.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Windowed {
-    pub max: i64,
+    pub lo: i64,
     pub buckets: BTreeMap<i64, f64>,
 }
 

@@ -38,9 +38,10 @@ pub fn sort_newest_first<M: AsRef<str>>(list: &mut [(M, i64)]) {
     });
 }
 
-/// Applies one update. This is the reference semantics; the Redis Lua script
+/// Applies one update at the writer's time `now` (ms; windows are pruned
+/// relative to it). This is the reference semantics; the Redis Lua script
 /// in `store/redis/update.lua` does exactly the same.
-pub fn apply_update(state: &mut EntityState, u: &Update) {
+pub fn apply_update(state: &mut EntityState, u: &Update, now: i64) {
     match u {
         Update::Add { feature, amount } => {
             *state.nums.entry(feature.to_string()).or_insert(0.0) += amount;
@@ -48,26 +49,30 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
         Update::AddWindowed {
             feature,
             bucket,
+            bucket_ms,
             amount,
         } => {
+            // Buckets a window before now's are invisible to every read at
+            // `now` or later: drop them, and never write one.
+            let cut = now.div_euclid((*bucket_ms).max(1)) - BUCKETS_PER_WINDOW;
             let b = *bucket;
             let w = match state.windows.get_mut(feature.as_str()) {
                 Some(w) => w,
-                None => state
+                None if b > cut => state
                     .windows
                     .entry(feature.to_string())
                     .or_insert(Windowed {
-                        max: b,
+                        lo: cut,
                         buckets: BTreeMap::new(),
                     }),
+                None => return,
             };
-            if b <= w.max - BUCKETS_PER_WINDOW {
-                return;
-            }
-            if b > w.max {
-                let cut = b - BUCKETS_PER_WINDOW;
+            if cut > w.lo {
                 w.buckets.retain(|i, _| *i > cut);
-                w.max = b;
+                w.lo = cut;
+            }
+            if b <= w.lo {
+                return;
             }
             *w.buckets.entry(b).or_insert(0.0) += amount;
         }
@@ -144,7 +149,10 @@ pub fn apply_update(state: &mut EntityState, u: &Update) {
 
 #[cfg(test)]
 mod tests {
-    use crate::features::aggregate::fixtures::{apply_all, history, set};
+    use super::apply_update;
+    use crate::features::aggregate::fixtures::{apply_all, ev, history, set, T0};
+    use crate::features::aggregate::{feature_value, plan_event, EntityState, FeatureValue};
+    use serde_json::json;
 
     #[test]
     fn order_does_not_matter() {
@@ -156,5 +164,45 @@ mod tests {
         let (c2, i2) = apply_all(&set, &rev);
         assert_eq!(c1, c2);
         assert_eq!(i1, i2);
+    }
+
+    /// One event dated ten years ahead neither hides later real events nor
+    /// is seen before its time: windows prune by the writer's clock.
+    #[test]
+    fn an_event_from_the_future_does_not_freeze_windows() {
+        let set = set();
+        let views_1h = set.stored("customer.views_1h").expect("views_1h defined");
+        let mut c = EntityState::default();
+        let future = T0 + 10 * 365 * 24 * 3_600_000;
+        let events = [
+            ev("f", "page_view", future, Some("p1"), json!({})),
+            ev("1", "page_view", T0, Some("p1"), json!({})),
+            ev("2", "page_view", T0 + 1_000, Some("p2"), json!({})),
+        ];
+        for (k, e) in events.iter().enumerate() {
+            let now = T0 + 1_000 * k as i64;
+            plan_event(&set, e)
+                .customer
+                .iter()
+                .for_each(|u| apply_update(&mut c, u, now));
+        }
+        assert_eq!(
+            feature_value(views_1h, &c, T0 + 2_000),
+            FeatureValue::Num(2.0)
+        );
+        assert_eq!(feature_value(views_1h, &c, future), FeatureValue::Num(1.0));
+        // a bucket a window older than the writer's now is never kept
+        let mut old = EntityState::default();
+        plan_event(
+            &set,
+            &ev("o", "page_view", T0 - 2 * 3_600_000, None, json!({})),
+        )
+        .customer
+        .iter()
+        .for_each(|u| apply_update(&mut old, u, T0));
+        assert!(old
+            .windows
+            .get("views_1h")
+            .is_none_or(|w| w.buckets.is_empty()));
     }
 }

@@ -3,13 +3,14 @@
 //! empty.
 //!
 //! Features follow the same rules as Redis (both apply
-//! `aggregate::apply_update`). Dedupe differs in what it forgets: Redis
-//! records only the ids within `dedupe_window` of the newest event of each
-//! call and prunes older ones on every write, so a redelivery older than the
-//! window counts again; here every id is recorded, and ids older than the
-//! window (relative to the newest event the group has seen) are pruned only
-//! when a group's set grows past 4,096 ids, so this store remembers at least
-//! as much as Redis.
+//! `aggregate::apply_update`), and so does dedupe ([`Seen`] mirrors
+//! `update.lua`): each write to an entity group takes a cutoff, the newest
+//! event time among its events but no later than the writer's clock, minus
+//! `dedupe_window`; ids of events older than the cutoff are not recorded,
+//! and recorded ids older than it are forgotten. So a redelivery counts
+//! again only once its event is a window older than what the group has
+//! since been written with, in both stores; a future-dated event cannot
+//! clear the memory, as the clock bounds the cutoff.
 
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, OfferKey,
@@ -18,29 +19,46 @@ use super::{
 use crate::features::aggregate::{apply_update, EntityState, Plan};
 use crate::features::definition::FeatureSet;
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
-/// Dedupe memory of one entity group: event id → event time.
+/// Dedupe memory of one entity group: event id → event time, and the
+/// same pairs ordered by time for pruning.
 #[derive(Debug, Default, Clone)]
 struct Seen {
-    ids: HashMap<String, i64>,
-    max_ts: i64,
+    ids: HashMap<Arc<str>, i64>,
+    by_ts: BTreeSet<(i64, Arc<str>)>,
 }
 
 impl Seen {
-    /// Records an id; false if it was already there.
-    fn insert(&mut self, id: &str, ts: i64, window_ms: i64) -> bool {
-        if self.ids.contains_key(id) {
-            return false;
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// Records the ids of one write (none of them seen before) at the
+    /// writer's time `now`, as `update.lua` does: the cutoff is the newest
+    /// event time, at most `now`, minus the window; older ids are neither
+    /// recorded nor kept.
+    fn record(&mut self, events: &[(&str, i64)], now: i64, window_ms: i64) {
+        let Some(newest) = events.iter().map(|(_, t)| *t).max() else {
+            return;
+        };
+        let cutoff = newest.min(now).saturating_sub(window_ms);
+        for &(id, ts) in events.iter().filter(|(_, t)| *t >= cutoff) {
+            let id: Arc<str> = Arc::from(id);
+            if let Some(old) = self.ids.insert(id.clone(), ts) {
+                self.by_ts.remove(&(old, id.clone()));
+            }
+            self.by_ts.insert((ts, id));
         }
-        self.ids.insert(id.to_string(), ts);
-        self.max_ts = self.max_ts.max(ts);
-        if self.ids.len() > 4096 && self.ids.len().is_power_of_two() {
-            let cut = self.max_ts - window_ms;
-            self.ids.retain(|_, t| *t >= cut);
+        while let Some((t, _)) = self.by_ts.first() {
+            if *t >= cutoff {
+                break;
+            }
+            if let Some((_, id)) = self.by_ts.pop_first() {
+                self.ids.remove(&id);
+            }
         }
-        true
     }
 }
 
@@ -81,21 +99,24 @@ impl MemoryState {
         }
     }
 
-    /// Applies plans (see [`FeatureStore::apply`]).
-    pub fn apply(&mut self, plans: &[Plan]) -> ApplyOutcome {
+    /// Applies plans at the writer's time `now` (see [`FeatureStore::apply`]).
+    pub fn apply(&mut self, plans: &[Plan], now: i64) -> ApplyOutcome {
         let mut out = ApplyOutcome::default();
+        let window = self.dedupe_window_ms;
         for p in plans {
             let mut dup = true;
+            let one = [(p.event_id.as_str(), p.ts)];
             let c = self.customers.entry(p.customer_id.clone()).or_default();
-            if c.seen.insert(&p.event_id, p.ts, self.dedupe_window_ms) {
+            if !c.seen.contains(&p.event_id) {
+                c.seen.record(&one, now, window);
                 dup = false;
                 p.customer
                     .iter()
-                    .for_each(|u| apply_update(&mut c.state, u));
+                    .for_each(|u| apply_update(&mut c.state, u, now));
                 if let Some(sid) = &p.session_id {
                     if !p.session.is_empty() {
                         let s = c.sessions.entry(sid.clone()).or_default();
-                        p.session.iter().for_each(|u| apply_update(s, u));
+                        p.session.iter().for_each(|u| apply_update(s, u, now));
                     }
                 }
                 out.applied += 1;
@@ -103,9 +124,12 @@ impl MemoryState {
             }
             if let Some(item) = &p.item_id {
                 let g = self.items.entry(item.clone()).or_default();
-                if g.seen.insert(&p.event_id, p.ts, self.dedupe_window_ms) {
+                if !g.seen.contains(&p.event_id) {
+                    g.seen.record(&one, now, window);
                     dup = false;
-                    p.item.iter().for_each(|u| apply_update(&mut g.state, u));
+                    p.item
+                        .iter()
+                        .for_each(|u| apply_update(&mut g.state, u, now));
                     out.applied += 1;
                 }
             }
@@ -119,8 +143,9 @@ impl MemoryState {
         out
     }
 
-    /// Applies merged group writes (see [`FeatureStore::apply_groups`]).
-    pub fn apply_groups(&mut self, groups: &[GroupWrite]) -> GroupOutcome {
+    /// Applies merged group writes at the writer's time `now` (see
+    /// [`FeatureStore::apply_groups`]).
+    pub fn apply_groups(&mut self, groups: &[GroupWrite], now: i64) -> GroupOutcome {
         let mut out = GroupOutcome::default();
         let window = self.dedupe_window_ms;
         for (i, g) in groups.iter().enumerate() {
@@ -137,23 +162,22 @@ impl MemoryState {
             let dups: Vec<String> = g
                 .events
                 .iter()
-                .filter(|(id, _)| seen.ids.contains_key(*id))
+                .filter(|(id, _)| seen.contains(id))
                 .map(|(id, _)| id.to_string())
                 .collect();
             if !dups.is_empty() {
                 out.conflicts.push((i, dups));
                 continue;
             }
-            for (id, ts) in g.events.iter() {
-                seen.insert(id, ts, window);
-            }
-            g.updates.iter().for_each(|u| apply_update(state, u));
+            let ids: Vec<(&str, i64)> = g.events.iter().collect();
+            seen.record(&ids, now, window);
+            g.updates.iter().for_each(|u| apply_update(state, u, now));
             out.keys += 1;
             if let Some(sessions) = sessions {
                 for (sid, updates) in &g.sessions {
                     if !updates.is_empty() {
                         let s = sessions.entry(sid.clone()).or_default();
-                        updates.iter().for_each(|u| apply_update(s, u));
+                        updates.iter().for_each(|u| apply_update(s, u, now));
                         out.keys += 1;
                     }
                 }
@@ -243,14 +267,18 @@ impl MemoryStore {
 
 #[async_trait]
 impl FeatureStore for MemoryStore {
-    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
+    async fn apply(&self, plans: &[Plan], now_ms: i64) -> Result<ApplyOutcome, StoreError> {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        Ok(st.apply(plans))
+        Ok(st.apply(plans, now_ms))
     }
 
-    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
+    async fn apply_groups(
+        &self,
+        groups: &[GroupWrite],
+        now_ms: i64,
+    ) -> Result<GroupOutcome, StoreError> {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        Ok(st.apply_groups(groups))
+        Ok(st.apply_groups(groups, now_ms))
     }
 
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {

@@ -4,12 +4,11 @@
 //! production (many instances share it) and [`memory::MemoryStore`], the
 //! embedded default when `NEXTBEST_REDIS_URL` is unset. Both apply the same
 //! [`Plan`]s with the same feature semantics (`aggregate::apply_update`),
-//! dedupe by event id per entity group within `dedupe_window`, and read a
-//! customer, its session and any number of items in one round trip. What
-//! each forgets of old event ids differs (Redis prunes ids older than the
-//! window on every write, memory only as a group's id set grows; see
-//! `memory.rs`), so a redelivery older than the window counts again on Redis
-//! and may not in memory. Only this module knows Redis keys. [`open`] builds
+//! at the writer's clock (`now_ms`: windows pruned relative to it), dedupe
+//! by event id per entity group by the same rule ([`EventIds::dedupe_cutoff`]:
+//! ids a window older than the write's newest event, or than its clock if
+//! earlier, are forgotten), and read a customer, its session and any number
+//! of items in one round trip. Only this module knows Redis keys. [`open`] builds
 //! the one the config asks for.
 
 pub mod dump;
@@ -97,10 +96,18 @@ impl EventIds {
         self.ts.is_empty()
     }
 
-    /// The oldest event time still deduped by id for these events: a
-    /// dedupe window before the newest (`update.lua` applies the same rule).
-    pub fn dedupe_cutoff(&self, window_ms: i64) -> i64 {
-        self.ts.iter().copied().max().unwrap_or(0) - window_ms
+    /// The oldest event time still deduped by id for these events written
+    /// at `now_ms`: a dedupe window before the newest, or before `now_ms`
+    /// if that is earlier (`update.lua` and the memory store apply the
+    /// same rule).
+    pub fn dedupe_cutoff(&self, window_ms: i64, now_ms: i64) -> i64 {
+        self.ts
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .min(now_ms)
+            .saturating_sub(window_ms)
     }
 
     /// The pairs, in the order pushed.
@@ -155,13 +162,20 @@ pub struct OfferKey {
 /// The online feature store.
 #[async_trait]
 pub trait FeatureStore: Send + Sync + 'static {
-    /// Applies event plans; each event id changes each entity group at most once.
-    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError>;
+    /// Applies event plans at the writer's time `now_ms` (windows and the
+    /// dedupe memory are pruned relative to it; see `aggregate::apply_update`
+    /// and [`EventIds::dedupe_cutoff`]); each event id changes each entity
+    /// group at most once.
+    async fn apply(&self, plans: &[Plan], now_ms: i64) -> Result<ApplyOutcome, StoreError>;
     /// Applies merged group writes. All-or-nothing per group: if any of a
     /// group's event ids was applied before, nothing of that group is written
     /// and the group is reported in `conflicts` (the caller re-merges without
     /// those events and retries), so every event still counts exactly once.
-    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError>;
+    async fn apply_groups(
+        &self,
+        groups: &[GroupWrite],
+        now_ms: i64,
+    ) -> Result<GroupOutcome, StoreError>;
     /// Reads customer, session and item states in one round trip.
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError>;
     /// [`Self::read`] and the customer's counts of `offers` (in order; 0

@@ -14,6 +14,7 @@
 
 use super::decode::{protocol, strings};
 use super::encode::{fmt_f64, GroupCall};
+use super::keys::session_key;
 use super::RedisStore;
 use crate::features::aggregate::{apply_update, EntityState, Update};
 use crate::features::store::{dump, Group, GroupOutcome, GroupWrite, StoreError};
@@ -25,6 +26,7 @@ impl RedisStore {
     pub(super) async fn write_groups(
         &self,
         groups: &[GroupWrite],
+        now: i64,
     ) -> Result<GroupOutcome, StoreError> {
         if groups.is_empty() {
             return Ok(GroupOutcome::default());
@@ -32,7 +34,7 @@ impl RedisStore {
         // groups never written before: their final state in a few commands
         let mut out = GroupOutcome::default();
         let (restores, restore_keys) = match self.restore_supported().await? {
-            Some(limits) => self.restore_pipeline(groups, limits),
+            Some(limits) => self.restore_pipeline(groups, limits, now),
             None => (redis::pipe(), vec![None; groups.len()]),
         };
         let mut rest: Vec<usize> = Vec::new();
@@ -60,7 +62,7 @@ impl RedisStore {
         // the others: merged updates through update.lua (dedupe, then merge
         // with what is there)
         let others: Vec<GroupWrite> = rest.iter().map(|&i| groups[i].clone()).collect();
-        let (pipe, keys) = self.group_pipeline(&others);
+        let (pipe, keys) = self.group_pipeline(&others, now);
         let replies = self.run_pipeline(&pipe).await?;
         if replies.len() != others.len() {
             return Err(protocol(
@@ -155,7 +157,7 @@ impl RedisStore {
 
     /// The pipeline writing the groups by `update.lua`, and the number of
     /// keys each group's call writes.
-    fn group_pipeline(&self, groups: &[GroupWrite]) -> (redis::Pipeline, Vec<usize>) {
+    fn group_pipeline(&self, groups: &[GroupWrite], now: i64) -> (redis::Pipeline, Vec<usize>) {
         let mut pipe = redis::pipe();
         let mut keys = Vec::with_capacity(groups.len());
         for g in groups {
@@ -164,14 +166,14 @@ impl RedisStore {
                 Group::Item(id) => (self.item_key(id), Some(id)),
             };
             let mut call = GroupCall::new(format!("{base}:seen"));
-            call.push(&base, &g.updates);
+            call.push(&base, &g.updates, now);
             for (sid, updates) in &g.sessions {
-                call.push(&format!("{base}:s:{sid}"), updates);
+                call.push(&session_key(&base, sid), updates, now);
             }
             // the dedupe set is written only when there are events
             keys.push(call.keys.len() - usize::from(g.events.is_empty()));
             let ids = g.events.iter();
-            call.invoke(&mut pipe, &self.update_sha, ids, &self.settings);
+            call.invoke(&mut pipe, &self.update_sha, ids, &self.settings, now);
             if let Some(item) = item {
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
@@ -186,6 +188,7 @@ impl RedisStore {
         &self,
         groups: &[GroupWrite],
         limits: dump::Limits,
+        now: i64,
     ) -> (redis::Pipeline, Vec<Option<usize>>) {
         let mut pipe = redis::pipe();
         let mut keys = Vec::with_capacity(groups.len());
@@ -198,13 +201,13 @@ impl RedisStore {
                 Group::Customer(id) => (self.customer_key(id), None),
                 Group::Item(id) => (self.item_key(id), Some(id)),
             };
-            let cutoff = g.events.dedupe_cutoff(self.settings.dedupe_window_ms);
+            let cutoff = g.events.dedupe_cutoff(self.settings.dedupe_window_ms, now);
             let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
             let mut w = RestoreWrite::new(format!("{base}:seen"), &mut ids, limits);
-            w.state(&base, &state_of(&g.updates));
+            w.state(&base, &state_of(&g.updates, now));
             for (sid, updates) in &g.sessions {
                 if !updates.is_empty() {
-                    w.state(&format!("{base}:s:{sid}"), &state_of(updates));
+                    w.state(&session_key(&base, sid), &state_of(updates, now));
                 }
             }
             keys.push(Some(w.keys.len()));
@@ -222,11 +225,11 @@ impl RedisStore {
     }
 }
 
-/// The state merged updates leave on an empty entity (the reference
-/// semantics, `aggregate::apply_update`).
-fn state_of(updates: &[Update]) -> EntityState {
+/// The state merged updates leave on an empty entity at `now` (the
+/// reference semantics, `aggregate::apply_update`).
+fn state_of(updates: &[Update], now: i64) -> EntityState {
     let mut st = EntityState::default();
-    updates.iter().for_each(|u| apply_update(&mut st, u));
+    updates.iter().for_each(|u| apply_update(&mut st, u, now));
     st
 }
 
@@ -262,7 +265,7 @@ impl RestoreWrite {
             fields.push((f.clone(), fmt_f64(*x)));
         }
         for (f, w) in &st.windows {
-            fields.push((format!("{f}|max"), w.max.to_string()));
+            fields.push((format!("{f}|lo"), w.lo.to_string()));
             for (b, x) in &w.buckets {
                 fields.push((format!("{f}|{b}"), fmt_f64(*x)));
             }

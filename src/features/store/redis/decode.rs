@@ -122,11 +122,11 @@ impl RedisStore {
                         .or_insert_with(LastValue::default)
                         .seq = num() as i64;
                 }
-                (_, Some("max")) => {
+                (_, Some("lo")) => {
                     st.windows
                         .entry(base.to_string())
                         .or_insert_with(Windowed::default)
-                        .max = num() as i64;
+                        .lo = num() as i64;
                 }
                 (_, Some(b)) => {
                     if let Ok(b) = b.parse::<i64>() {

@@ -4,7 +4,7 @@
 //! the item keys). Numbers are printed as Rust prints them ([`fmt_f64`]),
 //! the shortest form that parses back to the same value.
 
-use super::keys::Layout;
+use super::keys::{session_key, Layout};
 use super::{RedisSettings, RedisStore};
 use crate::features::aggregate::{Plan, Update};
 use crate::features::definition::BUCKETS_PER_WINDOW;
@@ -12,25 +12,29 @@ use crate::features::definition::BUCKETS_PER_WINDOW;
 impl RedisStore {
     /// The pipeline applying each event's plan: one `update.lua` call per
     /// entity group it changes, and whether each plan has an item call.
-    pub(super) fn event_pipeline(&self, plans: &[Plan]) -> (redis::Pipeline, Vec<(bool, bool)>) {
+    pub(super) fn event_pipeline(
+        &self,
+        plans: &[Plan],
+        now: i64,
+    ) -> (redis::Pipeline, Vec<(bool, bool)>) {
         let mut pipe = redis::pipe();
         let mut shape = Vec::with_capacity(plans.len());
         for p in plans {
             let cbase = self.customer_key(&p.customer_id);
             let mut call = GroupCall::new(format!("{cbase}:seen"));
-            call.push(&cbase, &p.customer);
+            call.push(&cbase, &p.customer, now);
             if let Some(sid) = &p.session_id {
-                call.push(&format!("{cbase}:s:{sid}"), &p.session);
+                call.push(&session_key(&cbase, sid), &p.session, now);
             }
             let ids = std::iter::once((p.event_id.as_str(), p.ts));
-            call.invoke(&mut pipe, &self.update_sha, ids, &self.settings);
+            call.invoke(&mut pipe, &self.update_sha, ids, &self.settings, now);
             let has_item = p.item_id.is_some();
             if let Some(item) = &p.item_id {
                 let ibase = self.item_key(item);
                 let mut call = GroupCall::new(format!("{ibase}:seen"));
-                call.push(&ibase, &p.item);
+                call.push(&ibase, &p.item, now);
                 let ids = std::iter::once((p.event_id.as_str(), p.ts));
-                call.invoke(&mut pipe, &self.update_sha, ids, &self.settings);
+                call.invoke(&mut pipe, &self.update_sha, ids, &self.settings, now);
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
             shape.push((true, has_item));
@@ -87,6 +91,9 @@ impl RedisStore {
 /// Members of one recent list in one call: feature, cap, (member, ts).
 type RecentBatch<'a> = (&'a str, usize, Vec<(&'a str, i64)>);
 
+/// Buckets of one window in one call: feature, bucket width, (bucket, amount).
+type WindowBatch<'a> = (&'a str, i64, Vec<(i64, f64)>);
+
 /// Builds one `EVALSHA update` call for an entity group: its keys (the
 /// dedupe set first) and the ops of `update.lua` that refer to them.
 pub(super) struct GroupCall {
@@ -113,21 +120,23 @@ impl GroupCall {
         (idx + 1).to_string()
     }
 
-    /// Adds the ops of `updates` to the key `base` (and its `:r:`/`:x:` keys).
-    pub(super) fn push(&mut self, base: &str, updates: &[Update]) {
+    /// Adds the ops of `updates`, written at `now`, to the key `base` (and
+    /// its `:r:`/`:x:` keys).
+    pub(super) fn push(&mut self, base: &str, updates: &[Update], now: i64) {
         // Several buckets of one window, or members of one recent list (a
         // backfill's merged updates), go in one op each: fewer Redis calls.
-        let mut windows: Vec<(&str, Vec<(i64, f64)>)> = Vec::new();
+        let mut windows: Vec<WindowBatch<'_>> = Vec::new();
         let mut recents: Vec<RecentBatch<'_>> = Vec::new();
         for u in updates {
             match u {
                 Update::AddWindowed {
                     feature,
                     bucket,
+                    bucket_ms,
                     amount,
-                } => match windows.iter_mut().find(|(f, _)| f == feature) {
-                    Some((_, b)) => b.push((*bucket, *amount)),
-                    None => windows.push((feature, vec![(*bucket, *amount)])),
+                } => match windows.iter_mut().find(|(f, _, _)| f == feature) {
+                    Some((_, _, b)) => b.push((*bucket, *amount)),
+                    None => windows.push((feature, *bucket_ms, vec![(*bucket, *amount)])),
                 },
                 Update::PushRecent {
                     feature,
@@ -143,15 +152,15 @@ impl GroupCall {
         }
         let batched_w: Vec<&str> = windows
             .iter()
-            .filter(|(_, b)| b.len() > 1)
-            .map(|(f, _)| *f)
+            .filter(|(_, _, b)| b.len() > 1)
+            .map(|(f, _, _)| *f)
             .collect();
         let batched_r: Vec<&str> = recents
             .iter()
             .filter(|(_, _, m)| m.len() > 1)
             .map(|(f, _, _)| *f)
             .collect();
-        for (feature, buckets) in windows {
+        for (feature, bucket_ms, buckets) in windows {
             if buckets.len() < 2 {
                 continue; // the single-update form below
             }
@@ -160,6 +169,7 @@ impl GroupCall {
                 "WB".into(),
                 k,
                 feature.to_string(),
+                window_cut(now, bucket_ms).to_string(),
                 buckets.len().to_string(),
             ]);
             for (b, a) in buckets {
@@ -196,6 +206,7 @@ impl GroupCall {
                 Update::AddWindowed {
                     feature,
                     bucket,
+                    bucket_ms,
                     amount,
                 } => {
                     let k = self.key(base.to_string());
@@ -205,6 +216,7 @@ impl GroupCall {
                         feature.to_string(),
                         bucket.to_string(),
                         fmt_f64(*amount),
+                        window_cut(now, *bucket_ms).to_string(),
                     ]);
                 }
                 Update::SetLast {
@@ -265,13 +277,15 @@ impl GroupCall {
         }
     }
 
-    /// Adds the `EVALSHA update` call for the events `ids` (`(event id, ts)`).
+    /// Adds the `EVALSHA update` call for the events `ids` (`(event id, ts)`)
+    /// written at `now`.
     pub(super) fn invoke<'a>(
         self,
         pipe: &mut redis::Pipeline,
         sha: &str,
         ids: impl ExactSizeIterator<Item = (&'a str, i64)>,
         s: &RedisSettings,
+        now: i64,
     ) {
         let cmd = pipe
             .cmd("EVALSHA")
@@ -285,8 +299,15 @@ impl GroupCall {
         cmd.arg(s.dedupe_window_ms)
             .arg(s.ttl_seconds)
             .arg(BUCKETS_PER_WINDOW)
+            .arg(now)
             .arg(&self.ops);
     }
+}
+
+/// The newest bucket of a window (of buckets `bucket_ms` wide) that a read
+/// at `now` or later no longer sees: what `aggregate::apply_update` prunes.
+fn window_cut(now: i64, bucket_ms: i64) -> i64 {
+    now.div_euclid(bucket_ms.max(1)) - BUCKETS_PER_WINDOW
 }
 
 pub(super) fn fmt_f64(x: f64) -> String {

@@ -6,7 +6,7 @@
 //! | `{p}:{c:<customer>}` | hash | customer counts, windows, last values |
 //! | `{p}:{c:<customer>}:r:<feature>` | zset | a `distinct_recent` list |
 //! | `{p}:{c:<customer>}:x:<feature>` | hash | a resettable sum |
-//! | `{p}:{c:<customer>}:s:<session>` (+ `:r:`/`:x:`) | hash | session features |
+//! | `{p}:{c:<customer>}:s:<session>` (+ `:r:`/`:x:`) | hash | session features (`:` and `%` in the session id written `%3A`, `%25`) |
 //! | `{p}:{c:<customer>}:seen` | zset | event ids applied to the customer group |
 //! | `{p}:{c:<customer>}:o:<action>:<period_ms>` | string | offers of an action in the current contact window (expires with it) |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
@@ -16,7 +16,10 @@
 //! slot, as an item's share `{i:<item>}`: every script call touches one
 //! slot. The entity keys (the group's base) are named here; the suffixes
 //! (`:seen`, `:s:`, `:r:`, `:x:`) are added to a base where the calls are
-//! built (`encode`, `bulk`) and in `read.lua`.
+//! built (`encode`, `bulk`) and in `read.lua`. Ids never hold braces (the
+//! event boundary refuses them), so the hash tag ends where the id does; the
+//! session id, the one id outside a tag, is escaped ([`session_key`]) so
+//! that session `a:r:f` is not session `a`'s recent list `f`.
 
 use super::RedisStore;
 use crate::features::definition::{is_resettable, Aggregation, Entity, FeatureSet};
@@ -45,6 +48,22 @@ impl Layout {
                 .collect(),
         }
     }
+}
+
+/// The key of session `sid` of the customer group `base`; `:` and `%` in the
+/// id escaped (as `read.lua` does).
+pub(super) fn session_key(base: &str, sid: &str) -> String {
+    let mut k = String::with_capacity(base.len() + sid.len() + 3);
+    k.push_str(base);
+    k.push_str(":s:");
+    for ch in sid.chars() {
+        match ch {
+            '%' => k.push_str("%25"),
+            ':' => k.push_str("%3A"),
+            c => k.push(c),
+        }
+    }
+    k
 }
 
 impl RedisStore {

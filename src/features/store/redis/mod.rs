@@ -140,18 +140,22 @@ impl RedisStore {
 #[async_trait]
 impl FeatureStore for RedisStore {
     #[tracing::instrument(level = "debug", skip_all, fields(events = plans.len()))]
-    async fn apply(&self, plans: &[Plan]) -> Result<ApplyOutcome, StoreError> {
+    async fn apply(&self, plans: &[Plan], now_ms: i64) -> Result<ApplyOutcome, StoreError> {
         if plans.is_empty() {
             return Ok(ApplyOutcome::default());
         }
-        let (pipe, shape) = self.event_pipeline(plans);
+        let (pipe, shape) = self.event_pipeline(plans, now_ms);
         let replies = self.run_pipeline(&pipe).await?;
         Ok(decode::event_outcome(plans, shape, replies))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(groups = groups.len()))]
-    async fn apply_groups(&self, groups: &[GroupWrite]) -> Result<GroupOutcome, StoreError> {
-        self.write_groups(groups).await
+    async fn apply_groups(
+        &self,
+        groups: &[GroupWrite],
+        now_ms: i64,
+    ) -> Result<GroupOutcome, StoreError> {
+        self.write_groups(groups, now_ms).await
     }
 
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {

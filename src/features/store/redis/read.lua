@@ -38,4 +38,6 @@ end
 if sid == '' then
   return { c, false, { {}, {}, {} } }
 end
-return { c, sid, group(base .. ':s:' .. sid, srec, sres) }
+-- the session id escaped as keys.rs `session_key` does
+local esc = string.gsub(string.gsub(sid, '%%', '%%25'), ':', '%%3A')
+return { c, sid, group(base .. ':s:' .. esc, srec, sres) }

@@ -5,19 +5,26 @@
 -- KEYS[1]  dedupe sorted set (member event id, score event ts)
 -- KEYS[2..] data keys referenced by the ops
 -- ARGV: n, then n pairs (event_id, ts), then dedupe_window_ms, ttl_seconds,
---       buckets_per_window, ops...
--- ops:  A k field amount | W k field bucket amount | L k field ts seq value
+--       buckets_per_window, now_ms (the writer's clock), ops...
+-- ops:  A k field amount | W k field bucket amount cut | L k field ts seq value
 --       T k field ts | R k member ts cap | S k ts amount | X k ts | V k field value
---       WB k field count (bucket amount)... | RB k cap count (member ts)...
+--       WB k field cut count (bucket amount)... | RB k cap count (member ts)...
+--       (cut: the newest bucket a read at now_ms no longer sees)
 -- n = 0 (static enrichment) skips the dedupe.
+-- All or nothing: the ops are checked first (known, well formed, numbers
+-- that parse, every key of the type its ops need, every field they add to
+-- a number), and the event ids are recorded only after the ops ran, so an
+-- error leaves nothing written and a retry applies the event whole.
 -- Returns 1 when applied; otherwise nothing was written and the reply lists
 -- the event ids already seen (the caller drops them and retries the rest).
 local seen = KEYS[1]
 local nids = tonumber(ARGV[1])
-local window = tonumber(ARGV[2 * nids + 2])
+local base = 2 * nids + 1
+local window = tonumber(ARGV[base + 1])
+local now = tonumber(ARGV[base + 4])
+local maxts = nil
 if nids > 0 then
   local dups = {}
-  local maxts = nil
   for c = 0, nids - 1, 500 do
     local ids = {}
     for j = c, math.min(c + 499, nids - 1) do
@@ -37,25 +44,136 @@ if nids > 0 then
   if #dups > 0 then
     return dups
   end
-  local cutoff = maxts - window
-  for c = 0, nids - 1, 500 do
-    local args = {}
-    for j = c, math.min(c + 499, nids - 1) do
-      local t = tonumber(ARGV[3 + 2 * j])
-      if t >= cutoff then
-        args[#args + 1] = ARGV[3 + 2 * j]
-        args[#args + 1] = ARGV[2 + 2 * j]
+end
+
+-- Check every op before writing anything.
+local function fail(msg)
+  return redis.error_reply(msg)
+end
+local op_args = { A = 4, W = 6, L = 6, T = 4, R = 5, S = 4, X = 3, V = 4 }
+local numeric = { A = { 3 }, W = { 3, 4, 5 }, L = { 3, 4 }, T = { 3 }, R = { 3, 4 }, S = { 2, 3 }, X = { 2 } }
+local key_type = { A = 'hash', W = 'hash', WB = 'hash', L = 'hash', T = 'hash', V = 'hash',
+  R = 'zset', RB = 'zset', S = 'hash', X = 'hash' }
+local need = {}
+local adds = {}
+local i = base + 5
+while i <= #ARGV do
+  local op = ARGV[i]
+  local k = tonumber(ARGV[i + 1])
+  if not key_type[op] then
+    return fail('ERR nextbest apply: unknown op ' .. tostring(op))
+  end
+  if (not k) or (not KEYS[k]) or k < 2 then
+    return fail('ERR nextbest apply: op ' .. op .. ' names no key')
+  end
+  if need[k] and need[k] ~= key_type[op] then
+    return fail('ERR nextbest apply: key ' .. KEYS[k] .. ' used as both hash and zset')
+  end
+  need[k] = key_type[op]
+  local width
+  if op == 'WB' or op == 'RB' then
+    local cnt = tonumber(ARGV[i + 4 - (op == 'RB' and 1 or 0)])
+    if op == 'WB' then
+      if (not cnt) or (not tonumber(ARGV[i + 3])) then
+        return fail('ERR nextbest apply: malformed WB op')
+      end
+      width = 5 + 2 * cnt
+      for j = 0, cnt - 1 do
+        if (not tonumber(ARGV[i + 5 + 2 * j])) or (not tonumber(ARGV[i + 6 + 2 * j])) then
+          return fail('ERR nextbest apply: WB op with a bucket or amount that is not a number')
+        end
+        adds[#adds + 1] = { KEYS[k], ARGV[i + 2] .. '|' .. ARGV[i + 5 + 2 * j] }
+      end
+    else
+      if (not cnt) or (not tonumber(ARGV[i + 2])) then
+        return fail('ERR nextbest apply: malformed RB op')
+      end
+      width = 4 + 2 * cnt
+      for j = 0, cnt - 1 do
+        if not tonumber(ARGV[i + 5 + 2 * j]) then
+          return fail('ERR nextbest apply: RB op with a time that is not a number')
+        end
       end
     end
-    if #args > 0 then
-      redis.call('ZADD', seen, unpack(args))
+  else
+    width = op_args[op]
+    for _, a in ipairs(numeric[op] or {}) do
+      if not tonumber(ARGV[i + a]) then
+        return fail('ERR nextbest apply: op ' .. op .. ' argument ' .. a .. ' is not a number')
+      end
+    end
+    if op == 'A' then
+      adds[#adds + 1] = { KEYS[k], ARGV[i + 2] }
+    elseif op == 'W' then
+      adds[#adds + 1] = { KEYS[k], ARGV[i + 2] .. '|' .. ARGV[i + 3] }
     end
   end
-  redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%d', cutoff))
+  if i + width - 1 > #ARGV then
+    return fail('ERR nextbest apply: op ' .. op .. ' is cut short')
+  end
+  i = i + width
 end
-local base = 2 * nids + 1
-local n = tonumber(ARGV[base + 3])
-local i = base + 4
+for k, t in pairs(need) do
+  local have = redis.call('TYPE', KEYS[k])['ok']
+  if have ~= 'none' and have ~= t then
+    return fail('WRONGTYPE nextbest apply: key ' .. KEYS[k] .. ' holds a ' .. have .. ', not a ' .. t)
+  end
+end
+for _, kf in ipairs(adds) do
+  local v = redis.call('HGET', kf[1], kf[2])
+  if v and not tonumber(v) then
+    return fail('ERR nextbest apply: field ' .. kf[2] .. ' of ' .. kf[1] .. ' is not a number')
+  end
+end
+
+-- Strings compared by bytes (Lua's `<` follows the server's locale).
+local function bytes_greater(a, b)
+  local n = math.min(#a, #b)
+  for p = 1, n do
+    local x, y = string.byte(a, p), string.byte(b, p)
+    if x ~= y then
+      return x > y
+    end
+  end
+  return #a > #b
+end
+
+-- Prunes a window to `cut` (the buckets a read at now no longer sees);
+-- returns the newest bucket pruned so far.
+local function prune(key, f, cut)
+  local lo = redis.call('HGET', key, f .. '|lo')
+  if not lo then
+    redis.call('HSET', key, f .. '|lo', string.format('%d', cut))
+    return cut
+  end
+  lo = tonumber(lo)
+  if cut <= lo then
+    return lo
+  end
+  local dead = {}
+  if cut - lo <= 64 then
+    for j = lo + 1, cut do
+      dead[#dead + 1] = f .. '|' .. string.format('%d', j)
+    end
+  else
+    local prefix = f .. '|'
+    for _, fld in ipairs(redis.call('HKEYS', key)) do
+      if string.sub(fld, 1, #prefix) == prefix then
+        local b = tonumber(string.sub(fld, #prefix + 1))
+        if b and b <= cut then
+          dead[#dead + 1] = fld
+        end
+      end
+    end
+  end
+  for c = 1, #dead, 500 do
+    redis.call('HDEL', key, unpack(dead, c, math.min(c + 499, #dead)))
+  end
+  redis.call('HSET', key, f .. '|lo', string.format('%d', cut))
+  return cut
+end
+
+i = base + 5
 while i <= #ARGV do
   local op = ARGV[i]
   local key = KEYS[tonumber(ARGV[i + 1])]
@@ -65,25 +183,15 @@ while i <= #ARGV do
   elseif op == 'W' then
     local f = ARGV[i + 2]
     local b = tonumber(ARGV[i + 3])
-    local m = redis.call('HGET', key, f .. '|max')
-    local skip = false
-    if m then
-      m = tonumber(m)
-      if b <= m - n then
-        skip = true
-      elseif b > m then
-        for j = m - n + 1, math.min(b - n, m) do
-          redis.call('HDEL', key, f .. '|' .. string.format('%d', j))
-        end
-        redis.call('HSET', key, f .. '|max', ARGV[i + 3])
+    local cut = tonumber(ARGV[i + 5])
+    -- as apply_update: prune when the window exists or this bucket starts it
+    if b > cut or redis.call('HEXISTS', key, f .. '|lo') == 1 then
+      local lo = prune(key, f, cut)
+      if b > lo then
+        redis.call('HINCRBYFLOAT', key, f .. '|' .. ARGV[i + 3], ARGV[i + 4])
       end
-    else
-      redis.call('HSET', key, f .. '|max', ARGV[i + 3])
     end
-    if not skip then
-      redis.call('HINCRBYFLOAT', key, f .. '|' .. ARGV[i + 3], ARGV[i + 4])
-    end
-    i = i + 5
+    i = i + 6
   elseif op == 'L' then
     local f = ARGV[i + 2]
     local t = tonumber(ARGV[i + 3])
@@ -97,7 +205,7 @@ while i <= #ARGV do
       if t < ct or (t == ct and q < cq) then
         newer = false
       elseif t == ct and q == cq then
-        newer = (not cur[3]) or (v > cur[3])
+        newer = (not cur[3]) or bytes_greater(v, cur[3])
       end
     end
     if newer then
@@ -105,44 +213,26 @@ while i <= #ARGV do
     end
     i = i + 6
   elseif op == 'WB' then
-    -- many buckets of one window at once (backfill): WB k field count b1 a1 ...
-    -- same result as one W op per bucket: the newest bucket sets max, older
-    -- buckets outside the window are dropped or skipped
+    -- many buckets of one window at once (backfill): WB k field cut count b1 a1 ...
+    -- the same as one W op per bucket
     local f = ARGV[i + 2]
-    local cnt = tonumber(ARGV[i + 3])
-    local top = nil
-    for j = 0, cnt - 1 do
-      local b = tonumber(ARGV[i + 4 + 2 * j])
-      if (not top) or b > top then
-        top = b
-      end
+    local cut = tonumber(ARGV[i + 3])
+    local cnt = tonumber(ARGV[i + 4])
+    local lo = nil
+    if redis.call('HEXISTS', key, f .. '|lo') == 1 then
+      lo = prune(key, f, cut)
     end
-    local m = redis.call('HGET', key, f .. '|max')
-    local newmax = top
-    if m then
-      m = tonumber(m)
-      if m > top then
-        newmax = m
-      elseif top > m then
-        local dead = {}
-        for j = m - n + 1, math.min(top - n, m) do
-          dead[#dead + 1] = f .. '|' .. string.format('%d', j)
-        end
-        if #dead > 0 then
-          redis.call('HDEL', key, unpack(dead))
+    for j = 0, cnt - 1 do
+      local bs = ARGV[i + 5 + 2 * j]
+      local b = tonumber(bs)
+      if b > cut then
+        lo = lo or prune(key, f, cut)
+        if b > lo then
+          redis.call('HINCRBYFLOAT', key, f .. '|' .. bs, ARGV[i + 6 + 2 * j])
         end
       end
     end
-    if (not m) or newmax > m then
-      redis.call('HSET', key, f .. '|max', string.format('%d', newmax))
-    end
-    for j = 0, cnt - 1 do
-      local bs = ARGV[i + 4 + 2 * j]
-      if tonumber(bs) > newmax - n then
-        redis.call('HINCRBYFLOAT', key, f .. '|' .. bs, ARGV[i + 5 + 2 * j])
-      end
-    end
-    i = i + 4 + 2 * cnt
+    i = i + 5 + 2 * cnt
   elseif op == 'RB' then
     -- many members of one recent list at once (backfill): RB k cap count m1 t1 ...
     local cnt = tonumber(ARGV[i + 3])
@@ -186,9 +276,26 @@ while i <= #ARGV do
   elseif op == 'V' then
     redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
     i = i + 4
-  else
-    return redis.error_reply('nextbest apply: unknown op ' .. tostring(op))
   end
+end
+-- the ops ran: only now are the ids recorded (ids older than a window
+-- before the newest event, or before now if that is earlier, are not kept)
+if nids > 0 then
+  local cutoff = math.min(maxts, now) - window
+  for c = 0, nids - 1, 500 do
+    local args = {}
+    for j = c, math.min(c + 499, nids - 1) do
+      local t = tonumber(ARGV[3 + 2 * j])
+      if t >= cutoff then
+        args[#args + 1] = ARGV[3 + 2 * j]
+        args[#args + 1] = ARGV[2 + 2 * j]
+      end
+    end
+    if #args > 0 then
+      redis.call('ZADD', seen, unpack(args))
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%d', cutoff))
 end
 local ttl = tonumber(ARGV[base + 2])
 if ttl > 0 then
