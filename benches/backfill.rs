@@ -289,6 +289,26 @@ fn main() {
             done.totals.keys,
             done.aggregate_secs,
         );
+        // the consumer's path: one update.lua call per event and entity
+        // group, 500 events a pipeline, into an empty keyspace
+        let stream_n = std::env::var("NEXTBEST_BENCH_STREAM_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000)
+            .min(n);
+        let store = bench_store(&url, common::unique("stream"), set.clone()).await;
+        let plans: Vec<_> = events[..stream_n]
+            .iter()
+            .map(|e| nextbest::features::aggregate::plan_event(&set, e))
+            .collect();
+        let t = Instant::now();
+        for chunk in plans.chunks(500) {
+            store.apply(chunk, T_END).await.expect("stream apply");
+        }
+        println!(
+            "stream apply (update.lua, 500 events a pipeline): {:.0} events/s ({stream_n} events)",
+            stream_n as f64 / t.elapsed().as_secs_f64()
+        );
         drop(own);
     });
 }
