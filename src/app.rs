@@ -13,6 +13,7 @@ use crate::features::store;
 use crate::features::FeatureSet;
 use crate::ingest::consumer::EventConsumer;
 use crate::ingest::kafka::ensure_topics;
+use crate::ingest::order::SeqCheck;
 use crate::ingest::producer::EventProducer;
 use crate::model::registry::Registry;
 use crate::model::reload::{publish_serving, Reloader};
@@ -168,6 +169,7 @@ impl App {
             changes: ChangeFeed::in_process(),
             clock: Clock::System,
             rules,
+            seq_check: SeqCheck::default(),
         });
         Ok(App {
             listener,

@@ -104,6 +104,10 @@ pub struct StoreConfig {
     /// seconds (devices' clocks drift); later ones are refused (HTTP 400,
     /// Kafka: dead-lettered).
     pub allowed_future_secs: u64,
+    /// How old an event arriving by HTTP or Kafka may be, in seconds;
+    /// older ones are refused the same way (the backfill loads history).
+    /// Above `dedupe_window_secs`, a redelivered old event could count twice.
+    pub allowed_lateness_secs: u64,
 }
 
 /// Kafka ingestion.
@@ -217,11 +221,14 @@ impl StoreConfig {
         (self.dedupe_window_secs * 1000) as i64
     }
 
-    /// [`StoreConfig::allowed_future_secs`] in ms.
-    pub fn allowed_future_ms(&self) -> i64 {
-        self.allowed_future_secs
-            .saturating_mul(1000)
-            .min(i64::MAX as u64) as i64
+    /// How far from the clock a live event may be
+    /// ([`StoreConfig::allowed_future_secs`], [`StoreConfig::allowed_lateness_secs`]).
+    pub fn time_bounds(&self) -> crate::event::TimeBounds {
+        let ms = |s: u64| s.saturating_mul(1000).min(i64::MAX as u64) as i64;
+        crate::event::TimeBounds {
+            future_ms: ms(self.allowed_future_secs),
+            lateness_ms: ms(self.allowed_lateness_secs),
+        }
     }
 }
 
@@ -250,6 +257,7 @@ impl Default for StoreConfig {
             ttl_secs: 90 * 24 * 3600,
             timeout_ms: 2000,
             allowed_future_secs: 300,
+            allowed_lateness_secs: 7 * 24 * 3600,
         }
     }
 }

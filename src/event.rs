@@ -105,6 +105,14 @@ pub struct Event {
     pub props: Map<String, Value>,
 }
 
+/// How far from the server's clock a live event's `ts` may be
+/// ([`Event::check_time`]), in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBounds {
+    pub future_ms: i64,
+    pub lateness_ms: i64,
+}
+
 /// Why an event was rejected; always names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventError {
@@ -233,19 +241,34 @@ impl Event {
         })
     }
 
-    /// Refuses an event dated more than `allowed_future_ms` after `now_ms`
-    /// (a device with a wrong clock): accepted, it would sit in the
-    /// customer's state as the newest event for as long as it is ahead.
-    pub fn check_clock(&self, now_ms: i64, allowed_future_ms: i64) -> Result<(), EventError> {
+    /// Refuses an event dated too far from `now_ms` for the live paths
+    /// (HTTP, Kafka): more than `bounds.future_ms` ahead (a device with a
+    /// wrong clock: accepted, it would sit in the customer's state as the
+    /// newest event for as long as it is ahead), or more than
+    /// `bounds.lateness_ms` behind (its id could not be remembered long
+    /// enough to dedupe a redelivery; history goes through the backfill).
+    pub fn check_time(&self, now_ms: i64, bounds: TimeBounds) -> Result<(), EventError> {
         let ahead = self.ts.saturating_sub(now_ms);
-        if ahead > allowed_future_ms {
+        if ahead > bounds.future_ms {
             return Err(EventError::invalid(
                 "ts",
                 format!(
                     "{} is {} ahead of the server's clock (at most {} s is allowed: store.allowed_future_secs); the sender's clock is wrong",
                     self.ts,
                     human_ms(ahead),
-                    allowed_future_ms / 1000
+                    bounds.future_ms / 1000
+                ),
+            ));
+        }
+        let behind = now_ms.saturating_sub(self.ts);
+        if behind > bounds.lateness_ms {
+            return Err(EventError::invalid(
+                "ts",
+                format!(
+                    "{} is {} old (at most {} s is allowed: store.allowed_lateness_secs); load history with `nextbest backfill`",
+                    self.ts,
+                    human_ms(behind),
+                    bounds.lateness_ms / 1000
                 ),
             ));
         }
@@ -441,12 +464,24 @@ mod tests {
     fn events_ahead_of_the_clock_are_refused_and_seq_is_bounded() {
         let e = Event::from_value(good()).expect("valid");
         let now = e.ts;
+        let bounds = TimeBounds {
+            future_ms: 300_000,
+            lateness_ms: 7 * 86_400_000,
+        };
         assert!(
-            e.check_clock(now - 60_000, 300_000).is_ok(),
+            e.check_time(now - 60_000, bounds).is_ok(),
             "a minute ahead is fine"
         );
+        assert!(
+            e.check_time(now + 6 * 86_400_000, bounds).is_ok(),
+            "six days late is fine"
+        );
         let err = e
-            .check_clock(now - 10 * 365 * 86_400_000, 300_000)
+            .check_time(now + 8 * 86_400_000, bounds)
+            .expect_err("eight days late");
+        assert!(err.to_string().contains("8 days old"), "{err}");
+        let err = e
+            .check_time(now - 10 * 365 * 86_400_000, bounds)
             .expect_err("ten years ahead");
         assert_eq!(err.field().as_deref(), Some("ts"));
         assert!(err.to_string().contains("3650 days ahead"), "{err}");

@@ -19,6 +19,7 @@ pub const FALLBACKS: &str = "nextbest_recommend_fallbacks_total";
 pub const EVENTS_CONSUMED: &str = "nextbest_events_consumed_total";
 pub const EVENTS_APPLIED: &str = "nextbest_events_applied_total";
 pub const EVENTS_DUPLICATE: &str = "nextbest_events_duplicate_total";
+pub const EVENTS_ORDER: &str = "nextbest_event_sequence_total";
 pub const EVENTS_DEAD_LETTERED: &str = "nextbest_events_dead_lettered_total";
 pub const EVENTS_PRODUCED: &str = "nextbest_events_produced_total";
 pub const EVENT_FRESHNESS: &str = "nextbest_event_freshness_seconds";
@@ -104,6 +105,10 @@ fn describe() {
     );
     describe_counter!(EVENTS_CONSUMED, "Kafka messages consumed, by event type");
     describe_counter!(EVENTS_APPLIED, "events applied to the store, by event type");
+    describe_counter!(
+        EVENTS_ORDER,
+        "applied events with a `seq`, by what it says of the customer's sequence (in_order, gap: per missing number, reordered, duplicate, regression)"
+    );
     describe_counter!(
         EVENTS_DUPLICATE,
         "events skipped as duplicates (same event_id)"

@@ -1,7 +1,8 @@
 //! `POST /v1/events`: one event or an array. All are validated first (a 400
 //! names the index and field, and nothing is ingested; an event dated more
-//! than `store.allowed_future_secs` ahead of the server's clock is invalid
-//! too); then they are applied
+//! than `store.allowed_future_secs` ahead of the server's clock, or more than
+//! `store.allowed_lateness_secs` behind it, is invalid too); then they are
+//! applied
 //! in-process (embedded) or produced to Kafka, and 202 is returned once the
 //! store or the broker acknowledged them all.
 
@@ -48,9 +49,9 @@ pub async fn post_events(
         ));
     }
     let mut events = Vec::with_capacity(values.len());
-    let (now, ahead) = (state.clock.now_ms(), state.cfg.store.allowed_future_ms());
+    let (now, bounds) = (state.clock.now_ms(), state.cfg.store.time_bounds());
     for (i, v) in values.into_iter().enumerate() {
-        match Event::from_value(v).and_then(|e| e.check_clock(now, ahead).map(|()| e)) {
+        match Event::from_value(v).and_then(|e| e.check_time(now, bounds).map(|()| e)) {
             Ok(e) => events.push(e),
             Err(e) => {
                 let field = e.field();
@@ -69,6 +70,9 @@ pub async fn post_events(
                 crate::ingest::apply_events_at(&state.set, state.store.as_ref(), &events, now)
                     .await
                     .map_err(|e| ApiError::Unavailable(format!("events not stored: {e}")))?;
+            state
+                .seq_check
+                .observe_applied(&events, &out.duplicate, &[]);
             state.changes.publish(&out.changed_customers);
         }
         Ingest::Kafka(p) => {

@@ -22,6 +22,7 @@ use crate::config::{Config, HttpConfig};
 use crate::decide::Decider;
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
+use crate::ingest::order::SeqCheck;
 use crate::ingest::producer::EventProducer;
 use crate::model::Registry;
 use crate::rules::RuleSet;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub clock: Clock,
     /// The rule files serving (listed by `GET /v1/rules`).
     pub rules: Arc<ArcSwap<RuleSet>>,
+    /// The per-customer `seq` check of events applied in-process.
+    pub seq_check: SeqCheck,
 }
 
 /// Builds the router: [`public`] and [`admin`] routes, then the layers

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod catalog;
 pub mod consumer;
 pub mod kafka;
+pub mod order;
 pub mod producer;
 
 pub use apply::{apply_catalog, apply_events, apply_events_at, ApplyError, CatalogVia};

@@ -12,8 +12,8 @@
 --       (cut: the newest bucket a read at now_ms no longer sees)
 -- n = 0 (static enrichment) skips the dedupe.
 -- All or nothing: the ops are checked first (known, well formed, numbers
--- that parse, every key of the type its ops need, every field they add to
--- a number), and the event ids are recorded only after the ops ran, so an
+-- that parse, every key of the type its ops need, every lifetime count or
+-- sum they add to a number), and the event ids are recorded only after the ops ran, so an
 -- error leaves nothing written and a retry applies the event whole.
 -- Returns 1 when applied; otherwise nothing was written and the reply lists
 -- the event ids already seen (the caller drops them and retries the rest).
@@ -82,7 +82,6 @@ while i <= #ARGV do
         if (not tonumber(ARGV[i + 5 + 2 * j])) or (not tonumber(ARGV[i + 6 + 2 * j])) then
           return fail('ERR nextbest apply: WB op with a bucket or amount that is not a number')
         end
-        adds[#adds + 1] = { KEYS[k], ARGV[i + 2] .. '|' .. ARGV[i + 5 + 2 * j] }
       end
     else
       if (not cnt) or (not tonumber(ARGV[i + 2])) then
@@ -103,9 +102,8 @@ while i <= #ARGV do
       end
     end
     if op == 'A' then
+      -- (window buckets `f|<n>` are only ever written by these ops)
       adds[#adds + 1] = { KEYS[k], ARGV[i + 2] }
-    elseif op == 'W' then
-      adds[#adds + 1] = { KEYS[k], ARGV[i + 2] .. '|' .. ARGV[i + 3] }
     end
   end
   if i + width - 1 > #ARGV then
@@ -138,10 +136,9 @@ local function bytes_greater(a, b)
   return #a > #b
 end
 
--- Prunes a window to `cut` (the buckets a read at now no longer sees);
--- returns the newest bucket pruned so far.
-local function prune(key, f, cut)
-  local lo = redis.call('HGET', key, f .. '|lo')
+-- Prunes a window to `cut` (the buckets a read at now no longer sees),
+-- given its `|lo` field (or nil); returns the newest bucket pruned so far.
+local function prune(key, f, cut, lo)
   if not lo then
     redis.call('HSET', key, f .. '|lo', string.format('%d', cut))
     return cut
@@ -185,8 +182,9 @@ while i <= #ARGV do
     local b = tonumber(ARGV[i + 3])
     local cut = tonumber(ARGV[i + 5])
     -- as apply_update: prune when the window exists or this bucket starts it
-    if b > cut or redis.call('HEXISTS', key, f .. '|lo') == 1 then
-      local lo = prune(key, f, cut)
+    local lo = redis.call('HGET', key, f .. '|lo')
+    if b > cut or lo then
+      lo = prune(key, f, cut, lo)
       if b > lo then
         redis.call('HINCRBYFLOAT', key, f .. '|' .. ARGV[i + 3], ARGV[i + 4])
       end
@@ -218,15 +216,15 @@ while i <= #ARGV do
     local f = ARGV[i + 2]
     local cut = tonumber(ARGV[i + 3])
     local cnt = tonumber(ARGV[i + 4])
-    local lo = nil
-    if redis.call('HEXISTS', key, f .. '|lo') == 1 then
-      lo = prune(key, f, cut)
+    local lo = redis.call('HGET', key, f .. '|lo')
+    if lo then
+      lo = prune(key, f, cut, lo)
     end
     for j = 0, cnt - 1 do
       local bs = ARGV[i + 5 + 2 * j]
       local b = tonumber(bs)
       if b > cut then
-        lo = lo or prune(key, f, cut)
+        lo = lo or prune(key, f, cut, nil)
         if b > lo then
           redis.call('HINCRBYFLOAT', key, f .. '|' .. bs, ARGV[i + 6 + 2 * j])
         end
