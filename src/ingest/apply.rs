@@ -16,6 +16,16 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+impl ApplyError {
+    /// Whether the store was unreachable for now ([`StoreError::is_transient`]):
+    /// the same apply may succeed later. Otherwise the store refused it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Store(e) => e.is_transient(),
+        }
+    }
+}
+
 /// Applies validated events to the store in one call, at the wall clock.
 pub async fn apply_events(
     set: &FeatureSet,

@@ -3,11 +3,12 @@
 //!
 //! Contract (at-least-once delivery, exactly-once effect):
 //! 1. a batch of messages is read (up to `batch_size`, waiting at most
-//!    `batch_linger_ms` after the first);
-//! 2. each message is validated (an event, or on a catalog topic a partial
-//!    update of one item's or customer's static fields, key = id); invalid
-//!    ones go to the dead-letter topic with the reason, and the broker must
-//!    acknowledge that before going on;
+//!    `batch_linger_ms` after the first); a receive error mid-batch ends the
+//!    batch with the messages already received;
+//! 2. each message is decoded and validated once per batch (an event, or on
+//!    a catalog topic a partial update of one item's or customer's static
+//!    fields, key = id); invalid ones go to the dead-letter topic with the
+//!    reason, and the broker must acknowledge each before going on;
 //! 3. the valid events are applied to the store in one call (one Redis
 //!    pipeline); the store dedupes by event id, so a redelivered event
 //!    changes nothing; then the batch's catalog writes in one call, in
@@ -17,24 +18,47 @@
 //! 4. only then are the batch's offsets committed.
 //!
 //! A crash anywhere before 4 redelivers the batch, which 3 makes harmless.
-//! Store or broker failures retry the same batch, forever, with jittered
-//! exponential backoff (backon; see [`store_retry_delays`]); a receive error
-//! mid-batch ends the batch with the messages already received. Known gaps
-//! (tracked in the reliability issue): a batch whose store call keeps failing
-//! holds up this consumer's partitions, its bad messages are dead-lettered
-//! again on each retry, and the commit is synchronous. Messages on the
-//! dead-letter topic itself (it matches the pattern) are skipped.
+//! Failures in 2 and 3 (see `retry.rs`):
+//! - the store or broker unreachable (connection refused or reset, timeout,
+//!   Redis loading, busy, failing over: [`StoreError::is_transient`]): the
+//!   same call is retried, forever, with jittered exponential backoff; only
+//!   the failed call, not the decoding or the dead letters already sent;
+//! - the store refusing the call (a script or type error such as
+//!   `WRONGTYPE`): the events (or writes) are split in halves until each
+//!   refused one stands alone, all the others are applied, and each refused
+//!   one goes to the dead-letter topic once, with the store's error as the
+//!   reason (label `store_rejected`); then the batch is committed and the
+//!   consumer goes on. A refused event may have changed its other entity
+//!   group (its item when its customer was refused): groups are written
+//!   independently.
+//!
+//! Commits are asynchronous (`CommitMode::Async`: queued to librdkafka,
+//! which sends them in order; a failure is logged by [`LagContext`] and the
+//! next commit of the partition covers it, or the messages are redelivered,
+//! harmlessly); nothing on the async threads waits for the broker. So that
+//! a clean stop loses no commit, the last applied batch's offsets are
+//! committed once more, synchronously, on the blocking pool, before
+//! [`EventConsumer::run`] returns (closing the consumer would flush queued
+//! commits too; this one is explicit, bounded and logged), and the consumer
+//! is closed there as well; a batch not yet applied when the stop came is
+//! not committed and is redelivered. Dead letters are sent
+//! once per delivery of a batch: a batch redelivered after a crash sends
+//! its dead letters again. Messages on the dead-letter topic itself (it
+//! matches the pattern) are skipped.
+//!
+//! [`StoreError::is_transient`]: crate::features::store::StoreError::is_transient
 
-use super::apply::{apply_catalog, apply_events, CatalogVia};
+use super::apply::{apply_catalog, apply_events, ApplyError, CatalogVia};
 use super::catalog::{self, CatalogTopics};
 use super::kafka::{client_config, KafkaSetupError, SUBSCRIPTION};
 use super::producer::{DeadLetterOrigin, EventProducer};
+use super::retry::{isolate_refused, until_answered, until_done, Stopped};
 use crate::config::KafkaConfig;
 use crate::event::{Event, EventError};
-use crate::features::store::FeatureStore;
+use crate::features::store::{FeatureStore, GroupWrite};
 use crate::features::FeatureSet;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
@@ -47,24 +71,15 @@ use tokio::sync::watch;
 /// How often librdkafka reports statistics (consumer lag per partition).
 const STATS_INTERVAL_MS: &str = "5000";
 
-/// The longest wait between two attempts at one batch.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How long the synchronous commit before exiting may take.
+const EXIT_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Waits between attempts to apply one batch: exponential from 50 ms,
-/// doubling up to 2.5 s, each plus a random jitter of up to as much again
-/// (so instances that failed together do not retry together, and no wait
-/// exceeds [`MAX_RETRY_DELAY`]). Never ends: a batch is never dropped.
-fn store_retry_delays() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(MAX_RETRY_DELAY / 2)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+/// The dead-letter label (metric) of an event or write the store refused.
+const STORE_REJECTED: &str = "store_rejected";
 
 /// Client context that turns librdkafka's statistics into the consumer-lag
-/// gauge (runs on librdkafka's thread; never blocks the consume loop).
+/// gauge and logs failed asynchronous commits (runs on librdkafka's
+/// thread or the polling task; never blocks the consume loop).
 pub struct LagContext;
 
 impl ClientContext for LagContext {
@@ -80,19 +95,24 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(partitions = offsets.count(), "offsets committed"),
+            Err(e) => {
+                tracing::warn!(error = %e, partitions = offsets.count(), "offset commit failed; a later commit covers it, or the batch is redelivered (harmless)")
+            }
+        }
+    }
+}
 
-/// Errors of the consume loop.
+/// Errors setting up the consumer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
     #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error(transparent)]
-    Apply(#[from] super::apply::ApplyError),
-    #[error(transparent)]
-    Produce(#[from] super::producer::ProduceError),
+    Kafka(#[from] KafkaError),
 }
 
 /// A batch of consumed messages, not yet committed.
@@ -104,8 +124,12 @@ pub struct Batch {
 /// What processing a batch did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct BatchOutcome {
+    /// Messages that decoded and validated (events and catalog writes).
     pub valid: usize,
+    /// Messages sent to the dead-letter topic: invalid, or refused by the store.
     pub dead_lettered: usize,
+    /// Of the valid ones, those the store refused (dead-lettered too).
+    pub refused: usize,
     pub applied: usize,
     pub duplicates: usize,
     /// Customers whose features changed (events or profile writes).
@@ -116,9 +140,33 @@ pub struct BatchOutcome {
     pub changed_items: Vec<String>,
 }
 
+/// A message going to the dead-letter topic.
+#[derive(Debug)]
+struct Reject {
+    /// Index of the message in its batch.
+    msg: usize,
+    reason: String,
+    /// The metric label of the reason.
+    label: &'static str,
+}
+
+/// A batch's messages decoded and sorted by what happens to them, before
+/// anything is sent or written.
+#[derive(Debug, Default)]
+struct Decoded {
+    events: Vec<Event>,
+    /// Per event, the index of its message in the batch.
+    event_msgs: Vec<usize>,
+    writes: Vec<GroupWrite>,
+    /// Per catalog write, the index of its message in the batch.
+    write_msgs: Vec<usize>,
+    rejects: Vec<Reject>,
+}
+
 /// The consumer with what it needs to apply events.
 pub struct EventConsumer {
-    consumer: StreamConsumer<LagContext>,
+    /// Shared with the blocking pool for the commit before exiting.
+    consumer: Arc<StreamConsumer<LagContext>>,
     set: Arc<FeatureSet>,
     store: Arc<dyn FeatureStore>,
     producer: EventProducer,
@@ -155,7 +203,7 @@ impl EventConsumer {
             })?;
         consumer.subscribe(&SUBSCRIPTION)?;
         Ok(EventConsumer {
-            consumer,
+            consumer: Arc::new(consumer),
             catalog: CatalogTopics::new(&set),
             set,
             store,
@@ -191,25 +239,67 @@ impl EventConsumer {
         Ok(batch)
     }
 
-    /// Validates, dead-letters and applies a batch (does not commit).
-    #[tracing::instrument(name = "consume_batch", skip_all, fields(messages = batch.messages.len()))]
-    pub async fn process(&self, batch: &Batch) -> Result<BatchOutcome, ConsumeError> {
-        let mut out = BatchOutcome::default();
-        let mut events = Vec::with_capacity(batch.messages.len());
-        let mut writes = Vec::new();
-        for m in &batch.messages {
+    /// Validates, dead-letters and applies a batch (does not commit): steps
+    /// 2 and 3 of the contract. Returns only once every valid message is
+    /// applied or refused and every dead letter acknowledged, retrying while
+    /// the store or broker is unreachable; or [`Stopped`] if `stop` turned
+    /// true first.
+    #[tracing::instrument(name = "consume_batch", skip_all, fields(group = %self.cfg.group_id, messages = batch.messages.len()))]
+    pub async fn process(
+        &self,
+        batch: &Batch,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<BatchOutcome, Stopped> {
+        let decoded = self.decode(batch);
+        for r in &decoded.rejects {
+            self.dead_letter(batch, r, stop).await?;
+        }
+        let mut out = BatchOutcome {
+            valid: decoded.events.len() + decoded.writes.len(),
+            dead_lettered: decoded.rejects.len(),
+            ..BatchOutcome::default()
+        };
+        let mut refused = self.apply_events(&decoded, stop, &mut out).await?;
+        refused.extend(self.apply_catalog(&decoded, stop, &mut out).await?);
+        if !refused.is_empty() {
+            tracing::warn!(
+                refused = refused.len(),
+                valid = out.valid,
+                "the store refused part of the batch; the rest is applied"
+            );
+        }
+        for r in &refused {
+            self.dead_letter(batch, r, stop).await?;
+        }
+        out.refused = refused.len();
+        out.dead_lettered += refused.len();
+        out.changed_customers.sort();
+        out.changed_customers.dedup();
+        Ok(out)
+    }
+
+    /// Step 2: each message of the batch decoded once, nothing sent yet.
+    fn decode(&self, batch: &Batch) -> Decoded {
+        let mut d = Decoded::default();
+        for (msg, m) in batch.messages.iter().enumerate() {
             if m.topic() == self.cfg.dlq_topic {
                 continue;
             }
             let payload = m.payload().unwrap_or_default();
             if let Some(cols) = self.catalog.columns(m.topic()) {
                 match catalog::decode(cols, m.key(), payload) {
-                    Ok(w) => writes.push(w),
+                    Ok(w) => {
+                        d.writes.push(w);
+                        d.write_msgs.push(msg);
+                    }
                     Err(err) => {
                         metrics::counter!(crate::metrics::CATALOG_REJECTED, "entity" => cols.entity_name(), "via" => CatalogVia::Kafka.as_str())
                             .increment(1);
-                        self.dead_letter(m, &err.to_string(), "catalog").await?;
-                        out.dead_lettered += 1;
+                        d.rejects.push(Reject {
+                            msg,
+                            reason: err.to_string(),
+                            label: "catalog",
+                        });
                     }
                 }
                 continue;
@@ -218,83 +308,157 @@ impl EventConsumer {
                 Ok(e) => {
                     metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
                         .increment(1);
-                    events.push(e);
+                    d.events.push(e);
+                    d.event_msgs.push(msg);
                 }
                 Err(err) => {
                     let label = match &err {
                         EventError::Json(_) | EventError::NotAnObject => "malformed",
                         _ => "invalid",
                     };
-                    self.dead_letter(m, &err.to_string(), label).await?;
-                    out.dead_lettered += 1;
+                    d.rejects.push(Reject {
+                        msg,
+                        reason: err.to_string(),
+                        label,
+                    });
                 }
             }
         }
-        out.valid = events.len() + writes.len();
-        if !events.is_empty() {
-            let applied = apply_events(&self.set, self.store.as_ref(), &events).await?;
-            out.applied = applied.applied;
-            out.duplicates = applied.duplicates;
-            out.changed_customers = applied.changed_customers;
+        d
+    }
+
+    /// Step 3 for the events: all in one store call, split to isolate the
+    /// ones the store refuses; returns those, to dead-letter.
+    async fn apply_events(
+        &self,
+        d: &Decoded,
+        stop: &watch::Receiver<bool>,
+        out: &mut BatchOutcome,
+    ) -> Result<Vec<Reject>, Stopped> {
+        let (set, store, events) = (&*self.set, self.store.as_ref(), &d.events);
+        let iso = isolate_refused(events.len(), move |r| {
+            let part = &events[r];
+            until_answered("apply events", stop, ApplyError::is_transient, move || {
+                apply_events(set, store, part)
+            })
+        })
+        .await?;
+        for (_, o) in iso.done {
+            out.applied += o.applied;
+            out.duplicates += o.duplicates;
+            out.changed_customers.extend(o.changed_customers);
         }
-        if !writes.is_empty() {
-            let applied = apply_catalog(self.store.as_ref(), &writes, CatalogVia::Kafka).await?;
-            out.catalog_applied = writes.len();
-            out.changed_items = applied.items;
-            out.changed_customers.extend(applied.customers);
+        Ok(refusals(iso.refused, &d.event_msgs, "event"))
+    }
+
+    /// Step 3 for the catalog writes, in message order: as for the events.
+    async fn apply_catalog(
+        &self,
+        d: &Decoded,
+        stop: &watch::Receiver<bool>,
+        out: &mut BatchOutcome,
+    ) -> Result<Vec<Reject>, Stopped> {
+        let (store, writes) = (self.store.as_ref(), &d.writes);
+        let iso = isolate_refused(writes.len(), move |r| {
+            let part = &writes[r];
+            until_answered("apply catalog", stop, ApplyError::is_transient, move || {
+                apply_catalog(store, part, CatalogVia::Kafka)
+            })
+        })
+        .await?;
+        for (r, o) in iso.done {
+            out.catalog_applied += r.len();
+            out.changed_items.extend(o.items);
+            out.changed_customers.extend(o.customers);
         }
-        Ok(out)
+        Ok(refusals(iso.refused, &d.write_msgs, "catalog write"))
     }
 
     /// Sends a message's original bytes to the dead-letter topic with the
-    /// reason, and waits for the broker's acknowledgement.
+    /// reason, retrying until the broker acknowledged it (a message is never
+    /// committed without its dead letter).
     async fn dead_letter(
         &self,
-        m: &OwnedMessage,
-        reason: &str,
-        label: &'static str,
-    ) -> Result<(), ConsumeError> {
-        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %reason, "dead-lettering message");
+        batch: &Batch,
+        r: &Reject,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        let m = &batch.messages[r.msg];
+        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %r.reason, "dead-lettering message");
         let origin = DeadLetterOrigin {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
         };
-        self.producer
-            .dead_letter(m.key(), m.payload().unwrap_or_default(), reason, &origin)
-            .await?;
-        metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => label).increment(1);
+        let (key, payload) = (m.key(), m.payload().unwrap_or_default());
+        until_done("dead letter", stop, || {
+            self.producer.dead_letter(key, payload, &r.reason, &origin)
+        })
+        .await?;
+        metrics::counter!(crate::metrics::EVENTS_DEAD_LETTERED, "reason" => r.label).increment(1);
         Ok(())
     }
 
     /// Commits the offsets after the batch's last message per partition.
+    /// `CommitMode::Sync` blocks the calling thread until the broker
+    /// answers; the loop ([`Self::run`]) commits asynchronously.
     pub fn commit(&self, batch: &Batch, mode: CommitMode) -> Result<(), ConsumeError> {
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in &batch.messages {
-            let e = next
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
+        if let Some(tpl) = offsets_after(batch)? {
+            self.consumer.commit(&tpl, mode)?;
         }
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-        }
-        self.consumer.commit(&tpl, mode)?;
         Ok(())
     }
 
-    /// Runs until `shutdown` turns true: batch → process (retrying on
-    /// failure) → commit. Calls `on_applied` with each batch's outcome.
+    /// Commits the last applied batch's offsets synchronously, on the
+    /// blocking pool, for the partitions still assigned to this consumer
+    /// (another may own the others by now): its asynchronous commit may
+    /// still be queued when the consumer is dropped. Earlier asynchronous
+    /// commits were queued before this one and go first.
+    async fn commit_before_exit(&self, last: TopicPartitionList) {
+        let assigned = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "no assignment to commit to before exiting; the last batch may be redelivered (harmless)");
+                return;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for e in last.elements() {
+            if assigned.find_partition(e.topic(), e.partition()).is_some() {
+                if let Err(err) = tpl.add_partition_offset(e.topic(), e.partition(), e.offset()) {
+                    tracing::warn!(error = %err, topic = e.topic(), partition = e.partition(), "offset not committed before exiting");
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let consumer = self.consumer.clone();
+        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        match tokio::time::timeout(EXIT_COMMIT_TIMEOUT, commit).await {
+            Ok(Ok(Ok(()))) => tracing::info!("committed the last applied batch before exiting"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "commit before exiting failed; the last batch may be redelivered (harmless)")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "commit before exiting did not run"),
+            Err(_) => tracing::warn!(
+                timeout_ms = EXIT_COMMIT_TIMEOUT.as_millis() as u64,
+                "commit before exiting timed out; the last batch may be redelivered (harmless)"
+            ),
+        }
+    }
+
+    /// Runs until `shutdown` turns true: batch → process (retrying while
+    /// the store or broker is unreachable) → asynchronous commit; on the
+    /// way out, the last applied batch is committed synchronously. Calls
+    /// `on_applied` with each batch's outcome.
     pub async fn run(
         self,
         mut shutdown: watch::Receiver<bool>,
         on_applied: impl Fn(&BatchOutcome) + Send,
     ) {
         tracing::info!(group = %self.cfg.group_id, subscription = ?SUBSCRIPTION, "consumer started");
+        let mut last_applied = None;
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 b = self.next_batch(Duration::from_millis(500)) => b,
@@ -309,59 +473,70 @@ impl EventConsumer {
                     continue;
                 }
             };
-            let mut delays = store_retry_delays();
-            loop {
-                match self.process(&batch).await {
-                    Ok(out) => {
-                        if let Err(e) = self.commit(&batch, CommitMode::Sync) {
-                            tracing::warn!(error = %e, "offset commit failed; the batch may be redelivered (harmless)");
-                        }
-                        on_applied(&out);
-                        break;
+            let out = match self.process(&batch, &shutdown).await {
+                Ok(out) => out,
+                Err(Stopped) => {
+                    tracing::info!(
+                        "consumer stopping with an unapplied batch; it will be redelivered"
+                    );
+                    break;
+                }
+            };
+            match offsets_after(&batch) {
+                Ok(Some(tpl)) => {
+                    if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                        tracing::warn!(error = %e, "offset commit not queued; the batch may be redelivered (harmless)");
                     }
-                    Err(e) => {
-                        let backoff = delays.next().unwrap_or(MAX_RETRY_DELAY);
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not applied; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => {
-                                tracing::info!("consumer stopping with an unapplied batch; it will be redelivered");
-                                return;
-                            }
-                        }
-                    }
+                    last_applied = Some(tpl);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "offsets of the batch not built; it may be redelivered (harmless)")
                 }
             }
+            on_applied(&out);
+        }
+        if let Some(last) = last_applied {
+            self.commit_before_exit(last).await;
+        }
+        // closing (leaving the group, flushing queued commits) blocks
+        // until the broker answers: on the blocking pool too
+        let consumer = Arc::clone(&self.consumer);
+        drop(self);
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+            tracing::warn!(error = %e, "closing the consumer did not finish");
         }
         tracing::info!("consumer stopped");
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_grow_jittered_stay_bounded_and_never_end() {
-        let delays: Vec<Duration> = store_retry_delays().take(1_000).collect();
-        assert_eq!(delays.len(), 1_000, "the retries never give up");
-        assert!(
-            delays[0] >= Duration::from_millis(50) && delays[0] < Duration::from_millis(100),
-            "first wait {:?}",
-            delays[0]
-        );
-        assert!(
-            delays.iter().all(|d| *d <= MAX_RETRY_DELAY),
-            "a wait over the bound"
-        );
-        let late = &delays[100..];
-        assert!(
-            late.iter().all(|d| *d >= MAX_RETRY_DELAY / 2),
-            "the base reaches its cap"
-        );
-        assert!(
-            late.iter().any(|d| *d != late[0]),
-            "jittered: the capped waits are not all equal"
-        );
+/// The offsets to commit after `batch`: per partition, its last message's
+/// offset + 1. `None` for an empty batch.
+fn offsets_after(batch: &Batch) -> Result<Option<TopicPartitionList>, KafkaError> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in &batch.messages {
+        let e = next.entry((m.topic(), m.partition())).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
     }
+    if next.is_empty() {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(Some(tpl))
+}
+
+/// The dead letters of what the store refused: `refused` indexes the
+/// events (or writes), `msgs` maps those to their messages.
+fn refusals(refused: Vec<(usize, ApplyError)>, msgs: &[usize], what: &str) -> Vec<Reject> {
+    refused
+        .into_iter()
+        .map(|(i, e)| Reject {
+            msg: msgs[i],
+            reason: format!("the store refused the {what}: {e}"),
+            label: STORE_REJECTED,
+        })
+        .collect()
 }

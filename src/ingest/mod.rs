@@ -10,5 +10,6 @@ pub mod consumer;
 pub mod kafka;
 pub mod order;
 pub mod producer;
+pub mod retry;
 
 pub use apply::{apply_catalog, apply_events, apply_events_at, ApplyError, CatalogVia};

@@ -32,6 +32,59 @@ pub enum StoreError {
     Protocol(String),
 }
 
+/// Redis error codes that say the server is not serving for now (loading,
+/// busy with a script, failing over, out of memory, persistence failing,
+/// not authenticated), whatever the call: a later retry may succeed.
+const TRANSIENT_REDIS_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "MOVED",
+    "ASK",
+    "OOM",
+    "MISCONF",
+    "NOREPLICAS",
+    "NOAUTH",
+    "NOPERM",
+    "NOSCRIPT",
+];
+
+impl StoreError {
+    /// Whether the store was unreachable or not serving for now (connection
+    /// refused or reset, a timeout, Redis loading, busy, failing over, out of
+    /// memory): the same call may succeed later, so a caller that must not
+    /// lose data retries it. Otherwise the store answered and refused this
+    /// call (a script error, `WRONGTYPE` because a key holds the wrong type,
+    /// an unexpected reply), and retrying it unchanged fails again. When in
+    /// doubt an error counts as transient: retrying loses nothing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Protocol(_) => false,
+            StoreError::Redis(e) => redis_error_is_transient(e),
+        }
+    }
+}
+
+/// A Redis reply error is transient by its code (for a pipeline: any of
+/// its failed commands'); client-side errors by kind.
+fn redis_error_is_transient(e: &::redis::RedisError) -> bool {
+    use ::redis::ErrorKind;
+    if let Some(failed) = e.clone().into_server_errors() {
+        return failed
+            .iter()
+            .any(|(_, s)| TRANSIENT_REDIS_CODES.contains(&s.code()));
+    }
+    match e.kind() {
+        ErrorKind::Server(_) => e.code().is_some_and(|c| TRANSIENT_REDIS_CODES.contains(&c)),
+        ErrorKind::UnexpectedReturnType | ErrorKind::Client | ErrorKind::Extension => false,
+        _ => true,
+    }
+}
+
 /// What applying a batch did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApplyOutcome {
@@ -237,4 +290,48 @@ pub fn session_feature(set: &FeatureSet) -> Option<String> {
             )
         })
         .map(|f| f.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+    use ::redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    /// The error a reply line (`-CODE detail`) becomes.
+    fn reply(line: &str) -> StoreError {
+        let v = ::redis::parse_redis_value(format!("{line}\r\n").as_bytes()).expect("a reply");
+        StoreError::Redis(v.extract_error().expect_err("an error reply"))
+    }
+
+    #[test]
+    fn unreachable_or_not_serving_is_transient() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        for e in [
+            StoreError::Timeout(300),
+            StoreError::Redis(RedisError::from(refused)),
+            StoreError::Redis(RedisError::from(reset)),
+            StoreError::Redis(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::BusyLoading),
+                "loading",
+            ))),
+            reply("-LOADING Redis is loading the dataset in memory"),
+            reply("-BUSY Redis is busy running a script"),
+            reply("-CLUSTERDOWN The cluster is down"),
+            reply("-OOM command not allowed when used memory > 'maxmemory'"),
+        ] {
+            assert!(e.is_transient(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_call_is_permanent() {
+        for e in [
+            reply("-WRONGTYPE Operation against a key holding the wrong kind of value"),
+            reply("-ERR user_script:1: nextbest apply: unknown op Q"),
+            StoreError::Protocol("expected an array".into()),
+        ] {
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
 }
