@@ -21,7 +21,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 use serde_json::json;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 fn kafka_cfg() -> KafkaConfig {
@@ -36,6 +36,49 @@ fn kafka_cfg() -> KafkaConfig {
 
 /// The group join on a fresh group can take a while on Tansu.
 const JOIN: Duration = Duration::from_secs(90);
+
+/// What this test process logs, once [`capture_logs`] installed the
+/// global subscriber (info and above, no colours).
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("log buffer poisoned"))?
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the process's logs to [`LOGS`] from now on.
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let w = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogBuffer(w.clone()))
+            .try_init();
+        buf
+    });
+}
+
+/// Whether a captured log line contains every one of `needles`.
+fn logged(needles: &[&str]) -> bool {
+    let Some(buf) = LOGS.get() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&buf.lock().expect("log buffer")).to_string();
+    text.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+}
 
 /// A Redis store of the shipped features under a fresh key prefix.
 async fn redis_store(set: &Arc<FeatureSet>, prefix: &str) -> Arc<dyn FeatureStore> {
@@ -161,7 +204,10 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
         "before {before}, after {after}"
     );
 
-    // the same event again (a redelivery), then poison, then a good marker event
+    // the same event again (a redelivery), then poison and an invalid
+    // click, then on each of those partitions (same topic, same key) a good
+    // marker event after them: once a marker is applied, everything before
+    // it on its partition has been consumed
     produce(&p, "events.add_to_cart", &c, &ev).await;
     let poison_id = unique("poison");
     produce(
@@ -179,30 +225,30 @@ async fn produced_events_reach_features_and_recommendations_and_poison_goes_to_d
         &serde_json::to_vec(&invalid).expect("json"),
     )
     .await;
-    let marker = serde_json::to_vec(&event(
-        &format!("{c}-2"),
-        "page_view",
-        &c,
-        Some("k3"),
-        t + 1,
-    ))
-    .expect("json");
-    produce(&p, "events.page_view", &c, &marker).await;
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).expect("json");
+    let click_marker = event(&format!("{c}-2"), "click", &c, Some("k3"), t + 1);
+    produce(&p, "events.click", &c, json(click_marker)).await;
+    let cart_marker = event(&format!("{c}-3"), "add_to_cart", &c, Some("k1"), t + 2);
+    produce(&p, "events.add_to_cart", &c, json(cart_marker)).await;
     eventually(
         Duration::from_secs(30),
-        "the good event after the poison to be applied",
+        "the markers after the duplicate and the poison to be applied",
         || {
             let app = &app;
             let c = c.clone();
-            async move { (app.customer_feature(&c, "views_1h").await == 1.0).then_some(()) }
+            async move {
+                let carted = app.customer_feature(&c, "cart_recent").await;
+                let clicks = app.customer_feature(&c, "clicks_1h").await;
+                (carted.as_array().is_some_and(|a| a.contains(&json!("k1"))) && clicks == 1.0)
+                    .then_some(())
+            }
         },
     )
     .await;
-    // the redelivered add_to_cart was produced before the marker on the same partition (same key): it has been seen
     assert_eq!(
         app.customer_feature(&c, "carts_1h").await,
-        1.0,
-        "the duplicate changed nothing"
+        2.0,
+        "the first add_to_cart and the marker count; the duplicate between them does not"
     );
 
     // both bad messages are in the DLQ with a reason
@@ -411,7 +457,9 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     );
     drop(second);
 
-    // a third consumer after the commit sees none of them again
+    // a third consumer after the commit sees none of them again; it has
+    // joined and read past where they were once it gets an event produced
+    // after them on the same partition (same topic, same key)
     let third = EventConsumer::new(
         &brokers,
         &cfg,
@@ -420,24 +468,41 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
         EventProducer::new(&brokers, &cfg).expect("producer"),
     )
     .expect("consumer");
+    let fresh_id = format!("{c}-fresh");
+    let fresh =
+        serde_json::to_vec(&event(&fresh_id, "add_to_cart", &c, Some("z9"), t + n)).expect("json");
+    produce(&p, "events.add_to_cart", &c, &fresh).await;
     let mut again = 0;
-    let until = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::time::Instant::now() < until {
+    let mut got_fresh = false;
+    let deadline = tokio::time::Instant::now() + JOIN;
+    while !got_fresh && tokio::time::Instant::now() < deadline {
         let batch = third
             .next_batch(Duration::from_secs(1))
             .await
             .expect("batch");
-        again += batch
+        for m in batch
             .messages
             .iter()
             .filter(|m| m.key() == Some(c.as_bytes()))
-            .count();
+        {
+            let payload = String::from_utf8_lossy(m.payload().unwrap_or_default());
+            if payload.contains(&fresh_id) {
+                got_fresh = true;
+            } else {
+                again += 1;
+            }
+        }
     }
+    assert!(
+        got_fresh,
+        "the third consumer got the event produced after the commit (it joined and read)"
+    );
     assert_eq!(again, 0, "committed events are not redelivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_accepted_during_a_redis_outage_are_applied_once_it_returns() {
+    capture_logs();
     let mut redis = RedisProc::start();
     let mut cfg = base_config();
     cfg.store.redis_url = Some(redis.url());
@@ -482,7 +547,18 @@ async fn events_accepted_during_a_redis_outage_are_applied_once_it_returns() {
             .await;
         assert_eq!(s, 202, "{r}");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the consumer fail a few times
+    // the consumer holds the first of them and fails to apply it: its
+    // retry is logged within its batch's span, which names its group
+    let group = format!("group={}", app.state.cfg.kafka.group_id);
+    eventually(
+        Duration::from_secs(30),
+        "the consumer to fail applying an event accepted during the outage",
+        || {
+            let found = logged(&[&group, "apply events", "unreachable; retrying"]);
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
     redis.restart();
     // the restarted Redis is empty; the consumer retried the unapplied batch instead of skipping it
     eventually(

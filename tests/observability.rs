@@ -1,4 +1,5 @@
-//! Traffic moves the series operators watch.
+//! Traffic moves the series operators watch: requests, stages, model
+//! scores, events, and fallbacks by reason.
 
 mod common;
 use common::*;
@@ -6,7 +7,7 @@ use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
-async fn traffic_moves_request_stage_model_event_and_fallback_series() {
+async fn traffic_moves_request_stage_model_and_event_series() {
     let app = TestApp::spawn(base_config()).await;
     let before = app.metrics().await;
     let c = unique("c");
@@ -111,5 +112,38 @@ async fn traffic_moves_request_stage_model_event_and_fallback_series() {
     );
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["request_id"], "req-abc-123");
+    let _ = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
+}
+
+#[tokio::test]
+async fn a_fallback_moves_the_fallback_series_by_reason() {
+    // no model to score with: every recommendation falls back, reason no_model
+    let mut cfg = base_config();
+    let empty = std::env::temp_dir().join(unique("models"));
+    std::fs::create_dir_all(&empty).expect("temp dir");
+    cfg.models_dir = empty;
+    let app = TestApp::spawn(cfg).await;
+    let series = |m: &str| {
+        metric_sum(
+            m,
+            "nextbest_recommend_fallbacks_total",
+            &["reason=\"no_model\""],
+        )
+    };
+    let before = series(&app.metrics().await);
+    for _ in 0..3 {
+        let (s, r) = app
+            .post(
+                "/v1/recommend",
+                json!({"customer_id": unique("c"), "candidates": ["i1", "i2"]}),
+            )
+            .await;
+        assert_eq!((s, &r["fallback"]), (200, &json!(true)), "{r}");
+    }
+    let after = app.metrics().await;
+    assert!(
+        series(&after) - before >= 3.0,
+        "three fallbacks counted under reason=\"no_model\": {after}"
+    );
     let _ = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
 }
