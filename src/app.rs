@@ -119,6 +119,7 @@ impl App {
             rescan_every: Duration::from_secs(cfg.rules.rescan_secs),
         });
 
+        let seq_check = SeqCheck::default();
         let (ingest, consumer) = match &cfg.kafka.brokers {
             Some(brokers) => {
                 if cfg.kafka.create_topics {
@@ -126,13 +127,16 @@ impl App {
                 }
                 let producer = EventProducer::new(brokers, &cfg.kafka)?;
                 let consumer = if cfg.kafka.consume {
-                    Some(EventConsumer::new(
-                        brokers,
-                        &cfg.kafka,
-                        set.clone(),
-                        store.clone(),
-                        producer.clone(),
-                    )?)
+                    Some(
+                        EventConsumer::new(
+                            brokers,
+                            &cfg.kafka,
+                            set.clone(),
+                            store.clone(),
+                            producer.clone(),
+                        )?
+                        .with_checks(cfg.store.time_bounds(), seq_check.clone()),
+                    )
                 } else {
                     None
                 };
@@ -169,7 +173,7 @@ impl App {
             changes: ChangeFeed::in_process(),
             clock: Clock::System,
             rules,
-            seq_check: SeqCheck::default(),
+            seq_check,
         });
         Ok(App {
             listener,

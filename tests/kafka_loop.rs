@@ -583,11 +583,9 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
     let cfg = kafka_cfg();
     let brokers = kafka_brokers();
     ensure_topics(&brokers, &cfg).await.expect("topics");
-    // the bad customer's dedupe set (the first key its update script
-    // touches) holds a string: Redis answers WRONGTYPE for its events only,
-    // before the script wrote anything (a wrong-typed feature hash fails
-    // after the script recorded the event id, so today's update.lua would
-    // take the retry for a duplicate; see the reliability issue, item 3)
+    // the bad customer's feature hash holds a string: its update script
+    // answers WRONGTYPE before writing anything or recording the event id
+    // (it checks every key's type first), for its events only
     let bad = unique("bad");
     let mut conn = redis::Client::open(redis_url())
         .expect("redis url")
@@ -595,7 +593,7 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
         .await
         .expect("redis connection");
     let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:{{c:{bad}}}:seen"))
+        .arg(format!("{prefix}:{{c:{bad}}}"))
         .arg("not a sorted set")
         .query_async(&mut conn)
         .await
@@ -613,6 +611,11 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
         let e = serde_json::to_vec(&event(&id, "page_view", c, Some("r1"), t)).expect("json");
         produce(&p, "events.page_view", c, &e).await;
     }
+    // and an event dated ten years ahead (a device with a wrong clock)
+    let (ahead, ahead_id) = (unique("ahead"), unique("ahead-e"));
+    let far = t + 10 * 365 * 86_400_000;
+    let e = serde_json::to_vec(&event(&ahead_id, "page_view", &ahead, None, far)).expect("json");
+    produce(&p, "events.page_view", &ahead, &e).await;
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let outcomes: Arc<Mutex<Vec<BatchOutcome>>> = Arc::default();
@@ -733,5 +736,23 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
     assert!(
         reason.contains("refused") && reason.contains("WRONGTYPE"),
         "the reason names the store's error: {reason}"
+    );
+    let letters: Vec<(String, String)> = dead_letters()
+        .await
+        .into_iter()
+        .filter(|(payload, _)| payload.contains(&ahead_id))
+        .collect();
+    // (every consumer group of the tests running beside this one refuses it
+    // too, so it is on events.dlq once per group, not once)
+    assert!(!letters.is_empty(), "the future event is dead-lettered");
+    assert!(
+        letters[0].1.contains("ahead of the server's clock"),
+        "{}",
+        letters[0].1
+    );
+    assert_eq!(
+        stored_feature(&set, store.as_ref(), &ahead, "customer.views_1h").await,
+        0.0,
+        "and not applied"
     );
 }

@@ -7,14 +7,17 @@
 //!    batch with the messages already received;
 //! 2. each message is decoded and validated once per batch (an event, or on
 //!    a catalog topic a partial update of one item's or customer's static
-//!    fields, key = id); invalid ones go to the dead-letter topic with the
-//!    reason, and the broker must acknowledge each before going on;
+//!    fields, key = id); invalid ones (an event dated outside the
+//!    `store.allowed_future_secs` / `allowed_lateness_secs` bounds too) go to
+//!    the dead-letter topic with the reason, and the broker must acknowledge
+//!    each before going on;
 //! 3. the valid events are applied to the store in one call (one Redis
 //!    pipeline); the store dedupes by event id, so a redelivered event
 //!    changes nothing; then the batch's catalog writes in one call, in
 //!    message order (each overwrites, so a redelivered one changes nothing
 //!    either, and events never touch static fields, so the two calls
 //!    commute);
+//!    the applied events' `seq` go through the order check (`order.rs`);
 //! 4. only then are the batch's offsets committed.
 //!
 //! A crash anywhere before 4 redelivers the batch, which 3 makes harmless.
@@ -51,9 +54,12 @@
 use super::apply::{apply_catalog, apply_events, ApplyError, CatalogVia};
 use super::catalog::{self, CatalogTopics};
 use super::kafka::{client_config, KafkaSetupError, SUBSCRIPTION};
+use super::order::SeqCheck;
 use super::producer::{DeadLetterOrigin, EventProducer};
 use super::retry::{isolate_refused, until_answered, until_done, Stopped};
 use crate::config::KafkaConfig;
+use crate::config::StoreConfig;
+use crate::event::TimeBounds;
 use crate::event::{Event, EventError};
 use crate::features::store::{FeatureStore, GroupWrite};
 use crate::features::FeatureSet;
@@ -172,6 +178,10 @@ pub struct EventConsumer {
     producer: EventProducer,
     catalog: CatalogTopics,
     cfg: KafkaConfig,
+    /// How far from the clock an event's `ts` may be (else dead-lettered).
+    bounds: TimeBounds,
+    /// The per-customer `seq` check of applied events.
+    seq: SeqCheck,
 }
 
 impl EventConsumer {
@@ -209,7 +219,18 @@ impl EventConsumer {
             store,
             producer,
             cfg: cfg.clone(),
+            bounds: StoreConfig::default().time_bounds(),
+            seq: SeqCheck::default(),
         })
+    }
+
+    /// The time bounds of events (`store.allowed_future_secs`,
+    /// `store.allowed_lateness_secs`) and the `seq` check to report to
+    /// (shared with the in-process path); defaults otherwise.
+    pub fn with_checks(mut self, bounds: TimeBounds, seq: SeqCheck) -> Self {
+        self.bounds = bounds;
+        self.seq = seq;
+        self
     }
 
     /// Waits up to `wait` for a first message, then fills the batch for at
@@ -259,7 +280,7 @@ impl EventConsumer {
             dead_lettered: decoded.rejects.len(),
             ..BatchOutcome::default()
         };
-        let mut refused = self.apply_events(&decoded, stop, &mut out).await?;
+        let mut refused = self.apply_events(batch, &decoded, stop, &mut out).await?;
         refused.extend(self.apply_catalog(&decoded, stop, &mut out).await?);
         if !refused.is_empty() {
             tracing::warn!(
@@ -281,6 +302,7 @@ impl EventConsumer {
     /// Step 2: each message of the batch decoded once, nothing sent yet.
     fn decode(&self, batch: &Batch) -> Decoded {
         let mut d = Decoded::default();
+        let now = crate::now_ms();
         for (msg, m) in batch.messages.iter().enumerate() {
             if m.topic() == self.cfg.dlq_topic {
                 continue;
@@ -304,7 +326,9 @@ impl EventConsumer {
                 }
                 continue;
             }
-            match Event::from_slice(payload) {
+            match Event::from_slice(payload)
+                .and_then(|e| e.check_time(now, self.bounds).map(|()| e))
+            {
                 Ok(e) => {
                     metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
                         .increment(1);
@@ -331,6 +355,7 @@ impl EventConsumer {
     /// ones the store refuses; returns those, to dead-letter.
     async fn apply_events(
         &self,
+        batch: &Batch,
         d: &Decoded,
         stop: &watch::Receiver<bool>,
         out: &mut BatchOutcome,
@@ -343,7 +368,15 @@ impl EventConsumer {
             })
         })
         .await?;
-        for (_, o) in iso.done {
+        for (r, o) in iso.done {
+            for (k, e) in events[r.clone()].iter().enumerate() {
+                let i = r.start + k;
+                if !o.duplicate.get(k).copied().unwrap_or(false) {
+                    let m = &batch.messages[d.event_msgs[i]];
+                    let origin = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+                    self.seq.observe(e, Some(&origin));
+                }
+            }
             out.applied += o.applied;
             out.duplicates += o.duplicates;
             out.changed_customers.extend(o.changed_customers);
