@@ -11,6 +11,11 @@ use std::fmt;
 
 /// Longest accepted id (customer, item, session, event), in bytes.
 pub const MAX_ID_LEN: usize = 256;
+/// Longest accepted string prop but `page`, in bytes (`category` and any
+/// other categorical value a feature may keep), and longest prop name.
+pub const MAX_PROP_LEN: usize = 256;
+/// Longest accepted `props.page` (a path or URL), in bytes.
+pub const MAX_PAGE_LEN: usize = 2048;
 /// Earliest accepted event time: 2000-01-01T00:00:00Z in ms. Anything smaller
 /// is almost certainly seconds instead of milliseconds.
 pub const MIN_TS_MS: i64 = 946_684_800_000;
@@ -229,6 +234,7 @@ impl Event {
                 }
             }
         }
+        check_prop_lengths(&props)?;
         Ok(Event {
             event_id,
             kind,
@@ -385,6 +391,36 @@ pub fn check_id(field: &str, s: &str) -> Result<(), EventError> {
     Ok(())
 }
 
+/// Checks the props' names (at most [`MAX_PROP_LEN`] bytes) and string
+/// values (at most [`MAX_PAGE_LEN`] bytes for `page`, [`MAX_PROP_LEN`] for
+/// the others): a value can become a feature value in the store.
+fn check_prop_lengths(props: &Map<String, Value>) -> Result<(), EventError> {
+    for (name, v) in props {
+        if name.len() > MAX_PROP_LEN {
+            return Err(EventError::invalid(
+                "props",
+                format!(
+                    "holds a prop name {} bytes long; the limit is {MAX_PROP_LEN}",
+                    name.len()
+                ),
+            ));
+        }
+        let Value::String(s) = v else { continue };
+        let limit = if name == "page" {
+            MAX_PAGE_LEN
+        } else {
+            MAX_PROP_LEN
+        };
+        if s.len() > limit {
+            return Err(EventError::invalid(
+                &format!("props.{name}"),
+                format!("is {} bytes long; the limit is {limit}", s.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +488,47 @@ mod tests {
             Err(EventError::Json(_))
         ));
         assert_eq!(Event::from_slice(b"[1]"), Err(EventError::NotAnObject));
+    }
+
+    #[test]
+    fn prop_strings_and_ids_are_bounded() {
+        let with = |name: &str, v: Value| {
+            let mut e = good();
+            e["props"][name] = v;
+            Event::from_value(e)
+        };
+        let text = |n: usize| json!("x".repeat(n));
+        assert!(with("category", text(MAX_PROP_LEN)).is_ok());
+        let err = with("category", text(300)).expect_err("category of 300 bytes");
+        assert_eq!(err.field().as_deref(), Some("props.category"));
+        assert_eq!(
+            err.to_string(),
+            "field `props.category` is 300 bytes long; the limit is 256"
+        );
+        assert!(with("page", text(MAX_PAGE_LEN)).is_ok());
+        let err = with("page", text(MAX_PAGE_LEN + 1)).expect_err("page over 2 KiB");
+        assert_eq!(err.field().as_deref(), Some("props.page"));
+        // any string prop, counted in bytes (é is two)
+        assert!(with("brand", json!("é".repeat(MAX_PROP_LEN / 2))).is_ok());
+        let err = with("brand", json!("é".repeat(MAX_PROP_LEN / 2 + 1))).expect_err("brand");
+        assert_eq!(err.field().as_deref(), Some("props.brand"));
+        // names too; numbers and other values are not strings
+        let mut e = good();
+        e["props"]["n".repeat(MAX_PROP_LEN + 1)] = json!(1);
+        let err = Event::from_value(e).expect_err("a prop name over the limit");
+        assert_eq!(err.field().as_deref(), Some("props"));
+        assert!(with("flags", json!([1, 2, 3])).is_ok());
+
+        // the ids keep their limit (MAX_ID_LEN bytes)
+        for field in ["event_id", "customer_id", "session_id", "item_id"] {
+            let mut e = good();
+            e[field] = text(MAX_ID_LEN);
+            assert!(Event::from_value(e).is_ok(), "{field} at the limit");
+            let mut e = good();
+            e[field] = text(MAX_ID_LEN + 1);
+            let err = Event::from_value(e).expect_err("an id over the limit");
+            assert_eq!(err.field().as_deref(), Some(field));
+        }
     }
 
     #[test]
