@@ -421,3 +421,65 @@ async fn redis_and_memory_forget_the_same_event_ids() {
         "some redeliveries fell outside the window: {counted} of {redelivered} caught"
     );
 }
+
+/// Issue 15 item 4: `{p}:items` does not keep the ids of items whose keys
+/// are gone (expired after `ttl_secs`, or evicted by Redis): the listing
+/// sweeps them out of the set, and keeps the items that still have keys.
+#[tokio::test]
+async fn the_item_index_forgets_items_whose_keys_are_gone() {
+    let set = set();
+    let prefix = unique("items");
+    let settings = RedisSettings {
+        url: redis_url(),
+        key_prefix: prefix.clone(),
+        dedupe_window_ms: 30 * 24 * 3_600_000,
+        ttl_seconds: 3600,
+        timeout_ms: 2000,
+    };
+    let red = RedisStore::connect(settings, set.clone())
+        .await
+        .expect("redis connects");
+    let c = unique("c");
+    let now = now_ms();
+    let plans: Vec<_> = ["p1", "p2", "p3"]
+        .iter()
+        .enumerate()
+        .map(|(k, item)| plan_event(&set, &page_view(&format!("i{k}"), &c, "s", item, now)))
+        .collect();
+    red.apply(&plans, now).await.expect("apply");
+    let mut conn = redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    // p2's keys go, as its TTL would take them
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{{i:p2}}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(!keys.is_empty(), "p2 was written");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let members = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let index = format!("{prefix}:items");
+        async move {
+            let mut m: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(index)
+                .query_async(&mut conn)
+                .await
+                .expect("smembers");
+            m.sort();
+            m
+        }
+    };
+    assert_eq!(members(&mut conn).await, ["p1", "p2", "p3"], "before");
+    let mut ids = red.item_ids().await.expect("item ids");
+    ids.sort();
+    assert_eq!(ids, ["p1", "p3"]);
+    assert_eq!(members(&mut conn).await, ["p1", "p3"], "swept");
+}

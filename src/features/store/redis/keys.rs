@@ -10,7 +10,7 @@
 //! | `{p}:{c:<customer>}:seen` | zset | event ids applied to the customer group |
 //! | `{p}:{c:<customer>}:o:<action>:<period_ms>` | string | offers of an action in the current contact window (expires with it) |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
-//! | `{p}:items` | set | every item id seen |
+//! | `{p}:items` | set | the ids of items with keys (expired ones swept out, `items.rs`) |
 //!
 //! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
 //! slot, as an item's share `{i:<item>}`: every script call touches one

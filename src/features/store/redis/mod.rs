@@ -11,10 +11,13 @@
 //!   one `RESTORE` per key (`bulk`, with payloads from [`dump`]).
 //! - `read.lua` reads a customer and its session in one call; items are
 //!   plain `HGETALL`/`ZRANGE`s in the same pipeline.
+//! - `items` keeps the `{p}:items` index of item ids bounded: ids of
+//!   items whose keys expired are swept out when it is listed.
 
 mod bulk;
 mod decode;
 mod encode;
+mod items;
 mod keys;
 
 use super::dump;
@@ -60,6 +63,8 @@ pub struct RedisStore {
     /// Whether the server takes `dump` payloads (Redis ≥ 7.0) and up to
     /// which sizes it keeps listpacks, asked once.
     restore_limits: tokio::sync::OnceCell<Option<dump::Limits>>,
+    /// When `{p}:items` was last swept of expired items (`items`).
+    items_swept_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl RedisStore {
@@ -93,6 +98,7 @@ impl RedisStore {
             restore_sha: redis::Script::new(RESTORE_LUA).get_hash().to_string(),
             read_sha: redis::Script::new(READ_LUA).get_hash().to_string(),
             restore_limits: tokio::sync::OnceCell::new(),
+            items_swept_at: std::sync::Mutex::new(None),
         };
         store.reload_scripts().await?;
         Ok(store)
@@ -213,12 +219,7 @@ impl FeatureStore for RedisStore {
     }
 
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.items_index())
-            .query_async(&mut conn)
-            .await?;
-        Ok(ids)
+        self.list_items().await
     }
 
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
