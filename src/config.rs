@@ -108,6 +108,14 @@ pub struct StoreConfig {
     /// older ones are refused the same way (the backfill loads history).
     /// Above `dedupe_window_secs`, a redelivered old event could count twice.
     pub allowed_lateness_secs: u64,
+    /// Memory store only: most customers and items held together (each
+    /// with its sessions and dedupe memory, ~6–11 KB with the shipped
+    /// features: benches/RESULTS.md); past it the least recently written
+    /// are dropped and start over if they come back (0 = no limit).
+    pub memory_max_entities: usize,
+    /// Memory store only: most sessions kept per customer; a new one past
+    /// it drops the customer's least recently written session (at least 1).
+    pub memory_max_sessions: usize,
 }
 
 /// Kafka ingestion.
@@ -258,6 +266,8 @@ impl Default for StoreConfig {
             timeout_ms: 2000,
             allowed_future_secs: 300,
             allowed_lateness_secs: 7 * 24 * 3600,
+            memory_max_entities: 250_000,
+            memory_max_sessions: 16,
         }
     }
 }
@@ -383,6 +393,10 @@ mod tests {
         let cfg = Config::from_file(&p).expect("nextbest.toml.example is valid");
         assert_eq!(cfg.kafka.group_id, "nextbest");
         assert_eq!(cfg.http.recommend_concurrency, 256);
+        assert_eq!(
+            cfg.store.memory_max_entities,
+            StoreConfig::default().memory_max_entities
+        );
     }
 
     #[test]

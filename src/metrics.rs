@@ -25,6 +25,8 @@ pub const EVENTS_PRODUCED: &str = "nextbest_events_produced_total";
 pub const EVENT_FRESHNESS: &str = "nextbest_event_freshness_seconds";
 pub const STORE_ERRORS: &str = "nextbest_store_errors_total";
 pub const APPLY_SECONDS: &str = "nextbest_store_apply_seconds";
+pub const MEMORY_ENTITIES: &str = "nextbest_memory_store_entities";
+pub const MEMORY_EVICTIONS: &str = "nextbest_memory_store_evictions_total";
 pub const RULE_MATCHES: &str = "nextbest_rule_matches_total";
 pub const RULE_ERRORS: &str = "nextbest_rule_errors_total";
 pub const ACTIONS_OFFERED: &str = "nextbest_actions_offered_total";
@@ -146,6 +148,14 @@ fn describe() {
         APPLY_SECONDS,
         Unit::Seconds,
         "time to apply one batch to the store"
+    );
+    describe_gauge!(
+        MEMORY_ENTITIES,
+        "entities held by the embedded store, by entity (customer/item)"
+    );
+    describe_counter!(
+        MEMORY_EVICTIONS,
+        "entities the embedded store dropped to stay within its limits (store.memory_max_entities, store.memory_max_sessions), least recently written first, by entity (customer/item/session)"
     );
     describe_counter!(
         CATALOG_UPDATES,

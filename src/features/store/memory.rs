@@ -11,15 +11,26 @@
 //! again only once its event is a window older than what the group has
 //! since been written with, in both stores; a future-dated event cannot
 //! clear the memory, as the clock bounds the cutoff.
+//!
+//! Bounds ([`MemoryLimits`], the `[store]` keys `memory_max_entities` and
+//! `memory_max_sessions`): past `max_entities` customers and items held
+//! together, the least recently written are dropped whole (a customer with
+//! its sessions and dedupe memory), in O(log n) per write ([`WriteOrder`]);
+//! a customer keeps its `max_sessions` most recently written sessions. Any
+//! event for an entity (a redelivery too) and any catalog write counts as a
+//! write. A dropped entity starts over if it comes back (its features from
+//! zero, and a redelivery of one of its old events counts again). The
+//! training export's [`MemoryState::new`] is unbounded.
 
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, OfferKey,
     ReadQuery, ReadResult, StoreError,
 };
+use crate::config::StoreConfig;
 use crate::features::aggregate::{apply_update, EntityState, Plan};
 use crate::features::definition::FeatureSet;
 use async_trait::async_trait;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// Dedupe memory of one entity group: event id → event time, and the
@@ -62,17 +73,148 @@ impl Seen {
     }
 }
 
+/// How much the store holds (the `[store]` keys `memory_max_entities` and
+/// `memory_max_sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Most customers and items held together; past it the least recently
+    /// written are dropped.
+    pub max_entities: usize,
+    /// Most sessions kept per customer; a new one past it drops the
+    /// customer's least recently written session.
+    pub max_sessions: usize,
+}
+
+impl MemoryLimits {
+    /// No bounds (the training export replays a whole history).
+    pub const UNBOUNDED: MemoryLimits = MemoryLimits {
+        max_entities: usize::MAX,
+        max_sessions: usize::MAX,
+    };
+
+    /// The limits `[store]` sets: `memory_max_entities = 0` is no limit,
+    /// `memory_max_sessions` is at least 1.
+    pub fn of(cfg: &StoreConfig) -> MemoryLimits {
+        MemoryLimits {
+            max_entities: match cfg.memory_max_entities {
+                0 => usize::MAX,
+                n => n,
+            },
+            max_sessions: cfg.memory_max_sessions.max(1),
+        }
+    }
+}
+
+impl Default for MemoryLimits {
+    /// The config's defaults.
+    fn default() -> Self {
+        MemoryLimits::of(&StoreConfig::default())
+    }
+}
+
+/// An entity as [`WriteOrder`] names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EntityKey {
+    Customer(String),
+    Item(String),
+}
+
+/// Customers and items in the order of their last write: write number →
+/// entity. Each entity keeps the number of its last write (`written`), so
+/// a write moves it to the end in O(log n) and the least recently written
+/// is the first entry. Off (nothing recorded) when the store is unbounded.
+#[derive(Debug, Clone)]
+struct WriteOrder {
+    on: bool,
+    last: u64,
+    entities: BTreeMap<u64, EntityKey>,
+}
+
+impl WriteOrder {
+    fn new(on: bool) -> Self {
+        WriteOrder {
+            on,
+            last: 0,
+            entities: BTreeMap::new(),
+        }
+    }
+
+    /// Records a write of the entity last written at `*written` (0: a new
+    /// entity, named by `key`) and sets `*written` to this write.
+    fn touch(&mut self, written: &mut u64, key: impl FnOnce() -> EntityKey) {
+        if !self.on || (*written != 0 && *written == self.last) {
+            return;
+        }
+        let key = match *written {
+            0 => key(),
+            w => self.entities.remove(&w).unwrap_or_else(key),
+        };
+        self.last += 1;
+        *written = self.last;
+        self.entities.insert(self.last, key);
+    }
+
+    /// The least recently written entity, taken out of the order.
+    fn pop_oldest(&mut self) -> Option<EntityKey> {
+        self.entities.pop_first().map(|(_, k)| k)
+    }
+}
+
+/// A customer's sessions, each with the number of its last write (per
+/// customer), so the least recently written can be dropped when a new one
+/// would exceed the limit (a scan of the few sessions kept, on new sessions
+/// only).
+#[derive(Debug, Default, Clone)]
+struct Sessions {
+    by_id: HashMap<String, (u64, EntityState)>,
+    writes: u64,
+}
+
+impl Sessions {
+    fn get(&self, id: &str) -> Option<&EntityState> {
+        self.by_id.get(id).map(|(_, s)| s)
+    }
+
+    /// The state of session `id` to write to, made the most recently
+    /// written; a new session beyond `max` drops the least recently written.
+    fn write(&mut self, id: &str, max: usize) -> &mut EntityState {
+        if self.by_id.len() >= max && !self.by_id.contains_key(id) {
+            self.drop_oldest();
+        }
+        self.writes += 1;
+        let s = self.by_id.entry(id.to_string()).or_default();
+        s.0 = self.writes;
+        &mut s.1
+    }
+
+    fn drop_oldest(&mut self) {
+        let oldest = self
+            .by_id
+            .iter()
+            .min_by_key(|(_, (w, _))| *w)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            self.by_id.remove(&id);
+            metrics::counter!(crate::metrics::MEMORY_EVICTIONS, "entity" => "session").increment(1);
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct CustomerGroup {
     state: EntityState,
-    sessions: HashMap<String, EntityState>,
+    sessions: Sessions,
     seen: Seen,
+    /// The number of its last write in [`WriteOrder`].
+    written: u64,
 }
 
 #[derive(Debug, Default, Clone)]
 struct ItemGroup {
     state: EntityState,
     seen: Seen,
+    /// The number of its last write in [`WriteOrder`].
+    written: u64,
 }
 
 /// The state of every entity, without locking: used directly by the
@@ -82,20 +224,81 @@ pub struct MemoryState {
     set: Arc<FeatureSet>,
     session_feature: Option<String>,
     dedupe_window_ms: i64,
+    limits: MemoryLimits,
     customers: HashMap<String, CustomerGroup>,
     items: HashMap<String, ItemGroup>,
+    order: WriteOrder,
 }
 
 static EMPTY: std::sync::LazyLock<EntityState> = std::sync::LazyLock::new(EntityState::default);
 
 impl MemoryState {
+    /// An unbounded state (the training export).
     pub fn new(set: Arc<FeatureSet>, dedupe_window_ms: i64) -> Self {
+        MemoryState::with_limits(set, dedupe_window_ms, MemoryLimits::UNBOUNDED)
+    }
+
+    /// A state holding at most what `limits` allow.
+    pub fn with_limits(set: Arc<FeatureSet>, dedupe_window_ms: i64, limits: MemoryLimits) -> Self {
         MemoryState {
             session_feature: session_feature(&set),
             set,
             dedupe_window_ms,
+            limits,
             customers: HashMap::new(),
             items: HashMap::new(),
+            order: WriteOrder::new(limits.max_entities != usize::MAX),
+        }
+    }
+
+    /// The customer group `id`, created if new, made the most recently written.
+    fn customer_mut(&mut self, id: &str) -> &mut CustomerGroup {
+        let c = self.customers.entry(id.to_string()).or_default();
+        self.order
+            .touch(&mut c.written, || EntityKey::Customer(id.to_string()));
+        c
+    }
+
+    /// The item group `id`, created if new, made the most recently written.
+    fn item_mut(&mut self, id: &str) -> &mut ItemGroup {
+        let g = self.items.entry(id.to_string()).or_default();
+        self.order
+            .touch(&mut g.written, || EntityKey::Item(id.to_string()));
+        g
+    }
+
+    /// Drops the least recently written customers and items while more
+    /// than `max_entities` are held.
+    fn evict_over_limit(&mut self) {
+        let (mut customers, mut items) = (0u64, 0u64);
+        while self.customers.len() + self.items.len() > self.limits.max_entities {
+            debug_assert_eq!(
+                self.order.entities.len(),
+                self.customers.len() + self.items.len(),
+                "a bounded store orders every entity it holds"
+            );
+            match self.order.pop_oldest() {
+                Some(EntityKey::Customer(id)) => {
+                    self.customers.remove(&id);
+                    customers += 1;
+                }
+                Some(EntityKey::Item(id)) => {
+                    self.items.remove(&id);
+                    items += 1;
+                }
+                None => break,
+            }
+        }
+        if customers + items > 0 {
+            use crate::metrics::MEMORY_EVICTIONS;
+            metrics::counter!(MEMORY_EVICTIONS, "entity" => "customer").increment(customers);
+            metrics::counter!(MEMORY_EVICTIONS, "entity" => "item").increment(items);
+            tracing::debug!(
+                customers,
+                items,
+                limit = self.limits.max_entities,
+                "memory store full: least recently written entities dropped"
+            );
         }
     }
 
@@ -103,10 +306,11 @@ impl MemoryState {
     pub fn apply(&mut self, plans: &[Plan], now: i64) -> ApplyOutcome {
         let mut out = ApplyOutcome::default();
         let window = self.dedupe_window_ms;
+        let max_sessions = self.limits.max_sessions;
         for p in plans {
             let mut dup = true;
             let one = [(p.event_id.as_str(), p.ts)];
-            let c = self.customers.entry(p.customer_id.clone()).or_default();
+            let c = self.customer_mut(&p.customer_id);
             if !c.seen.contains(&p.event_id) {
                 c.seen.record(&one, now, window);
                 dup = false;
@@ -115,7 +319,7 @@ impl MemoryState {
                     .for_each(|u| apply_update(&mut c.state, u, now));
                 if let Some(sid) = &p.session_id {
                     if !p.session.is_empty() {
-                        let s = c.sessions.entry(sid.clone()).or_default();
+                        let s = c.sessions.write(sid, max_sessions);
                         p.session.iter().for_each(|u| apply_update(s, u, now));
                     }
                 }
@@ -123,7 +327,7 @@ impl MemoryState {
                 out.changed_customers.push(p.customer_id.clone());
             }
             if let Some(item) = &p.item_id {
-                let g = self.items.entry(item.clone()).or_default();
+                let g = self.item_mut(item);
                 if !g.seen.contains(&p.event_id) {
                     g.seen.record(&one, now, window);
                     dup = false;
@@ -140,6 +344,7 @@ impl MemoryState {
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();
+        self.evict_over_limit();
         out
     }
 
@@ -148,14 +353,15 @@ impl MemoryState {
     pub fn apply_groups(&mut self, groups: &[GroupWrite], now: i64) -> GroupOutcome {
         let mut out = GroupOutcome::default();
         let window = self.dedupe_window_ms;
+        let max_sessions = self.limits.max_sessions;
         for (i, g) in groups.iter().enumerate() {
             let (state, seen, sessions) = match &g.group {
                 Group::Customer(id) => {
-                    let c = self.customers.entry(id.clone()).or_default();
+                    let c = self.customer_mut(id);
                     (&mut c.state, &mut c.seen, Some(&mut c.sessions))
                 }
                 Group::Item(id) => {
-                    let it = self.items.entry(id.clone()).or_default();
+                    let it = self.item_mut(id);
                     (&mut it.state, &mut it.seen, None)
                 }
             };
@@ -176,7 +382,7 @@ impl MemoryState {
             if let Some(sessions) = sessions {
                 for (sid, updates) in &g.sessions {
                     if !updates.is_empty() {
-                        let s = sessions.entry(sid.clone()).or_default();
+                        let s = sessions.write(sid, max_sessions);
                         updates.iter().for_each(|u| apply_update(s, u, now));
                         out.keys += 1;
                     }
@@ -184,6 +390,7 @@ impl MemoryState {
             }
             out.applied += 1;
         }
+        self.evict_over_limit();
         out
     }
 
@@ -247,9 +454,14 @@ struct Offers {
 const OFFERS_SWEEP_MIN: usize = 1024;
 
 impl MemoryStore {
+    /// A store with the default [`MemoryLimits`].
     pub fn new(set: Arc<FeatureSet>, dedupe_window_ms: i64) -> Self {
+        MemoryStore::with_limits(set, dedupe_window_ms, MemoryLimits::default())
+    }
+
+    pub fn with_limits(set: Arc<FeatureSet>, dedupe_window_ms: i64, limits: MemoryLimits) -> Self {
         MemoryStore {
-            state: RwLock::new(MemoryState::new(set, dedupe_window_ms)),
+            state: RwLock::new(MemoryState::with_limits(set, dedupe_window_ms, limits)),
             offers: Default::default(),
         }
     }
@@ -263,13 +475,23 @@ impl MemoryStore {
         // a way reads care about, so a poisoned lock is still usable.
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The gauges of what the store holds.
+    fn record_size(st: &MemoryState) {
+        let (customers, items) = st.len();
+        use crate::metrics::MEMORY_ENTITIES;
+        metrics::gauge!(MEMORY_ENTITIES, "entity" => "customer").set(customers as f64);
+        metrics::gauge!(MEMORY_ENTITIES, "entity" => "item").set(items as f64);
+    }
 }
 
 #[async_trait]
 impl FeatureStore for MemoryStore {
     async fn apply(&self, plans: &[Plan], now_ms: i64) -> Result<ApplyOutcome, StoreError> {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        Ok(st.apply(plans, now_ms))
+        let out = st.apply(plans, now_ms);
+        Self::record_size(&st);
+        Ok(out)
     }
 
     async fn apply_groups(
@@ -278,7 +500,9 @@ impl FeatureStore for MemoryStore {
         now_ms: i64,
     ) -> Result<GroupOutcome, StoreError> {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        Ok(st.apply_groups(groups, now_ms))
+        let out = st.apply_groups(groups, now_ms);
+        Self::record_size(&st);
+        Ok(out)
     }
 
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
@@ -358,13 +582,165 @@ impl FeatureStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
+    use crate::features::aggregate::plan_event;
+    use crate::features::store::EventIds;
+
+    const T0: i64 = 1_764_355_200_000;
+    const DAY: i64 = 86_400_000;
+
+    fn set() -> Arc<FeatureSet> {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        Arc::new(FeatureSet::load(&path).expect("definitions"))
+    }
+
+    /// A page view `id` by `customer`, in `session`, of `item`.
+    fn view(
+        set: &FeatureSet,
+        id: &str,
+        customer: &str,
+        session: Option<&str>,
+        item: Option<&str>,
+    ) -> Plan {
+        let e = Event::from_value(serde_json::json!({
+            "event_id": id, "type": "page_view", "customer_id": customer, "ts": T0,
+            "session_id": session, "item_id": item,
+        }))
+        .expect("test event is valid");
+        plan_event(set, &e)
+    }
+
+    fn held(st: &MemoryState) -> (Vec<&str>, Vec<&str>) {
+        let mut c: Vec<&str> = st.customers.keys().map(String::as_str).collect();
+        let mut i: Vec<&str> = st.items.keys().map(String::as_str).collect();
+        c.sort();
+        i.sort();
+        (c, i)
+    }
+
+    #[test]
+    fn least_recently_written_entities_are_dropped_past_the_limit() {
+        let set = set();
+        let limits = MemoryLimits {
+            max_entities: 4,
+            max_sessions: 16,
+        };
+        let mut st = MemoryState::with_limits(set.clone(), DAY, limits);
+        let v = |id: &str, c: &str, i: Option<&str>| view(&set, id, c, None, i);
+        st.apply(&[v("e1", "c1", Some("p1")), v("e2", "c2", None)], T0);
+        st.apply(&[v("e3", "c3", None), v("e4", "c1", None)], T0);
+        assert_eq!(held(&st), (vec!["c1", "c2", "c3"], vec!["p1"]));
+        // c4 is the fifth entity: p1 goes, the least recently written (c1
+        // was written again since); then c5 pushes c2 out
+        st.apply(&[v("e5", "c4", None)], T0);
+        assert_eq!(held(&st), (vec!["c1", "c2", "c3", "c4"], vec![]));
+        st.apply(&[v("e6", "c5", None)], T0);
+        assert_eq!(held(&st), (vec!["c1", "c3", "c4", "c5"], vec![]));
+        // the held keep their dedupe memory; a dropped one starts over
+        let out = st.apply(&[v("e4", "c1", None), v("e2", "c2", None)], T0);
+        assert_eq!(out.duplicate, [true, false]);
+        assert_eq!(held(&st), (vec!["c1", "c2", "c4", "c5"], vec![]));
+        assert_eq!(st.order.entities.len(), 4, "one order entry per entity");
+
+        // group writes count as writes too
+        let mut ids = EventIds::default();
+        ids.push("g1", T0);
+        let write = GroupWrite {
+            group: Group::Item("p9".into()),
+            events: ids,
+            updates: Vec::new(),
+            sessions: Vec::new(),
+        };
+        st.apply_groups(&[write], T0);
+        assert_eq!(held(&st), (vec!["c1", "c2", "c5"], vec!["p9"]));
+
+        let mut unbounded = MemoryState::new(set.clone(), DAY);
+        unbounded.apply(&[v("e1", "c1", Some("p1"))], T0);
+        assert!(unbounded.order.entities.is_empty(), "nothing ordered");
+    }
+
+    #[test]
+    fn a_customer_keeps_its_most_recently_written_sessions() {
+        let set = set();
+        let limits = MemoryLimits {
+            max_entities: 100,
+            max_sessions: 2,
+        };
+        let mut st = MemoryState::with_limits(set.clone(), DAY, limits);
+        let v = |id: &str, s: &str| view(&set, id, "c", Some(s), None);
+        let sessions = |st: &MemoryState| {
+            let mut s: Vec<String> = st.customers["c"].sessions.by_id.keys().cloned().collect();
+            s.sort();
+            s
+        };
+        st.apply(&[v("e1", "s1"), v("e2", "s2"), v("e3", "s3")], T0);
+        assert_eq!(sessions(&st), ["s2", "s3"]);
+        st.apply(&[v("e4", "s2"), v("e5", "s4")], T0);
+        assert_eq!(sessions(&st), ["s2", "s4"]);
+        assert!(!st.session("c", Some("s4")).1.nums.is_empty(), "s4 is read");
+        assert!(st.session("c", Some("s3")).1.nums.is_empty(), "s3 is gone");
+    }
+
+    /// Not a check: what an entity costs, for sizing `memory_max_entities`
+    /// (benches/RESULTS.md). `cargo test --release --lib -- --ignored
+    /// memory_per_entity --nocapture`
+    #[test]
+    #[ignore]
+    fn memory_per_entity() {
+        let rss = || {
+            let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+            let pages: f64 = statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0.0);
+            pages * 4096.0
+        };
+        let set = set();
+        let kinds = [
+            "page_view",
+            "click",
+            "add_to_cart",
+            "page_view",
+            "page_view",
+        ];
+        let mut kept = Vec::new(); // so the next one's memory is fresh
+        for per in [1, 10] {
+            let (customers, items) = (100_000, 10_000);
+            let before = rss();
+            let mut st = MemoryState::with_limits(set.clone(), 7 * DAY, MemoryLimits::default());
+            for c in 0..customers {
+                let plans: Vec<Plan> = (0..per)
+                    .map(|j| {
+                        let e = Event::from_value(serde_json::json!({
+                            "event_id": format!("e{c}-{j}"), "type": kinds[j % kinds.len()],
+                            "customer_id": format!("c{c}"), "ts": T0 + j as i64 * 1000,
+                            "session_id": format!("s{c}-{}", j / 5),
+                            "item_id": format!("p{}", (c * 7 + j) % items),
+                            "props": {"price": 19.9, "quantity": 1, "category": format!("cat{}", j % 30),
+                                      "page": "/p/1", "dwell_ms": 1000}
+                        }))
+                        .expect("valid");
+                        plan_event(&set, &e)
+                    })
+                    .collect();
+                st.apply(&plans, T0 + 60_000);
+            }
+            let (c, i) = st.len();
+            let bytes = rss() - before;
+            println!(
+                "{c} customers ({per} events each), {i} items: {:.0} MB, {:.1} KB per entity",
+                bytes / 1e6,
+                bytes / 1e3 / (c + i) as f64
+            );
+            kept.push(st);
+        }
+    }
 
     #[tokio::test]
     async fn offer_counters_expire_and_expired_ones_are_swept() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
-        let set = Arc::new(FeatureSet::load(&path).expect("definitions"));
-        let store = MemoryStore::new(set, 1000);
+        let store = MemoryStore::new(set(), 1000);
         let key = OfferKey {
             action: "a".into(),
             period_ms: 100,

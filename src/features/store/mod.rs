@@ -273,7 +273,11 @@ pub async fn open(
             };
             Arc::new(redis::RedisStore::connect(settings, set).await?)
         }
-        None => Arc::new(memory::MemoryStore::new(set, cfg.dedupe_window_ms())),
+        None => Arc::new(memory::MemoryStore::with_limits(
+            set,
+            cfg.dedupe_window_ms(),
+            memory::MemoryLimits::of(cfg),
+        )),
     })
 }
 
