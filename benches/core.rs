@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot paths: aggregating events (the pure code the
 //! consumer and backfill share), building a 100-row feature matrix,
-//! scoring it with the shipped model, and judging 100 candidates by 20
-//! rules.
+//! scoring it with the shipped model, judging 100 candidates by 20
+//! rules, and how long a read waits while the embedded store applies a
+//! 10,000-event batch (`POST /v1/events` without Kafka).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -11,13 +12,16 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use nextbest::event::Event;
 use nextbest::features::aggregate::{apply_update, plan_event, EntityState};
-use nextbest::features::store::memory::MemoryState;
+use nextbest::features::store::memory::{MemoryState, MemoryStore};
+use nextbest::features::store::{FeatureStore, ReadQuery};
 use nextbest::features::vector::RowInputs;
 use nextbest::features::FeatureSet;
 use nextbest::model::scorer::{LoadOptions, LoadedModel};
 use serde_json::json;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn events(n: usize) -> Vec<Event> {
     let kinds = [
@@ -269,5 +273,94 @@ item_when = "session.page_views > 3.0 && item.category == 'cat1'"
 weight = 1.25
 "#;
 
-criterion_group!(benches, bench);
+/// A 10,000-event batch applied to the embedded store (as `POST /v1/events`
+/// without Kafka does) while another task reads one customer and 100 items
+/// (what `/v1/recommend` reads) in a loop: the time of the batch, and the
+/// longest and the mean read issued while it ran.
+fn memory_store(c: &mut Criterion) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let set =
+        Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
+    let evs = events(10_000);
+    let now = evs.iter().map(|e| e.ts).max().unwrap_or(0);
+    let plans: Vec<_> = evs.iter().map(|e| plan_event(&set, e)).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("memory_store");
+    g.sample_size(10);
+    g.bench_function("apply_10k_events", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let store = MemoryStore::new(set.clone(), 7 * 86_400_000);
+                let t = Instant::now();
+                rt.block_on(store.apply(&plans, now)).expect("apply");
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    for (name, longest) in [
+        ("longest_read_during_10k_apply", true),
+        ("mean_read_during_10k_apply", false),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let store = Arc::new(MemoryStore::new(set.clone(), 7 * 86_400_000));
+                    let (max, mean) = rt.block_on(reads_during(store, &plans, now));
+                    total += if longest { max } else { mean };
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Applies `plans` on this thread while a task on the runtime's worker
+/// reads in a loop (started before the apply); the longest and the mean
+/// of its reads.
+async fn reads_during(
+    store: Arc<MemoryStore>,
+    plans: &[nextbest::features::aggregate::Plan],
+    now: i64,
+) -> (Duration, Duration) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (started, ready) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn({
+        let (store, done) = (store.clone(), done.clone());
+        async move {
+            let items: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+            let q = ReadQuery {
+                customer_id: "c1",
+                session_id: None,
+                item_ids: &items,
+            };
+            let mut started = Some(started);
+            let (mut longest, mut total, mut n) = (Duration::ZERO, Duration::ZERO, 0u32);
+            while !done.load(Ordering::Acquire) {
+                let t = Instant::now();
+                store.read(&q).await.expect("read");
+                let took = t.elapsed();
+                (longest, total, n) = (longest.max(took), total + took, n + 1);
+                if let Some(s) = started.take() {
+                    let _ = s.send(());
+                }
+                tokio::task::yield_now().await;
+            }
+            (longest, total / n.max(1))
+        }
+    });
+    ready.await.expect("the reader started");
+    store.apply(plans, now).await.expect("apply");
+    done.store(true, Ordering::Release);
+    reader.await.expect("reader")
+}
+
+criterion_group!(benches, bench, memory_store);
 criterion_main!(benches);
