@@ -11,11 +11,14 @@ use std::fmt;
 
 /// Longest accepted id (customer, item, session, event), in bytes.
 pub const MAX_ID_LEN: usize = 256;
-/// Longest accepted string prop but `page`, in bytes (`category` and any
+/// Longest accepted string prop but the [`LONG_PROPS`], in bytes (`category` and any
 /// other categorical value a feature may keep), and longest prop name.
 pub const MAX_PROP_LEN: usize = 256;
-/// Longest accepted `props.page` (a path or URL), in bytes.
+/// Longest accepted `props.page` (a path or URL) and other [`LONG_PROPS`], in bytes.
 pub const MAX_PAGE_LEN: usize = 2048;
+/// The string props that may be [`MAX_PAGE_LEN`] long (addresses, search
+/// text); every other is at most [`MAX_PROP_LEN`].
+pub const LONG_PROPS: [&str; 4] = ["page", "url", "referrer", "query"];
 /// Earliest accepted event time: 2000-01-01T00:00:00Z in ms. Anything smaller
 /// is almost certainly seconds instead of milliseconds.
 pub const MIN_TS_MS: i64 = 946_684_800_000;
@@ -392,7 +395,7 @@ pub fn check_id(field: &str, s: &str) -> Result<(), EventError> {
 }
 
 /// Checks the props' names (at most [`MAX_PROP_LEN`] bytes) and string
-/// values (at most [`MAX_PAGE_LEN`] bytes for `page`, [`MAX_PROP_LEN`] for
+/// values (at most [`MAX_PAGE_LEN`] bytes for [`LONG_PROPS`], [`MAX_PROP_LEN`] for
 /// the others): a value can become a feature value in the store.
 fn check_prop_lengths(props: &Map<String, Value>) -> Result<(), EventError> {
     for (name, v) in props {
@@ -406,7 +409,7 @@ fn check_prop_lengths(props: &Map<String, Value>) -> Result<(), EventError> {
             ));
         }
         let Value::String(s) = v else { continue };
-        let limit = if name == "page" {
+        let limit = if LONG_PROPS.contains(&name.as_str()) {
             MAX_PAGE_LEN
         } else {
             MAX_PROP_LEN

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use super::kafka::{client_config, KafkaSetupError};
 
+/// The largest dead-letter payload: well under librdkafka's default
+/// `message.max.bytes` (1 MB) with the headers.
+pub const MAX_DEAD_LETTER_BYTES: usize = 512 * 1024;
+
 /// Errors producing.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -109,7 +113,10 @@ impl EventProducer {
             })
     }
 
-    /// Sends a message's original bytes to the dead-letter topic with the reason.
+    /// Sends a message's original bytes to the dead-letter topic with the
+    /// reason; a payload over [`MAX_DEAD_LETTER_BYTES`] is cut to that size
+    /// (header `truncated_from` = its length), so a message the broker would
+    /// refuse to take back (a 10 MB one, say) can't hold up its partition.
     pub async fn dead_letter(
         &self,
         key: Option<&[u8]>,
@@ -119,7 +126,10 @@ impl EventProducer {
     ) -> Result<(), ProduceError> {
         let partition = origin.partition.to_string();
         let offset = origin.offset.to_string();
-        let headers = OwnedHeaders::new()
+        let full = payload.len().to_string();
+        let truncated = payload.len() > MAX_DEAD_LETTER_BYTES;
+        let payload = &payload[..payload.len().min(MAX_DEAD_LETTER_BYTES)];
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "error",
                 value: Some(reason),
@@ -136,6 +146,12 @@ impl EventProducer {
                 key: "source_offset",
                 value: Some(offset.as_str()),
             });
+        if truncated {
+            headers = headers.insert(Header {
+                key: "truncated_from",
+                value: Some(full.as_str()),
+            });
+        }
         let mut record = FutureRecord::to(&self.dlq_topic)
             .payload(payload)
             .headers(headers);
