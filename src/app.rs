@@ -3,7 +3,7 @@
 //! `run_until_stopped` serves until the shutdown signal, then stops the
 //! consumer between batches so its last commit covers what it applied.
 
-use crate::api::{self, AppState, Ingest};
+use crate::api::{self, Access, AppState, Ingest};
 use crate::change_feed::ChangeFeed;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -24,6 +24,7 @@ use crate::rules::reload::RulesReloader;
 use crate::rules::RuleSet;
 use arc_swap::ArcSwap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 pub enum AppError {
     #[error(transparent)]
     Features(#[from] crate::features::definition::DefinitionError),
+    /// `url` is shown without its password.
     #[error("cannot connect to Redis at {url}: {source}")]
     Redis {
         url: String,
@@ -57,6 +59,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error("config: {0}")]
     Config(String),
+    #[error("config: {0}")]
+    Access(#[from] api::AccessError),
 }
 
 /// A built, not yet running, server.
@@ -73,12 +77,16 @@ impl App {
     /// Builds everything that can fail before serving.
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = crate::metrics::install();
+        let access = Access::build(&cfg.security)?;
+        for warning in access.warnings() {
+            tracing::warn!("{warning}");
+        }
         let set = Arc::new(FeatureSet::load(&cfg.features)?);
         // only connecting to Redis can fail
         let store = store::open(&cfg.store, set.clone())
             .await
             .map_err(|source| AppError::Redis {
-                url: cfg.store.redis_url.clone().unwrap_or_default(),
+                url: cfg.store.redis_url_for_logs().unwrap_or_default(),
                 source,
             })?;
         runtime::environment(cfg.ort_dylib_path.as_deref())?;
@@ -174,6 +182,7 @@ impl App {
             clock: Clock::System,
             rules,
             seq_check,
+            access,
         });
         Ok(App {
             listener,
@@ -240,7 +249,7 @@ impl App {
             .map(|a| a.to_string())
             .unwrap_or_default();
         format!(
-            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  rules:    {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  url:      http://{}",
+            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  rules:    {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  access:   {}\n  url:      http://{}",
             env!("CARGO_PKG_VERSION"),
             s.store.describe(),
             broker,
@@ -251,6 +260,7 @@ impl App {
             s.set.context.len(),
             s.cfg.features.display(),
             runtime::loaded_from().map(|p| p.display().to_string()).unwrap_or_else(|| "not loaded".into()),
+            s.access.describe(),
             addr,
         )
     }
@@ -287,12 +297,16 @@ impl App {
         }
         let router = api::router(self.state.clone());
         let stop = stop_tx.clone();
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop.send(true);
-            })
-            .await;
+        // the peer address keys the rate limit of requests without a key
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
         let _ = stop_tx.send(true);
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

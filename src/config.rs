@@ -4,8 +4,10 @@
 //! Every field is documented here; `nextbest.toml.example` shows them all and
 //! a test parses it. Unknown keys are errors, so a typo never goes unnoticed.
 
+use crate::keys::Role;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +47,70 @@ pub struct Config {
     pub recommend: RecommendConfig,
     pub http: HttpConfig,
     pub rules: RulesConfig,
+    pub security: SecurityConfig,
+}
+
+/// Access control, rate limits and CORS of the HTTP API (SECURITY.md).
+/// Without keys every route is open, as a local quick start wants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// API keys (`[[security.keys]]`), each stored as the SHA-256 of the
+    /// key. None → every route is open (warned at start-up). Once any key
+    /// is configured the admin routes need an admin key; the client routes
+    /// need a client (or admin) key only when some client key is configured.
+    pub keys: Vec<KeyConfig>,
+    /// `/metrics` is an admin route (needs an admin key once keys are
+    /// configured) instead of an open one.
+    pub metrics_admin: bool,
+    /// Origins browsers may call the API from (`https://shop.example`,
+    /// scheme, host and port as the `Origin` header sends them). Empty →
+    /// any origin (permissive CORS, for the local quick start).
+    pub cors_origins: Vec<String>,
+    pub rate_limit: RateLimitConfig,
+}
+
+/// One API key (`[[security.keys]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Names the key in logs and metric labels (unique; letters, digits,
+    /// `-`, `_`, `.`).
+    pub name: String,
+    /// `admin` (every route) or `client` (recommend, events, stream, item features).
+    pub role: Role,
+    /// The SHA-256 of the key, 64 hex digits (`nextbest keys hash`, or
+    /// `printf %s "$KEY" | sha256sum`). The key itself is never stored.
+    pub sha256: String,
+    /// This key's rate, overriding `rate_limit.per_second` (0 = no limit).
+    #[serde(default)]
+    pub per_second: Option<f64>,
+    /// This key's burst, overriding `rate_limit.burst`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Rate limits on the client and admin routes (not `/healthz`, `/readyz`
+/// or an open `/metrics`): one bucket per configured key, one per peer
+/// address for requests without a valid key. Past the burst: 429 with
+/// `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per second refilled into each bucket (fractions allowed,
+    /// 0.5 = one every 2 s); 0 = no limit.
+    pub per_second: f64,
+    /// Requests a full bucket allows at once; 0 → the rate rounded up (at least 1).
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_second: 0.0,
+            burst: 0,
+        }
+    }
 }
 
 /// Business rules (`rules/*.toml`).
@@ -84,10 +150,16 @@ pub struct HttpConfig {
     /// Most `/v1/recommend` requests in flight; one more is answered 503
     /// with `Retry-After` at once (at least 1).
     pub recommend_concurrency: usize,
+    /// Largest request body, in bytes; a larger one is answered 413.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message (and frame) a `/v1/stream` client may
+    /// send, in bytes (at least 1024); a larger one closes the socket. The
+    /// server reads nothing from clients but close and ping frames.
+    pub ws_max_message_bytes: usize,
 }
 
-/// The online store.
-#[derive(Debug, Clone, Deserialize)]
+/// The online store. Its `Debug` shows the Redis URL without a password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Redis URL (`NEXTBEST_REDIS_URL`); unset → the in-memory store.
@@ -145,6 +217,53 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u64,
     /// Timeout of one produce (POST /v1/events waits for the ack), in ms.
     pub produce_timeout_ms: u64,
+    /// librdkafka settings for every client (producer, consumer, admin),
+    /// e.g. `"security.protocol" = "SASL_SSL"`, `"sasl.mechanism" =
+    /// "SCRAM-SHA-512"`, `"sasl.username"`, `"sasl.password"`,
+    /// `"ssl.ca.location"`. Values are strings. Applied after the base
+    /// settings, before each client's own (`group.id`, `enable.auto.commit`,
+    /// `acks`, ...), which the delivery guarantees depend on and which win.
+    /// Values of secret-looking keys are hidden in `Debug`.
+    pub properties: KafkaProperties,
+}
+
+/// `[kafka.properties]`: librdkafka settings passed through as given.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// Whether a property's value is a secret (a password, key or token),
+    /// hidden in `Debug`.
+    pub fn is_secret(name: &str) -> bool {
+        let n = name.to_ascii_lowercase();
+        [
+            "password",
+            "secret",
+            "key",
+            "token",
+            "jaas",
+            "pem",
+            "credential",
+        ]
+        .iter()
+        .any(|s| n.contains(s))
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if KafkaProperties::is_secret(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
 }
 
 /// Models: scoring, selection, hot reload.
@@ -190,6 +309,11 @@ pub struct RecommendConfig {
     pub default_budget_ms: u64,
     /// Most candidates scored (request lists longer than this are rejected).
     pub max_candidates: usize,
+    /// Most keys in a request's `context` (more → 400).
+    pub max_context_keys: usize,
+    /// Largest `context` value, in bytes (a string's length, else its JSON
+    /// text); a key may be at most 128 bytes. Larger → 400.
+    pub max_context_value_bytes: usize,
     /// Candidates generated from the store when the request lists none.
     pub generated_candidates: usize,
     /// The item feature an item's value comes from in arbitration
@@ -219,11 +343,44 @@ impl Default for Config {
             recommend: RecommendConfig::default(),
             http: HttpConfig::default(),
             rules: RulesConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
 
+impl fmt::Debug for StoreConfig {
+    /// The derived `Debug` but for the Redis URL, shown without its
+    /// password. Fields added later show as `..` until listed here.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("redis_url", &self.redis_url_for_logs())
+            .field("key_prefix", &self.key_prefix)
+            .field("dedupe_window_secs", &self.dedupe_window_secs)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("allowed_future_secs", &self.allowed_future_secs)
+            .field("allowed_lateness_secs", &self.allowed_lateness_secs)
+            .field("memory_max_entities", &self.memory_max_entities)
+            .field("memory_max_sessions", &self.memory_max_sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with any password (and user) replaced by `***`, for logs and
+/// errors: `redis://:secret@host:6379/0` → `redis://***@host:6379/0`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 impl StoreConfig {
+    /// The Redis URL without its password (None: the in-memory store).
+    pub fn redis_url_for_logs(&self) -> Option<String> {
+        self.redis_url.as_deref().map(redact_url)
+    }
+
     /// [`StoreConfig::dedupe_window_secs`] in ms, as the stores take it.
     pub fn dedupe_window_ms(&self) -> i64 {
         (self.dedupe_window_secs * 1000) as i64
@@ -245,6 +402,8 @@ impl Default for HttpConfig {
         HttpConfig {
             request_timeout_ms: 30_000,
             recommend_concurrency: 256,
+            max_body_bytes: 8 * 1024 * 1024,
+            ws_max_message_bytes: 64 * 1024,
         }
     }
 }
@@ -286,6 +445,7 @@ impl Default for KafkaConfig {
             actions_topic: "nextbest.actions".into(),
             session_timeout_ms: 10_000,
             produce_timeout_ms: 5_000,
+            properties: KafkaProperties::default(),
         }
     }
 }
@@ -314,6 +474,8 @@ impl Default for RecommendConfig {
             max_k: 100,
             default_budget_ms: 200,
             max_candidates: 1000,
+            max_context_keys: 64,
+            max_context_value_bytes: 1024,
             generated_candidates: 100,
             value: None,
             popularity_refresh_secs: 10,
@@ -397,6 +559,17 @@ mod tests {
             cfg.store.memory_max_entities,
             StoreConfig::default().memory_max_entities
         );
+        let d = Config::default();
+        assert_eq!(cfg.http.max_body_bytes, d.http.max_body_bytes);
+        assert_eq!(cfg.http.ws_max_message_bytes, d.http.ws_max_message_bytes);
+        assert_eq!(cfg.recommend.max_context_keys, d.recommend.max_context_keys);
+        assert_eq!(
+            cfg.recommend.max_context_value_bytes,
+            d.recommend.max_context_value_bytes
+        );
+        assert!(cfg.security.keys.is_empty() && cfg.security.cors_origins.is_empty());
+        assert_eq!(cfg.security.rate_limit.per_second, 0.0);
+        assert!(cfg.kafka.properties.0.is_empty());
     }
 
     #[test]
@@ -410,5 +583,73 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("NEXTBEST_HTTP_ADDR"));
         assert!(toml::from_str::<Config>("htp_addr = '1.2.3.4:5'").is_err());
+    }
+
+    #[test]
+    fn security_keys_and_kafka_properties_parse() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [security]
+            cors_origins = ["https://shop.example"]
+            [security.rate_limit]
+            per_second = 0.5
+            [[security.keys]]
+            name = "ops"
+            role = "admin"
+            sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            [[security.keys]]
+            name = "shop"
+            role = "client"
+            sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a09"
+            burst = 20
+            [kafka.properties]
+            "security.protocol" = "SASL_SSL"
+            "sasl.password" = "kafka-pw"
+            "#,
+        )
+        .expect("valid");
+        let s = &cfg.security;
+        assert_eq!(
+            (s.keys.len(), s.keys[0].role, s.keys[1].burst),
+            (2, Role::Admin, Some(20))
+        );
+        assert_eq!(s.rate_limit.per_second, 0.5);
+        assert_eq!(cfg.kafka.properties.0["security.protocol"], "SASL_SSL");
+        let bad_role = "[[security.keys]]\nname = 'x'\nrole = 'root'\nsha256 = ''";
+        assert!(toml::from_str::<Config>(bad_role).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut cfg = Config::default();
+        cfg.store.redis_url = Some("rediss://user:redis-pw@cache.internal:6380/0".into());
+        cfg.kafka
+            .properties
+            .0
+            .insert("sasl.password".into(), "kafka-pw".into());
+        cfg.kafka
+            .properties
+            .0
+            .insert("sasl.mechanism".into(), "PLAIN".into());
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("redis-pw") && !shown.contains("user:"),
+            "{shown}"
+        );
+        assert!(!shown.contains("kafka-pw"), "{shown}");
+        // what is not secret is still shown
+        assert!(
+            shown.contains("rediss://***@cache.internal:6380/0"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("PLAIN") && shown.contains("sasl.password"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(redact_url("redis://:p@ss@h:1/"), "redis://***@h:1/");
     }
 }

@@ -14,6 +14,7 @@ pub mod event;
 pub mod features;
 pub mod folder_watch;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod rules;

@@ -90,6 +90,27 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// API keys for `[[security.keys]]` (see SECURITY.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the SHA-256 (hex) of the key read from standard input (one
+    /// line; the trailing newline is not part of the key), for `sha256`.
+    Hash,
+    /// Make a new random key; print it once, and its `[[security.keys]]` entry.
+    Generate {
+        /// The entry's name (in logs and metric labels).
+        #[arg(long)]
+        name: String,
+        /// `admin` or `client`.
+        #[arg(long, default_value = "client", value_parser = ["admin", "client"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,8 +170,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // needs no config (and must work where none is readable)
+    let command = match cli.command {
+        Command::Keys { command } => return keys(command),
+        other => other,
+    };
     let cfg = Config::load(cli.config.as_deref())?;
-    match cli.command {
+    match command {
         Command::Serve { preload } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let dedupe_window_ms = cfg.store.dedupe_window_ms();
@@ -233,7 +259,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Check { path },
         } => rules_check(&cfg, &path),
+        Command::Keys { command } => keys(command),
     }
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    use nextbest::keys::{generate, hash_hex};
+    match command {
+        KeysCommand::Hash => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the key from standard input")?;
+            let key = line.strip_suffix('\n').unwrap_or(&line);
+            let key = key.strip_suffix('\r').unwrap_or(key);
+            if key.is_empty() {
+                bail!("no key on standard input (e.g. `printf %s \"$KEY\" | nextbest keys hash`)");
+            }
+            println!("{}", hash_hex(key.as_bytes()));
+        }
+        KeysCommand::Generate { name, role } => {
+            let key = generate();
+            eprintln!("key (shown once; give it to the caller, keep it out of the config):");
+            println!("{key}");
+            eprintln!("\nits entry for nextbest.toml:");
+            println!(
+                "\n[[security.keys]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"",
+                hash_hex(key.as_bytes())
+            );
+        }
+    }
+    Ok(())
 }
 
 fn rules_check(cfg: &Config, path: &Path) -> anyhow::Result<()> {
@@ -293,7 +349,7 @@ fn backfill(cfg: Config, job: BackfillJob) -> anyhow::Result<()> {
         let store = store::open(&store_cfg, set.clone()).await.with_context(|| {
             format!(
                 "cannot connect to redis at {}",
-                store_cfg.redis_url.as_deref().unwrap_or_default()
+                store_cfg.redis_url_for_logs().unwrap_or_default()
             )
         })?;
         eprintln!("backfill: into {}", store.describe());

@@ -23,6 +23,19 @@ pub enum ApiError {
     /// More requests in flight on a route than it takes: 503 with `Retry-After`.
     #[error("{0}")]
     Overloaded(String),
+    /// No API key, or one that is not configured: 401 with
+    /// `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key whose role may not call the route: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's rate limit is spent: 429 with `Retry-After` (seconds).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// Answered by the HTTP layer rather than a handler (a 405 from routing,
     /// a 413 from the body limit, a 408 from the timeout, ...).
     #[error("{message}")]
@@ -71,6 +84,29 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
+                return resp;
+            }
+            ApiError::Unauthorized(m) => {
+                let mut resp =
+                    (StatusCode::UNAUTHORIZED, Json(json!({ "error": m }))).into_response();
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"nextbest\""),
+                );
+                return resp;
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "error": m })),
+            ApiError::RateLimited {
+                message,
+                retry_after_secs,
+            } => {
+                let mut resp = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({ "error": message, "retry_after_secs": retry_after_secs })),
+                )
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
                 return resp;
             }
             ApiError::Http { status, message } => (*status, json!({ "error": message })),

@@ -17,9 +17,6 @@ use tower::load_shed::error::Overloaded;
 use tower_http::request_id::RequestId;
 use tower_http::timeout::TimeoutLayer;
 
-/// Largest accepted request body.
-pub const BODY_LIMIT_BYTES: usize = 8 * 1024 * 1024;
-
 /// The route label of a request: its route template or "unmatched", so
 /// metric labels and span fields stay bounded.
 fn route_of(req: &Request) -> &str {
@@ -102,7 +99,8 @@ pub async fn shed(err: BoxError, limit: usize) -> ApiError {
 /// with [`ApiError`] already; this catches what the HTTP layer answers
 /// itself (405 from routing, 413 from the body limit, 408 from the timeout,
 /// any other axum rejection), keeping its status and headers (e.g. `Allow`).
-pub async fn json_error_body(resp: Response) -> Response {
+/// `body_limit` is the body limit the 413 names.
+pub async fn json_error_body(resp: Response, body_limit: usize) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -115,7 +113,7 @@ pub async fn json_error_body(resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     // axum's rejection texts are one short line; anything longer is dropped
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let message = layer_message(status, String::from_utf8_lossy(&text).trim());
+    let message = layer_message(status, String::from_utf8_lossy(&text).trim(), body_limit);
     let (json_parts, json_body) = ApiError::Http { status, message }
         .into_response()
         .into_parts();
@@ -125,10 +123,12 @@ pub async fn json_error_body(resp: Response) -> Response {
 }
 
 /// The message of an error the HTTP layer answered itself.
-fn layer_message(status: StatusCode, text: &str) -> String {
+fn layer_message(status: StatusCode, text: &str, body_limit: usize) -> String {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
-            format!("request body is larger than the limit of {BODY_LIMIT_BYTES} bytes")
+            format!(
+                "request body is larger than the limit of {body_limit} bytes (http.max_body_bytes)"
+            )
         }
         // axum adds `Allow` after this layer has run, so it is not seen here
         StatusCode::METHOD_NOT_ALLOWED => {

@@ -2,31 +2,42 @@
 //! validate requests into typed values, call the library, and map errors to
 //! statuses in one place ([`ApiError`]); every error body, whatever answered
 //! it, is JSON `{"error": ...}`. One file per resource; `layers.rs` holds what
-//! the tower layers around them need. The router is two parts, [`public`]
-//! and [`admin`], so access control can wrap the admin routes alone.
+//! the tower layers around them need. The router is three groups, [`open`]
+//! (health, and `/metrics` unless `security.metrics_admin`), [`client`] and
+//! [`admin`], each client and admin route behind the access control of
+//! `auth.rs` (API keys, 401/403) and `rate_limit.rs` (429); `cors.rs` says
+//! which browser origins may call; `access.rs` builds these from
+//! `[security]`. SECURITY.md states the rules.
 
+pub mod access;
+pub mod auth;
 pub mod catalog;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod features;
 pub mod health;
 mod layers;
 pub mod models;
+pub mod rate_limit;
 pub mod recommend;
 pub mod rules;
 pub mod stream;
 
 use crate::change_feed::ChangeFeed;
 use crate::clock::Clock;
-use crate::config::{Config, HttpConfig};
+use crate::config::Config;
 use crate::decide::Decider;
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use crate::ingest::order::SeqCheck;
 use crate::ingest::producer::EventProducer;
+use crate::keys::Role;
 use crate::model::Registry;
 use crate::rules::RuleSet;
+pub use access::{Access, AccessError};
 use arc_swap::ArcSwap;
+use auth::{Credentials, Gate};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
@@ -39,7 +50,6 @@ use std::time::Duration;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
-use tower_http::cors::CorsLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
@@ -69,18 +79,24 @@ pub struct AppState {
     pub rules: Arc<ArcSwap<RuleSet>>,
     /// The per-customer `seq` check of events applied in-process.
     pub seq_check: SeqCheck,
+    /// API keys, rate limits and CORS, from `[security]`.
+    pub access: Access,
 }
 
-/// Builds the router: [`public`] and [`admin`] routes, then the layers
-/// around every route, outermost first: CORS; the request id (a valid client
-/// `x-request-id` is kept, anything else replaced by a uuid; echoed on the
-/// response); the `http` span; the request metrics; every error body made
-/// JSON; the body limit.
+/// Builds the router: the [`open`], [`client`] and [`admin`] routes, then
+/// the layers around every route, outermost first: CORS (`security.cors_origins`);
+/// the request id (a valid client `x-request-id` is kept, anything else
+/// replaced by a uuid; echoed on the response); the `http` span; the
+/// request metrics; every error body made JSON; the body limit
+/// (`http.max_body_bytes`).
 pub fn router(state: Arc<AppState>) -> Router {
     let http = &state.cfg.http;
+    let body_limit = http.max_body_bytes;
+    let cors = state.access.cors.clone();
     Router::new()
-        .merge(public(http))
-        .merge(admin(http))
+        .merge(open(&state))
+        .merge(client(&state))
+        .merge(admin(&state))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(
             ServiceBuilder::new()
@@ -93,23 +109,59 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
                 )
                 .layer(middleware::from_fn(layers::record_metrics))
-                .layer(middleware::map_response(layers::json_error_body))
-                .layer(DefaultBodyLimit::max(layers::BODY_LIMIT_BYTES)),
+                .layer(middleware::map_response(move |r| {
+                    layers::json_error_body(r, body_limit)
+                }))
+                .layer(DefaultBodyLimit::max(body_limit)),
         )
-        .layer(CorsLayer::permissive())
+        .layer(cors)
         .with_state(state)
 }
 
-/// Routes for any client: recommendations, events, the change stream,
-/// feature reads, health and metrics.
-fn public(http: &HttpConfig) -> Router<Arc<AppState>> {
+/// `routes` behind the access rule of `role`, outermost first: who the
+/// caller is ([`auth::identify`]), their rate limit ([`rate_limit::limit`]),
+/// whether they may ([`auth::require`]). Route layers, so an unknown path
+/// stays 404 whoever asks.
+fn guarded(
+    routes: Router<Arc<AppState>>,
+    state: &AppState,
+    role: Role,
+    credentials: Credentials,
+) -> Router<Arc<AppState>> {
+    let gate = Gate {
+        keys: state.access.keys.clone(),
+        role,
+        credentials,
+    };
+    routes
+        .route_layer(middleware::from_fn_with_state(gate.clone(), auth::require))
+        .route_layer(middleware::from_fn_with_state(
+            state.access.limits.clone(),
+            rate_limit::limit,
+        ))
+        .route_layer(middleware::from_fn_with_state(gate, auth::identify))
+}
+
+/// Routes anyone may call: liveness, readiness and (unless
+/// `security.metrics_admin`) the metrics.
+fn open(state: &AppState) -> Router<Arc<AppState>> {
+    let mut routes = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if !state.access.metrics_admin {
+        routes = routes.route("/metrics", get(health::metrics));
+    }
+    routes.layer(layers::request_timeout(state.cfg.http.request_timeout()))
+}
+
+/// Routes for the storefront and apps (a client or admin key once client
+/// keys are configured): recommendations, events, the change stream (the
+/// key may come as `?token=`) and item features.
+fn client(state: &AppState) -> Router<Arc<AppState>> {
+    let http = &state.cfg.http;
     let timed = Router::new()
         .route("/v1/events", post(events::post_events))
-        .route("/v1/features/customer/{id}", get(features::customer))
         .route("/v1/features/item/{id}", get(features::item))
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .layer(layers::request_timeout(http.request_timeout()));
     // its budget (at most 60 s) bounds a recommendation, so the timeout is a
     // backstop past it; past `recommend_concurrency` in flight, one more is
@@ -127,23 +179,35 @@ fn public(http: &HttpConfig) -> Router<Arc<AppState>> {
     let recommend = Router::new()
         .route("/v1/recommend", post(recommend::recommend))
         .route_layer(limit);
-    Router::new()
-        .merge(timed)
-        .merge(recommend)
-        // a WebSocket stays open as long as its client wants: no timeout
-        .route("/v1/stream", get(stream::stream))
+    // a WebSocket stays open as long as its client wants: no timeout
+    let stream = Router::new().route("/v1/stream", get(stream::stream));
+    let http_routes = Router::new().merge(timed).merge(recommend);
+    guarded(http_routes, state, Role::Client, Credentials::Headers).merge(guarded(
+        stream,
+        state,
+        Role::Client,
+        Credentials::HeadersOrQuery,
+    ))
 }
 
-/// Routes for operators: what serves now, catalog and profile writes
-/// (`PUT /v1/items/{id}`, `PUT /v1/customers/{id}`) and (to come)
-/// `/v1/rules`. Kept apart so an auth layer can wrap these alone.
-fn admin(http: &HttpConfig) -> Router<Arc<AppState>> {
-    Router::new()
+/// Routes for operators (an admin key once any key is configured): what
+/// serves now (`/v1/models`, `/v1/rules`), catalog and profile writes
+/// (`PUT /v1/items/{id}`, `PUT /v1/customers/{id}`), a named customer's
+/// features and offer counts (`GET /v1/features/customer/{id}`: personal
+/// data, so not a client route) and, with `security.metrics_admin`,
+/// `/metrics`.
+fn admin(state: &AppState) -> Router<Arc<AppState>> {
+    let mut routes = Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/rules", get(rules::list))
         .route("/v1/items/{id}", put(catalog::put_item))
         .route("/v1/customers/{id}", put(catalog::put_customer))
-        .layer(layers::request_timeout(http.request_timeout()))
+        .route("/v1/features/customer/{id}", get(features::customer));
+    if state.access.metrics_admin {
+        routes = routes.route("/metrics", get(health::metrics));
+    }
+    let routes = routes.layer(layers::request_timeout(state.cfg.http.request_timeout()));
+    guarded(routes, state, Role::Admin, Credentials::Headers)
 }
 
 /// Parses a JSON body, mapping syntax errors to a 400 that says where.

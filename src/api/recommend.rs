@@ -1,7 +1,11 @@
 //! `POST /v1/recommend`: parse the body into [`RecommendBody`] (serde, unknown
 //! fields rejected, a type error named by its path such as `candidates[3]`),
-//! check ranges and ids, then let the decider answer (always 200 once valid;
-//! failures inside become `fallback: true`). Every 400 is
+//! check ranges, sizes and ids, then let the decider answer (always 200 once
+//! valid; failures inside become `fallback: true`). Bounded: `k` by
+//! `recommend.max_k`, `candidates` by `recommend.max_candidates`, `context`
+//! by `recommend.max_context_keys` keys of at most [`MAX_CONTEXT_KEY_LEN`]
+//! bytes and values of at most `recommend.max_context_value_bytes`, the
+//! whole body by `http.max_body_bytes`. Every 400 is
 //! `{"error": "field `x` ...", "field": "x"}`.
 
 use super::layers::request_id_str;
@@ -18,6 +22,9 @@ use tower_http::request_id::RequestId;
 
 /// Largest accepted `budget_ms`.
 pub const MAX_BUDGET_MS: u64 = 60_000;
+
+/// Longest `context` key, in bytes.
+pub const MAX_CONTEXT_KEY_LEN: usize = 128;
 
 /// The fields of [`RecommendBody`], for the message naming an unknown one.
 const FIELDS: [&str; 8] = [
@@ -79,6 +86,7 @@ pub fn validate(
         Some(_) => return Err(field_err("k", &k_range(rc.max_k))),
     };
     let raw_context = body.context.unwrap_or_default();
+    check_context_size(&raw_context, rc)?;
     // declared context features: numbers or booleans (text ones: strings)
     let context = ContextValues::compile(&state.set, &raw_context).map_err(|e| {
         let f = format!("context.{}", e.name);
@@ -156,6 +164,52 @@ pub fn validate(
         now_ms: state.clock.now_ms(),
         explain: body.explain.unwrap_or(false),
     })
+}
+
+/// Bounds the context: how many keys, how long each key, how large each
+/// value (a string's length, else the length of its JSON text).
+fn check_context_size(
+    context: &Map<String, Value>,
+    rc: &crate::config::RecommendConfig,
+) -> Result<(), ApiError> {
+    if context.len() > rc.max_context_keys {
+        return Err(field_err(
+            "context",
+            &format!(
+                "has {} keys; the limit is {} (recommend.max_context_keys)",
+                context.len(),
+                rc.max_context_keys
+            ),
+        ));
+    }
+    for (k, v) in context {
+        if k.len() > MAX_CONTEXT_KEY_LEN {
+            return Err(field_err(
+                "context",
+                &format!(
+                    "has a key of {} bytes; the limit is {MAX_CONTEXT_KEY_LEN}",
+                    k.len()
+                ),
+            ));
+        }
+        let size = match v {
+            Value::String(s) => s.len(),
+            Value::Array(_) | Value::Object(_) => {
+                serde_json::to_string(v).map_or(usize::MAX, |t| t.len())
+            }
+            _ => 0,
+        };
+        if size > rc.max_context_value_bytes {
+            return Err(field_err(
+                &format!("context.{k}"),
+                &format!(
+                    "is {size} bytes long; the limit is {} (recommend.max_context_value_bytes)",
+                    rc.max_context_value_bytes
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deserialises the body. A syntax error is "not valid JSON"; a type error

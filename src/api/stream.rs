@@ -1,6 +1,10 @@
 //! `GET /v1/stream?customer_id=..`: a WebSocket that pushes a fresh
 //! recommendation whenever that customer's features change on this instance
-//! (and one right after connecting).
+//! (and one right after connecting). Clients are not expected to send
+//! anything but close and ping frames: a message or frame over
+//! `http.ws_max_message_bytes` closes the socket. Access (a client key, in
+//! a header or the `token` query parameter) is checked before the upgrade
+//! by `auth.rs`.
 
 use super::{ApiError, AppState, AppStateRef};
 use crate::change_feed::Change;
@@ -36,8 +40,12 @@ pub async fn stream(
         .and_then(|k| k.parse::<usize>().ok())
         .unwrap_or(state.cfg.recommend.default_k)
         .clamp(1, state.cfg.recommend.max_k);
+    let max = state.cfg.http.ws_max_message_bytes.max(1024);
     let st = state.0.clone();
-    Ok(ws.on_upgrade(move |socket| push_loop(st, socket, customer, k)))
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| push_loop(st, socket, customer, k)))
 }
 
 async fn push_loop(state: Arc<AppState>, mut socket: WebSocket, customer: String, k: usize) {

@@ -194,7 +194,7 @@ impl EventConsumer {
         store: Arc<dyn FeatureStore>,
         producer: EventProducer,
     ) -> Result<Self, ConsumeError> {
-        let consumer: StreamConsumer<LagContext> = client_config(brokers)
+        let consumer: StreamConsumer<LagContext> = client_config(brokers, cfg)
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

@@ -37,14 +37,18 @@ pub enum KafkaSetupError {
     },
 }
 
-/// Base client settings.
-pub fn client_config(brokers: &str) -> ClientConfig {
+/// Base client settings, then `kafka.properties` (SASL, TLS, ...) as given;
+/// each client sets its own settings after these.
+pub fn client_config(brokers: &str, cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("client.id", "nextbest")
         .set("topic.metadata.refresh.interval.ms", "2000")
         .set("socket.keepalive.enable", "true")
         .set("log_level", "4");
+    for (k, v) in &cfg.properties.0 {
+        c.set(k, v);
+    }
     c
 }
 
@@ -61,7 +65,7 @@ pub fn contract_topics(cfg: &KafkaConfig) -> Vec<String> {
 /// Creates the contract's topics if they do not exist.
 pub async fn ensure_topics(brokers: &str, cfg: &KafkaConfig) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
-        client_config(brokers)
+        client_config(brokers, cfg)
             .create()
             .map_err(|source| KafkaSetupError::Client {
                 brokers: brokers.into(),

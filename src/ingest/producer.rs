@@ -47,7 +47,7 @@ pub struct EventProducer {
 
 impl EventProducer {
     pub fn new(brokers: &str, cfg: &KafkaConfig) -> Result<EventProducer, KafkaSetupError> {
-        let producer: FutureProducer = client_config(brokers)
+        let producer: FutureProducer = client_config(brokers, cfg)
             .set("acks", "all")
             .set("linger.ms", "1")
             .set("message.timeout.ms", cfg.produce_timeout_ms.to_string())
