@@ -15,11 +15,12 @@ build: setup
 	@echo "built target/release/nextbest"
 
 # Every target at once (the tests, benches and the binary), as `cargo test`
-# will build them. Cargo.toml switches on for the server the features the
+# will build them, and the fuzz target (fuzz/README.md), uninstrumented. Cargo.toml switches on for the server the features the
 # dev-dependencies need in shared crates, so `make build` and this compile
 # every dependency once, in either order.
 build-all: setup
 	cargo build --release --locked --all-targets
+	cargo build --release --locked -p nextbest-fuzz
 	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest
 	@echo "built target/release/nextbest and the tests"
 

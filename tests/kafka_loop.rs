@@ -110,9 +110,9 @@ async fn stored_feature(set: &FeatureSet, store: &dyn FeatureStore, c: &str, nam
     nextbest::features::aggregate::numeric_value(f, &r.customer, now_ms()).unwrap_or(-1.0)
 }
 
-/// The DLQ messages, as (payload, error header), from the start up to the
-/// high watermark each partition had when this was called: all there was.
-async fn dead_letters() -> Vec<(String, String)> {
+/// Every message on events.dlq up to its current end: the payload and the
+/// headers (`error`, `source_*`, `consumer_group`, `truncated_from`).
+async fn dead_letter_records() -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
     let dlq: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("group.id", unique("dlq-reader"))
@@ -150,20 +150,34 @@ async fn dead_letters() -> Vec<(String, String)> {
         {
             ends.remove(&m.partition());
         }
-        let reason = m
+        let headers = m
             .headers()
-            .and_then(|h| {
+            .map(|h| {
                 h.iter()
-                    .find(|x| x.key == "error")
-                    .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))
+                    .filter_map(|x| {
+                        let v = x.value?;
+                        Some((x.key.to_string(), String::from_utf8_lossy(v).to_string()))
+                    })
+                    .collect()
             })
             .unwrap_or_default();
-        out.push((
-            String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string(),
-            reason,
-        ));
+        out.push((m.payload().unwrap_or_default().to_vec(), headers));
     }
     out
+}
+
+/// [`dead_letter_records`] as (payload text, reason).
+async fn dead_letters() -> Vec<(String, String)> {
+    dead_letter_records()
+        .await
+        .into_iter()
+        .map(|(payload, mut h)| {
+            (
+                String::from_utf8_lossy(&payload).to_string(),
+                h.remove("error").unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,4 +769,99 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
         0.0,
         "and not applied"
     );
+}
+
+/// Issue 15 item 9: malformed messages (truncated JSON, binary, the wrong
+/// schema, 10 MB) each go to events.dlq once from this consumer's group,
+/// the big one cut to 512 KiB with its size in a header, and the consumer
+/// goes on to apply the event after them.
+#[tokio::test]
+async fn malformed_messages_are_dead_lettered_once_and_the_consumer_goes_on() {
+    let set =
+        Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features"));
+    let store = redis_store(&set, &unique("k")).await;
+    let cfg = kafka_cfg();
+    let brokers = kafka_brokers();
+    ensure_topics(&brokers, &cfg).await.expect("topics");
+    let big_producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("acks", "all")
+        .set("message.max.bytes", "16000000")
+        .create()
+        .expect("producer for large messages");
+    let tag = unique("mal");
+    let c = unique("mc");
+    let mut binary = tag.as_bytes().to_vec();
+    binary.extend((0..=255u8).rev().cycle().take(3000));
+    let mut big = format!("{{\"marker\":\"{tag}-big\",\"pad\":\"");
+    big.push_str(&"x".repeat(10 * 1024 * 1024));
+    big.push_str("\"}");
+    let payloads: Vec<Vec<u8>> = vec![
+        format!("{{\"event_id\":\"{tag}-t\",\"type\":\"page_v").into_bytes(),
+        binary,
+        serde_json::to_vec(&json!({"marker": tag, "foo": 1})).expect("json"),
+        big.into_bytes(),
+    ];
+    for p in &payloads {
+        produce(&big_producer, "events.page_view", &c, p).await;
+    }
+    let good = serde_json::to_vec(&event(
+        &format!("{tag}-good"),
+        "page_view",
+        &c,
+        None,
+        now_ms(),
+    ))
+    .expect("json");
+    produce(&big_producer, "events.page_view", &c, &good).await;
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let consumer = EventConsumer::new(
+        &brokers,
+        &cfg,
+        set.clone(),
+        store.clone(),
+        EventProducer::new(&brokers, &cfg).expect("producer"),
+    )
+    .expect("consumer");
+    let who = c.clone();
+    let running = tokio::spawn(consumer.run(stop, move |o| {
+        if o.changed_customers.contains(&who) {
+            let _ = stop_tx.send(true);
+        }
+    }));
+    eventually(
+        JOIN,
+        "the event after the malformed ones to be applied",
+        || {
+            let (set, store, c) = (&set, store.as_ref(), &c);
+            async move {
+                (stored_feature(set, store, c, "customer.views_1h").await == 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the consumer stops within 30 s")
+        .expect("the consumer task ends cleanly");
+
+    let ours: Vec<_> = dead_letter_records()
+        .await
+        .into_iter()
+        .filter(|(payload, h)| {
+            h.get("consumer_group") == Some(&cfg.group_id)
+                && String::from_utf8_lossy(payload).contains(&tag)
+        })
+        .collect();
+    assert_eq!(ours.len(), payloads.len(), "each malformed message once");
+    for (sent, (got, h)) in payloads.iter().zip(&ours) {
+        assert!(h.get("error").is_some_and(|e| !e.is_empty()), "{h:?}");
+        if sent.len() > 512 * 1024 {
+            assert_eq!(got.len(), 512 * 1024, "cut to 512 KiB");
+            assert_eq!(h.get("truncated_from"), Some(&sent.len().to_string()));
+        } else {
+            assert_eq!(got, sent, "the original bytes");
+        }
+    }
 }

@@ -422,6 +422,7 @@ impl EventConsumer {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
+            group: &self.cfg.group_id,
         };
         let (key, payload) = (m.key(), m.payload().unwrap_or_default());
         until_done("dead letter", stop, || {

@@ -35,6 +35,8 @@ pub struct DeadLetterOrigin<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The consumer group that refused it (header `consumer_group`).
+    pub group: &'a str,
 }
 
 /// A Kafka producer for events and dead letters.
@@ -145,6 +147,10 @@ impl EventProducer {
             .insert(Header {
                 key: "source_offset",
                 value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "consumer_group",
+                value: Some(origin.group),
             });
         if truncated {
             headers = headers.insert(Header {
