@@ -81,6 +81,23 @@ fn logged(needles: &[&str]) -> bool {
 }
 
 /// A Redis store of the shipped features under a fresh key prefix.
+/// A consumer of `cfg`'s group on the test broker, applying to `store`.
+fn new_consumer(
+    cfg: &KafkaConfig,
+    set: &Arc<FeatureSet>,
+    store: &Arc<dyn FeatureStore>,
+) -> EventConsumer {
+    let brokers = kafka_brokers();
+    EventConsumer::new(
+        &brokers,
+        cfg,
+        set.clone(),
+        store.clone(),
+        EventProducer::new(&brokers, cfg).expect("producer"),
+    )
+    .expect("consumer")
+}
+
 async fn redis_store(set: &Arc<FeatureSet>, prefix: &str) -> Arc<dyn FeatureStore> {
     let settings = RedisSettings {
         url: redis_url(),
@@ -406,14 +423,7 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     let (_keep_running, running) = tokio::sync::watch::channel(false);
 
     // first consumer: reads and applies our events, then "dies" without committing
-    let first = EventConsumer::new(
-        &brokers,
-        &cfg,
-        set.clone(),
-        store.clone(),
-        EventProducer::new(&brokers, &cfg).expect("producer"),
-    )
-    .expect("consumer");
+    let first = new_consumer(&cfg, &set, &store);
     let mut applied_first = 0;
     let deadline = tokio::time::Instant::now() + JOIN;
     while applied_first < n && tokio::time::Instant::now() < deadline {
@@ -434,14 +444,7 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     drop(first); // no commit
 
     // second consumer in the same group: gets them again, applies nothing new, commits
-    let second = EventConsumer::new(
-        &brokers,
-        &cfg,
-        set.clone(),
-        store.clone(),
-        EventProducer::new(&brokers, &cfg).expect("producer"),
-    )
-    .expect("consumer");
+    let second = new_consumer(&cfg, &set, &store);
     let mut redelivered = 0;
     let mut duplicates = 0;
     let deadline = tokio::time::Instant::now() + JOIN;
@@ -474,14 +477,7 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
     // a third consumer after the commit sees none of them again; it has
     // joined and read past where they were once it gets an event produced
     // after them on the same partition (same topic, same key)
-    let third = EventConsumer::new(
-        &brokers,
-        &cfg,
-        set.clone(),
-        store.clone(),
-        EventProducer::new(&brokers, &cfg).expect("producer"),
-    )
-    .expect("consumer");
+    let third = new_consumer(&cfg, &set, &store);
     let fresh_id = format!("{c}-fresh");
     let fresh =
         serde_json::to_vec(&event(&fresh_id, "add_to_cart", &c, Some("z9"), t + n)).expect("json");
@@ -633,14 +629,7 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let outcomes: Arc<Mutex<Vec<BatchOutcome>>> = Arc::default();
-    let consumer = EventConsumer::new(
-        &brokers,
-        &cfg,
-        set.clone(),
-        store.clone(),
-        EventProducer::new(&brokers, &cfg).expect("producer"),
-    )
-    .expect("consumer");
+    let consumer = new_consumer(&cfg, &set, &store);
     let seen = outcomes.clone();
     let last = later.clone();
     // stops the consumer as soon as the batch with the later event is
@@ -696,14 +685,7 @@ async fn an_event_the_store_refuses_is_dead_lettered_once_and_the_rest_applied_a
     // a new consumer in the same group gets the events produced now, one
     // per key of ours (so it joined and read each of those partitions past
     // our events), and none of the applied ones again
-    let next = EventConsumer::new(
-        &brokers,
-        &cfg,
-        set.clone(),
-        store.clone(),
-        EventProducer::new(&brokers, &cfg).expect("producer"),
-    )
-    .expect("consumer");
+    let next = new_consumer(&cfg, &set, &store);
     let ours = [&good1, &bad, &good2, &later];
     let fresh = unique("fresh");
     for c in ours {
@@ -816,14 +798,7 @@ async fn malformed_messages_are_dead_lettered_once_and_the_consumer_goes_on() {
     produce(&big_producer, "events.page_view", &c, &good).await;
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let consumer = EventConsumer::new(
-        &brokers,
-        &cfg,
-        set.clone(),
-        store.clone(),
-        EventProducer::new(&brokers, &cfg).expect("producer"),
-    )
-    .expect("consumer");
+    let consumer = new_consumer(&cfg, &set, &store);
     let who = c.clone();
     let running = tokio::spawn(consumer.run(stop, move |o| {
         if o.changed_customers.contains(&who) {

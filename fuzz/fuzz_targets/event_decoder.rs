@@ -1,7 +1,8 @@
 //! Fuzzes the event decoder (`Event::from_slice`, what every Kafka message
 //! and every `POST /v1/events` body goes through): any bytes give an event
-//! or an error naming what was wrong, never a panic; an accepted event
-//! round-trips through its contract JSON.
+//! or an error naming what was wrong, never a panic; an accepted event's
+//! contract JSON (what the HTTP path produces to Kafka) decodes to the same
+//! event, every prop to the last digit.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
