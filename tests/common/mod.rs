@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+mod procs;
+pub use procs::*;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -22,7 +25,7 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn wait_port(port: u16, within: Duration) -> bool {
+pub fn wait_port(port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -33,17 +36,51 @@ fn wait_port(port: u16, within: Duration) -> bool {
     false
 }
 
-/// A redis-server owned by one test (killed on drop, restartable).
+/// A redis-server owned by one test (killed on drop, restartable, and
+/// pausable with SIGSTOP/SIGCONT).
 pub struct RedisProc {
     pub port: u16,
     child: Option<Child>,
+    /// With an append-only file in this folder (`start_persistent`): what
+    /// Redis acknowledged survives a SIGKILL and restart.
+    dir: Option<PathBuf>,
+    /// Its `appendfsync` policy, with `dir`.
+    fsync: &'static str,
 }
 
 impl RedisProc {
+    /// A Redis without persistence: a restart starts it empty.
     pub fn start() -> RedisProc {
         let mut r = RedisProc {
             port: free_port(),
             child: None,
+            dir: None,
+            fsync: "no",
+        };
+        r.restart();
+        r
+    }
+
+    /// A Redis with an append-only file, fsynced before each reply
+    /// (`appendfsync always`): a SIGKILLed and restarted Redis still holds
+    /// every write it acknowledged.
+    pub fn start_persistent() -> RedisProc {
+        RedisProc::start_with_aof("always")
+    }
+
+    /// A Redis with an append-only file and the given `appendfsync` policy
+    /// (`always`, `everysec`). With `everysec` (Redis's default, fsync on a
+    /// background thread) a SIGKILL loses nothing Redis wrote to the file
+    /// before answering, which it does unless a slow fsync made it postpone
+    /// the write (up to 2 s).
+    pub fn start_with_aof(fsync: &'static str) -> RedisProc {
+        let dir = std::env::temp_dir().join(unique("nextbest-redis"));
+        std::fs::create_dir_all(&dir).expect("redis data folder");
+        let mut r = RedisProc {
+            port: free_port(),
+            child: None,
+            dir: Some(dir),
+            fsync,
         };
         r.restart();
         r
@@ -53,6 +90,12 @@ impl RedisProc {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The running redis-server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is running").id()
+    }
+
+    /// SIGKILL: the process dies at once, mid-command if it was in one.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -60,19 +103,37 @@ impl RedisProc {
         }
     }
 
+    /// SIGSTOP: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`RedisProc::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
     pub fn restart(&mut self) {
         self.kill();
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let dir;
+        match &self.dir {
+            Some(d) => {
+                dir = d.display().to_string();
+                args.extend([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    &dir,
+                ]);
+            }
+            None => args.extend(["--appendonly", "no"]),
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,6 +150,9 @@ impl RedisProc {
 impl Drop for RedisProc {
     fn drop(&mut self) {
         self.kill();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -167,8 +231,13 @@ pub fn kafka_brokers() -> String {
 
 /// A plain Kafka producer to the test broker (acks from all, no linger).
 pub fn producer() -> rdkafka::producer::FutureProducer {
+    producer_for(&kafka_brokers())
+}
+
+/// A plain Kafka producer to `brokers` (acks from all, no linger).
+pub fn producer_for(brokers: &str) -> rdkafka::producer::FutureProducer {
     rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("linger.ms", "0")
         .create()
