@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 mod procs;
 pub use procs::*;
+pub mod replay;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
