@@ -2,10 +2,11 @@
 //! Redis: produced events change features and recommendations, duplicates
 //! change nothing, poison goes to the DLQ while the consumer goes on, and a
 //! consumer that dies after the Redis write but before the commit neither
-//! loses nor double-counts, events accepted while Redis is down are applied
-//! once it is back, and an event Redis refuses goes to the DLQ once while
-//! the rest of its batch is applied and committed. Every "none" is checked
-//! against a positive control (a marker after it on the same partition).
+//! loses nor double-counts, and an event Redis refuses goes to the DLQ once
+//! while the rest of its batch is applied and committed. Every "none" is
+//! checked against a positive control (a marker after it on the same
+//! partition). Redis and broker outages, crashes and SIGTERM are in
+//! `tests/faults.rs`.
 
 mod common;
 use common::*;
@@ -21,7 +22,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 use serde_json::json;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn kafka_cfg() -> KafkaConfig {
@@ -36,49 +37,6 @@ fn kafka_cfg() -> KafkaConfig {
 
 /// The group join on a fresh group can take a while on Tansu.
 const JOIN: Duration = Duration::from_secs(90);
-
-/// What this test process logs, once [`capture_logs`] installed the
-/// global subscriber (info and above, no colours).
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("log buffer poisoned"))?
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Sends the process's logs to [`LOGS`] from now on.
-fn capture_logs() {
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || LogBuffer(w.clone()))
-            .try_init();
-        buf
-    });
-}
-
-/// Whether a captured log line contains every one of `needles`.
-fn logged(needles: &[&str]) -> bool {
-    let Some(buf) = LOGS.get() else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&buf.lock().expect("log buffer")).to_string();
-    text.lines().any(|l| needles.iter().all(|n| l.contains(n)))
-}
 
 /// A Redis store of the shipped features under a fresh key prefix.
 /// A consumer of `cfg`'s group on the test broker, applying to `store`.
@@ -508,80 +466,6 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
         "the third consumer got the event produced after the commit (it joined and read)"
     );
     assert_eq!(again, 0, "committed events are not redelivered");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_accepted_during_a_redis_outage_are_applied_once_it_returns() {
-    capture_logs();
-    let mut redis = RedisProc::start();
-    let mut cfg = base_config();
-    cfg.store.redis_url = Some(redis.url());
-    cfg.store.timeout_ms = 300;
-    cfg.kafka = kafka_cfg();
-    let app = TestApp::spawn(cfg).await;
-    let c = unique("c");
-    let (s, _) = app
-        .post(
-            "/v1/events",
-            json!(event(
-                &format!("{c}-0"),
-                "page_view",
-                &c,
-                Some("o1"),
-                now_ms()
-            )),
-        )
-        .await;
-    assert_eq!(s, 202);
-    eventually(JOIN, "the first event to be consumed", || {
-        let app = &app;
-        let c = c.clone();
-        async move { (app.customer_feature(&c, "views_1h").await == 1.0).then_some(()) }
-    })
-    .await;
-
-    redis.kill();
-    // the broker still accepts events while Redis is down
-    for i in 1..=3 {
-        let (s, r) = app
-            .post(
-                "/v1/events",
-                json!(event(
-                    &format!("{c}-{i}"),
-                    "click",
-                    &c,
-                    Some("o1"),
-                    now_ms()
-                )),
-            )
-            .await;
-        assert_eq!(s, 202, "{r}");
-    }
-    // the consumer holds the first of them and fails to apply it: its
-    // retry is logged within its batch's span, which names its group
-    let group = format!("group={}", app.state.cfg.kafka.group_id);
-    eventually(
-        Duration::from_secs(30),
-        "the consumer to fail applying an event accepted during the outage",
-        || {
-            let found = logged(&[&group, "apply events", "unreachable; retrying"]);
-            async move { found.then_some(()) }
-        },
-    )
-    .await;
-    redis.restart();
-    // the restarted Redis is empty; the consumer retried the unapplied batch instead of skipping it
-    eventually(
-        Duration::from_secs(60),
-        "events accepted during the outage to be applied",
-        || {
-            let app = &app;
-            let c = c.clone();
-            async move { (app.customer_feature(&c, "clicks_1h").await == 3.0).then_some(()) }
-        },
-    )
-    .await;
-    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

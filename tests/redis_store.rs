@@ -1,6 +1,6 @@
 //! The Redis store against a real redis-server: same state as the memory
-//! store for the same (shuffled, duplicated) history, and fallbacks within
-//! budget when Redis dies, recovering when it returns.
+//! store for the same (shuffled, duplicated) history. (Redis killed or
+//! paused under a running server: `tests/faults.rs`.)
 
 mod common;
 use common::*;
@@ -12,7 +12,6 @@ use nextbest::features::store::{FeatureStore, ReadQuery};
 use nextbest::features::FeatureSet;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 fn set() -> Arc<FeatureSet> {
     Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features load"))
@@ -151,64 +150,6 @@ async fn redis_and_memory_agree_on_shuffled_histories_with_duplicates() {
         mids.sort();
         assert_eq!(ids, mids);
     }
-}
-
-#[tokio::test]
-async fn redis_outage_gives_fallbacks_within_budget_then_recovers() {
-    let mut redis = RedisProc::start();
-    let mut cfg = base_config();
-    cfg.store.redis_url = Some(redis.url());
-    cfg.store.timeout_ms = 300;
-    let app = TestApp::spawn(cfg).await;
-    let c = unique("c");
-    let (s, _) = app
-        .post(
-            "/v1/events",
-            json!(event("r1", "add_to_cart", &c, Some("p1"), now_ms())),
-        )
-        .await;
-    assert_eq!(s, 202);
-    let body = json!({"customer_id": c, "k": 2, "candidates": ["p1", "p2"], "budget_ms": 100});
-    let (_, ok) = app.post("/v1/recommend", body.clone()).await;
-    assert_eq!(ok["fallback"], false, "{ok}");
-
-    redis.kill();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let (s, r) = app.post("/v1/recommend", body.clone()).await;
-        let took = t.elapsed();
-        assert_eq!(s, 200, "{r}");
-        assert_eq!(r["fallback"], true, "{r}");
-        assert_eq!(r["items"][0]["item_id"], "p1");
-        // budget 100 ms; allow generous slack for the HTTP round trip on a loaded CI machine
-        assert!(took < Duration::from_millis(1000), "answered in {took:?}");
-    }
-    let (s, r) = app.get("/readyz").await;
-    assert_eq!((s, r["store_ok"].clone()), (503, json!(false)), "{r}");
-
-    redis.restart();
-    // the restarted Redis is empty but answers: recommendations stop falling back
-    eventually(
-        Duration::from_secs(20),
-        "recommend to recover after Redis restarts",
-        || {
-            let app = &app;
-            let body = body.clone();
-            async move {
-                let (_, r) = app.post("/v1/recommend", body).await;
-                (r["fallback"] == false).then_some(())
-            }
-        },
-    )
-    .await;
-    let (s, _) = app
-        .post(
-            "/v1/events",
-            json!(event("r2", "page_view", &c, Some("p2"), now_ms())),
-        )
-        .await;
-    assert_eq!(s, 202, "events are stored again after the restart");
-    app.stop().await;
 }
 
 fn page_view(id: &str, customer: &str, session: &str, item: &str, ts: i64) -> Event {
