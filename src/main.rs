@@ -180,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { preload } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let dedupe_window_ms = cfg.store.dedupe_window_ms();
-            rt.block_on(async {
+            let served = rt.block_on(async {
                 let app = nextbest::app::App::build(cfg).await?;
                 if !preload.events.is_empty() || preload.items.is_some() || preload.customers.is_some() {
                     let job = BackfillJob {
@@ -202,7 +202,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 app.run_until_stopped(nextbest::app::shutdown_signal()).await?;
                 anyhow::Ok(())
-            })
+            });
+            // a blocking call still waiting on an unreachable broker (the
+            // exit commit, which gave up after its timeout, or the
+            // consumer's close) must not hold the exit (dropping the
+            // runtime would wait for it): what it did not commit is
+            // redelivered to the next consumer, harmlessly
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
         }
         Command::Backfill {
             events,

@@ -389,7 +389,8 @@ async fn redis_fault_without_a_broker(fault: RedisFault) {
     let mut redis = RedisProc::start_persistent();
     let mut cfg = base_config();
     cfg.store.redis_url = Some(redis.url());
-    cfg.store.timeout_ms = 300;
+    let store_timeout = Duration::from_millis(1000);
+    cfg.store.timeout_ms = ms(store_timeout) as u64;
     let app = TestApp::spawn(cfg).await;
     let c = unique("c");
     let (s, _) = app
@@ -400,8 +401,13 @@ async fn redis_fault_without_a_broker(fault: RedisFault) {
         .await;
     assert_eq!(s, 202);
     let body = json!({"customer_id": c, "k": 2, "candidates": ["p1", "p2"], "budget_ms": 100});
-    let (_, ok) = app.post("/v1/recommend", body.clone()).await;
-    assert_eq!(ok["fallback"], false, "positive control: {ok}");
+    // positive control: with Redis up the answer is ranked (the first
+    // request of a fresh app may miss its 100 ms on a busy machine)
+    eventually(Duration::from_secs(20), "a ranked answer before the fault", || {
+        let (app, body) = (&app, body.clone());
+        async move { (app.post("/v1/recommend", body).await.1["fallback"] == false).then_some(()) }
+    })
+    .await;
 
     match fault {
         RedisFault::Kill => redis.kill(),
@@ -444,9 +450,9 @@ async fn redis_fault_without_a_broker(fault: RedisFault) {
         "{:?}",
         resp.headers()
     );
-    // the store's timeout is 300 ms (its client retries a failed connection twice)
+    // within the store's timeout (its client retries a failed connection twice)
     assert!(
-        events_took < Duration::from_millis(3 * 300) + SLACK,
+        events_took < store_timeout * 3 + SLACK,
         "POST /v1/events answered 503 after {events_took:?}"
     );
 
@@ -659,11 +665,16 @@ async fn server_sigkilled_at_random_moments_during_a_replay_counts_every_event_o
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let report = crash_replay(&redis_url(), n, 3, 0x5eed).await;
-    println!("replay with SIGKILLs: {report}");
+    // a new seed each run (other kill moments), printed to replay a failure
+    let seed = std::env::var("NEXTBEST_FAULTS_REPLAY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(now_ms() as u64 | 1);
+    let report = crash_replay(&redis_url(), n, 3, seed).await;
+    println!("replay with SIGKILLs (NEXTBEST_FAULTS_REPLAY_SEED={seed}): {report}");
     assert!(
         report.mismatches.is_empty(),
-        "{} customers wrong, e.g. {:?}",
+        "seed {seed}: {} customers wrong, e.g. {:?}",
         report.mismatches.len(),
         &report.mismatches[..report.mismatches.len().min(5)]
     );
@@ -825,5 +836,77 @@ async fn sigterm_answers_in_flight_requests_commits_what_was_applied_and_exits_w
         ms(answered_after),
         ms(exited_after),
         ms(reapplied_after)
+    );
+}
+
+/// SIGTERM while the broker is paused: an in-flight `POST /v1/events` is
+/// answered (503: never acknowledged), the exit commit gives up, and the
+/// process still exits within 10 s; what it could not commit is
+/// redelivered to the next server and counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_paused_exits_within_10_s() {
+    let tansu = TansuProc::start();
+    let group = unique("g");
+    let server = ServerProc::start(ServerSpec {
+        redis_url: Some(redis_url()),
+        brokers: Some(tansu.brokers()),
+        config: config(&group, 2000, 5000),
+        log_filter: Some("info,rdkafka=warn,tower_http=debug".into()),
+    })
+    .await;
+    let c = unique("c");
+    let first = page_view(&format!("{c}-1"), &c);
+    assert_eq!(server.post("/v1/events", &first).await.status(), 202);
+    let want: BTreeMap<String, f64> = [(c.clone(), 1.0)].into();
+    views_are(&server, &want, JOIN, "the first event to be consumed").await;
+
+    tansu.pause();
+    let started_before = server.logged(&["started processing request", "/v1/events"]);
+    let server = Arc::new(server);
+    let refused = page_view(&format!("{c}-2"), &c);
+    let in_flight = {
+        let (server, refused) = (server.clone(), refused.clone());
+        tokio::spawn(async move { server.post("/v1/events", &refused).await.status().as_u16() })
+    };
+    until(
+        Duration::from_secs(10),
+        "the POST to be in flight",
+        async || server.logged(&["started processing request", "/v1/events"]) > started_before,
+    )
+    .await;
+    server.terminate();
+    let termed = Instant::now();
+    let status = in_flight.await.expect("request task");
+    let answered_after = termed.elapsed();
+    assert_eq!(status, 503, "the in-flight POST is answered, not cut off");
+    let mut server = Arc::into_inner(server).expect("the request task is done");
+    let exit = server.wait_exit(Duration::from_secs(10)).await;
+    let exited_after = termed.elapsed();
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "still running 10 s after SIGTERM (broker paused):\n{}",
+            server.log()
+        )
+    });
+    assert!(exit.success(), "exit status {exit}:\n{}", server.log());
+
+    // positive control: the next server, the broker back, counts the
+    // first event once (its batch is redelivered if its commit was lost)
+    // and the client's retry of the refused one once
+    tansu.resume();
+    server.restart().await;
+    assert_eq!(server.post("/v1/events", &refused).await.status(), 202);
+    let want: BTreeMap<String, f64> = [(c.clone(), 2.0)].into();
+    views_are(
+        &server,
+        &want,
+        JOIN,
+        "both events to count once after the restart",
+    )
+    .await;
+    println!(
+        "SIGTERM with the broker paused: the in-flight POST /v1/events answered 503 after {} ms, exit 0 after {} ms",
+        ms(answered_after),
+        ms(exited_after)
     );
 }

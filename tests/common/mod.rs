@@ -37,6 +37,27 @@ pub fn wait_port(port: u16, within: Duration) -> bool {
     false
 }
 
+/// Whether a Redis on `port` answers PING with PONG (not `-LOADING`)
+/// within `within`.
+fn redis_answers(port: u16, within: Duration) -> bool {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut reply = [0u8; 64];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read(&mut reply)
+                    .is_ok_and(|n| reply[..n].starts_with(b"+PONG"))
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// A redis-server owned by one test (killed on drop, restartable, and
 /// pausable with SIGSTOP/SIGCONT).
 pub struct RedisProc {
@@ -143,6 +164,11 @@ impl RedisProc {
         assert!(
             wait_port(self.port, Duration::from_secs(10)),
             "redis-server did not listen on {}",
+            self.port
+        );
+        assert!(
+            redis_answers(self.port, Duration::from_secs(10)),
+            "redis-server on {} did not answer PING (still loading its file?)",
             self.port
         );
     }
