@@ -218,38 +218,9 @@ pub fn kafka_brokers() -> String {
         .get_or_init(|| match std::env::var("NEXTBEST_TEST_KAFKA_BROKERS") {
             Ok(b) if !b.is_empty() => (b, None),
             _ => {
-                let port = free_port();
-                let bin = std::env::var("NEXTBEST_TANSU")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|_| repo().join(".deps/bin/tansu"));
-                let url = format!("tcp://127.0.0.1:{port}");
-                let child = Command::new(&bin)
-                    .args([
-                        "broker",
-                        "--listener-url",
-                        &url,
-                        "--advertised-listener-url",
-                        &url,
-                        "--storage-engine",
-                        "memory://tansu/",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "cannot start tansu at {} ({e}); run scripts/setup.sh",
-                            bin.display()
-                        )
-                    });
-                assert!(
-                    wait_port(port, Duration::from_secs(20)),
-                    "tansu did not listen"
-                );
-                // The child is left running for the life of the test process.
-                let pid = child.id();
-                std::mem::forget(child);
-                (format!("127.0.0.1:{port}"), Some(pid))
+                // left running for the life of the test process
+                let t = std::mem::ManuallyDrop::new(TansuProc::start());
+                (t.brokers(), Some(t.pid()))
             }
         })
         .0
