@@ -15,7 +15,7 @@
 use super::decode::{protocol, strings};
 use super::encode::{fmt_f64, GroupCall};
 use super::keys::session_key;
-use super::RedisStore;
+use super::{Lane, RedisStore};
 use crate::features::aggregate::{apply_update, EntityState, Update};
 use crate::features::store::{dump, Group, GroupOutcome, GroupWrite, StoreError};
 use redis::Value;
@@ -39,7 +39,9 @@ impl RedisStore {
         };
         let mut rest: Vec<usize> = Vec::new();
         let mut replies = if restore_keys.iter().any(Option::is_some) {
-            self.run_pipeline(&restores).await?.into_iter()
+            self.run_pipeline(&restores, Lane::Background)
+                .await?
+                .into_iter()
         } else {
             Vec::new().into_iter()
         };
@@ -63,7 +65,7 @@ impl RedisStore {
         // with what is there)
         let others: Vec<GroupWrite> = rest.iter().map(|&i| groups[i].clone()).collect();
         let (pipe, keys) = self.group_pipeline(&others, now);
-        let replies = self.run_pipeline(&pipe).await?;
+        let replies = self.run_pipeline(&pipe, Lane::Background).await?;
         if replies.len() != others.len() {
             return Err(protocol(
                 "apply_groups: reply count differs from group count",
@@ -90,7 +92,7 @@ impl RedisStore {
         self.restore_limits
             .get_or_try_init(|| async {
                 let key = format!("{}:probe:restore", self.settings.key_prefix);
-                let mut conn = self.conn.clone();
+                let mut conn = self.background.clone();
                 let reply: Result<(), redis::RedisError> = redis::cmd("RESTORE")
                     .arg(&key)
                     .arg(1000)
@@ -126,7 +128,7 @@ impl RedisStore {
     /// `zset-max-listpack-entries` speeds up a first backfill of busy items
     /// (feature-store/README.md).
     pub async fn listpack_limits(&self) -> dump::Limits {
-        let mut conn = self.conn.clone();
+        let mut conn = self.background.clone();
         let reply: Result<Vec<(String, String)>, redis::RedisError> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("*-max-listpack-*")

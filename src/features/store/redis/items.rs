@@ -29,7 +29,7 @@ impl RedisStore {
     /// Every id in the index, swept first when a sweep is due (the first
     /// listing, then every [`SWEEP_EVERY`]).
     pub(super) async fn list_items(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.background.clone();
         let ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.items_index())
             .query_async(&mut conn)
@@ -91,7 +91,7 @@ impl RedisStore {
         for id in ids {
             pipe.cmd("EXISTS").arg(self.item_keys(id));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.background.clone();
         let n: Vec<i64> = pipe.query_async(&mut conn).await?;
         Ok(n.into_iter().map(|n| n > 0).collect())
     }
@@ -104,7 +104,7 @@ impl RedisStore {
         for id in gone {
             pipe.cmd("EXISTS").arg(self.item_keys(id));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.background.clone();
         let n: Vec<i64> = pipe.query_async(&mut conn).await?;
         let back: Vec<String> = gone
             .iter()

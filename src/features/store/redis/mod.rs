@@ -13,6 +13,14 @@
 //!   plain `HGETALL`/`ZRANGE`s in the same pipeline.
 //! - `items` keeps the `{p}:items` index of item ids bounded: ids of
 //!   items whose keys expired are swept out when it is listed.
+//!
+//! Two connections: [`Lane::Request`] for what a request waits on (reads,
+//! contact counters) and [`Lane::Background`] for the rest (the stream's
+//! and the backfill's writes, catalogue scans). Redis answers each
+//! connection's commands in order, so on one connection a read sent after
+//! the consumer's 500-event pipeline waited for all of it (tens of ms);
+//! on its own connection Redis interleaves it between the pipeline's
+//! chunks.
 
 mod bulk;
 mod decode;
@@ -48,9 +56,17 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
 }
 
+/// Which connection a call goes on (see the module doc).
+#[derive(Clone, Copy, Debug)]
+enum Lane {
+    Request,
+    Background,
+}
+
 /// The Redis-backed [`FeatureStore`].
 pub struct RedisStore {
     conn: ConnectionManager,
+    background: ConnectionManager,
     settings: RedisSettings,
     set: Arc<FeatureSet>,
     session_feature: Option<String>,
@@ -80,14 +96,22 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let timeout = settings.timeout_ms.max(100);
-        let conn = tokio::time::timeout(
-            Duration::from_millis(timeout * 3),
-            ConnectionManager::new_with_config(client, cfg),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(timeout * 3))??;
+        let open = || {
+            let (client, cfg) = (client.clone(), cfg.clone());
+            async move {
+                tokio::time::timeout(
+                    Duration::from_millis(timeout * 3),
+                    ConnectionManager::new_with_config(client, cfg),
+                )
+                .await
+                .map_err(|_| StoreError::Timeout(timeout * 3))?
+                .map_err(StoreError::from)
+            }
+        };
+        let (conn, background) = tokio::try_join!(open(), open())?;
         let store = RedisStore {
             conn,
+            background,
             session_feature: session_feature(&set),
             customer: Layout::of(&set, Entity::Customer),
             session: Layout::of(&set, Entity::Session),
@@ -102,6 +126,13 @@ impl RedisStore {
         };
         store.reload_scripts().await?;
         Ok(store)
+    }
+
+    fn connection(&self, lane: Lane) -> ConnectionManager {
+        match lane {
+            Lane::Request => self.conn.clone(),
+            Lane::Background => self.background.clone(),
+        }
     }
 
     async fn reload_scripts(&self) -> Result<(), StoreError> {
@@ -128,8 +159,14 @@ impl RedisStore {
         pipe
     }
 
-    async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
-        let mut conn = self.conn.clone();
+    /// Runs `pipe` on the connection of `lane`, reloading the scripts once
+    /// if Redis lost them.
+    async fn run_pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+        lane: Lane,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut conn = self.connection(lane);
         let first: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
         match first {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -151,7 +188,7 @@ impl FeatureStore for RedisStore {
             return Ok(ApplyOutcome::default());
         }
         let (pipe, shape) = self.event_pipeline(plans, now_ms);
-        let replies = self.run_pipeline(&pipe).await?;
+        let replies = self.run_pipeline(&pipe, Lane::Background).await?;
         Ok(decode::event_outcome(plans, shape, replies))
     }
 
@@ -165,7 +202,9 @@ impl FeatureStore for RedisStore {
     }
 
     async fn read(&self, q: &ReadQuery<'_>) -> Result<ReadResult, StoreError> {
-        let replies = self.run_pipeline(&self.read_pipeline(q)).await?;
+        let replies = self
+            .run_pipeline(&self.read_pipeline(q), Lane::Request)
+            .await?;
         self.parse_read(replies, q.item_ids.len())
     }
 
@@ -185,7 +224,7 @@ impl FeatureStore for RedisStore {
             .map(|k| self.offer_key(q.customer_id, k))
             .collect();
         pipe.cmd("MGET").arg(&keys);
-        let mut replies = self.run_pipeline(&pipe).await?;
+        let mut replies = self.run_pipeline(&pipe, Lane::Request).await?;
         let counts = replies
             .pop()
             .ok_or_else(|| StoreError::Protocol("missing offer counts reply".into()))?;
@@ -228,7 +267,7 @@ impl FeatureStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         self.push_item_reads(&mut pipe, ids);
-        let replies = self.run_pipeline(&pipe).await?;
+        let replies = self.run_pipeline(&pipe, Lane::Request).await?;
         self.parse_items(&mut replies.into_iter(), ids.len())
     }
 
