@@ -21,11 +21,12 @@
 //! that item and is counted; it never fails the request.
 
 use super::file::Inject;
-use super::schema::{Bound, Inputs, Resolver};
+use super::schema::{Bound, Cell, Inputs, ItemVars, Resolver};
 use super::RuleSet;
 use crate::decide::Label;
 use crate::features::aggregate::EntityState;
-use cel::{Context, Value};
+use cel::Context;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
@@ -188,21 +189,31 @@ impl Active<'_> {
         }
         let plan = &self.set.plan;
         let mut matches = vec![0u64; self.rules.len()];
-        // a condition is a pure function of the fields it reads: per rule,
-        // its result for each combination of its item fields seen so far
-        let mut memo: Vec<HashMap<u64, (Vec<Value>, bool)>> =
-            vec![HashMap::new(); self.rules.len()];
         // only the item fields the active rules read are computed
-        let mut needed = vec![false; plan.item_fields().count()];
+        let stride = plan.item_fields().count();
+        let mut needed = vec![false; stride];
         for &ri in &self.rules {
             for &k in &self.set.memo_keys[ri] {
                 needed[k] = true;
             }
         }
-        for (verdict, (id, state)) in out.iter_mut().zip(items) {
-            let values = plan.item_values(inp, id, state, &needed);
-            // the item's variables, bound only if some condition must run
-            let mut bound: Option<Bound> = None;
+        // every item's fields, one row of `stride` cells each (borrowed
+        // from the states: nothing allocated per field)
+        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(stride * items.len());
+        for (id, state) in items {
+            plan.item_cells(inp, id, state, &needed, &mut cells);
+        }
+        // a condition is a pure function of the fields it reads: per rule,
+        // the hash of its fields' values → (the first item that had them,
+        // the result)
+        let mut memo: Vec<FxHashMap<u64, (usize, bool)>> = (0..self.rules.len())
+            .map(|_| FxHashMap::with_capacity_and_hasher(items.len(), Default::default()))
+            .collect();
+        let row = |n: usize| &cells[n * stride..(n + 1) * stride];
+        for (n, (verdict, (id, _))) in out.iter_mut().zip(items).enumerate() {
+            let values = row(n);
+            // the item's variables, made only if some condition must run
+            let mut vars: Option<ItemVars<'_>> = None;
             let mut best: Option<(i64, usize)> = None;
             // the rule of each entry of `verdict.explained`
             let mut explained_rules: Vec<usize> = Vec::new();
@@ -216,11 +227,11 @@ impl Active<'_> {
                     None => true,
                     Some(c) => {
                         let keys = &self.set.memo_keys[ri];
-                        let h = hash_values(keys.iter().map(|&k| &values[k]));
+                        let h = hash_cells(keys.iter().map(|&k| &values[k]));
                         match memo[slot].get(&h) {
-                            Some((seen, b)) if same(seen, keys, &values) => *b,
+                            Some(&(seen, b)) if same(row(seen), values, keys) => b,
                             _ => {
-                                let item = &*bound.get_or_insert_with(|| plan.bind_item(&values));
+                                let item = &*vars.get_or_insert_with(|| ItemVars::new(values));
                                 let resolver = Resolver {
                                     plan,
                                     request: &self.request,
@@ -233,9 +244,7 @@ impl Active<'_> {
                                         false
                                     }
                                 };
-                                memo[slot].entry(h).or_insert_with(|| {
-                                    (keys.iter().map(|&k| values[k].clone()).collect(), b)
-                                });
+                                memo[slot].entry(h).or_insert((n, b));
                                 b
                             }
                         }
@@ -311,34 +320,32 @@ impl Active<'_> {
 }
 
 /// A hash of the values a condition reads.
-fn hash_values<'a>(values: impl Iterator<Item = &'a Value>) -> u64 {
+fn hash_cells<'a>(cells: impl Iterator<Item = &'a Cell<'a>>) -> u64 {
     let mut h = rustc_hash::FxHasher::default();
-    for v in values {
-        hash_value(v, &mut h);
+    for c in cells {
+        match c {
+            Cell::Null => h.write_u8(0),
+            Cell::Number(x) => h.write_u64(x.to_bits()),
+            Cell::Text(t) => {
+                h.write_u8(1);
+                h.write(t.as_bytes());
+                h.write_u8(0xff);
+            }
+            Cell::List(l) => {
+                h.write_usize(l.len());
+                for (m, _) in l.iter() {
+                    h.write(m.as_bytes());
+                    h.write_u8(0xff);
+                }
+            }
+        }
     }
     h.finish()
 }
 
-fn hash_value(v: &Value, h: &mut rustc_hash::FxHasher) {
-    match v {
-        Value::Float(f) => h.write_u64(f.to_bits()),
-        Value::Int(i) => h.write_i64(*i),
-        Value::Bool(b) => h.write_u8(u8::from(*b)),
-        Value::String(s) => h.write(s.as_bytes()),
-        Value::List(l) => {
-            h.write_usize(l.len());
-            for x in l.iter() {
-                hash_value(x, h);
-            }
-        }
-        // other kinds never come from features; equality decides
-        _ => h.write_u8(0xff),
-    }
-}
-
-/// Whether `seen` holds the same values as `values` at `keys`.
-fn same(seen: &[Value], keys: &[usize], values: &[Value]) -> bool {
-    seen.len() == keys.len() && seen.iter().zip(keys).all(|(s, &k)| *s == values[k])
+/// Whether two items' rows hold the same values at `keys`.
+fn same(seen: &[Cell<'_>], values: &[Cell<'_>], keys: &[usize]) -> bool {
+    keys.iter().all(|&k| seen[k] == values[k])
 }
 
 fn push_reason(reasons: &mut Vec<Label>, reason: &Label) {

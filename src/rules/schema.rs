@@ -243,10 +243,16 @@ impl Schema {
             .enumerate()
             .map(|(i, f)| (format!("{}.{}", f.ns.as_str(), key_str(&f.key)), i))
             .collect();
+        let mut per_item = 0..;
+        let item_slot = slots
+            .iter()
+            .map(|f| f.ns.per_item().then(|| per_item.next()).flatten())
+            .collect();
         Plan {
             numeric,
             fields: slots,
             by_name,
+            item_slot,
         }
     }
 }
@@ -274,6 +280,8 @@ pub struct Plan {
     fields: Vec<PlanField>,
     /// Qualified name → index into `fields`.
     by_name: rustc_hash::FxHashMap<String, usize>,
+    /// Per field: its index among the per-item fields, if it is one.
+    item_slot: Vec<Option<usize>>,
 }
 
 /// The states variables are built from.
@@ -285,21 +293,74 @@ pub struct Inputs<'a> {
     pub now: i64,
 }
 
-/// Values of a plan's fields, bound under their qualified names
-/// (`customer.cart_value`): cel resolves `customer.cart_value` as a variable
-/// of that name before it tries a field of `customer`, so a condition finds
-/// each value with one lookup, and no map is built per item. One slot per
-/// plan field; a [`Plan::bind_request`] fills the per-request ones, a
-/// [`Plan::bind_item`] the per-item ones.
+/// The request's fields (customer, session, context) bound under their
+/// qualified names (`customer.cart_value`): cel resolves
+/// `customer.cart_value` as a variable of that name before it tries a field
+/// of `customer`, so a condition finds each value with one lookup. One slot
+/// per plan field, filled by [`Plan::bind_request`]; the per-item ones stay
+/// empty (they are an [`ItemVars`]).
 #[derive(Debug)]
 pub struct Bound(Vec<Option<Box<dyn Val>>>);
+
+/// One per-item field's value as read from the states, borrowed: nothing
+/// is allocated to read it, compare it or hash it. It is the key under
+/// which a condition's result is kept within a request, and becomes a cel
+/// value only when a condition must actually run ([`ItemVars`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell<'a> {
+    /// A field no condition that holds for this request reads.
+    Null,
+    Number(f64),
+    Text(&'a str),
+    /// The members of a recent list (with their times, which conditions do
+    /// not see: two lists with the same members at other times are kept
+    /// apart, which costs a re-evaluation, never a wrong answer).
+    List(&'a [(String, i64)]),
+}
+
+impl Cell<'_> {
+    fn to_val(self) -> Option<Box<dyn Val>> {
+        let text = |s: &str| Value::String(Arc::new(s.to_string()));
+        let v = match self {
+            Cell::Null => Value::Null,
+            Cell::Number(x) => Value::Float(x),
+            Cell::Text(t) => text(t),
+            Cell::List(l) => Value::List(Arc::new(l.iter().map(|(m, _)| text(m)).collect())),
+        };
+        v.try_into().ok()
+    }
+}
+
+/// One item's variables for cel: its [`Cell`]s, each turned into a cel
+/// value the first time a condition names it (most conditions read one or
+/// two of an item's fields).
+pub struct ItemVars<'c> {
+    cells: &'c [Cell<'c>],
+    vals: Vec<std::sync::OnceLock<Option<Box<dyn Val>>>>,
+}
+
+impl<'c> ItemVars<'c> {
+    pub fn new(cells: &'c [Cell<'c>]) -> ItemVars<'c> {
+        ItemVars {
+            cells,
+            vals: (0..cells.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+
+    fn get(&self, j: usize) -> Option<&dyn Val> {
+        let cell = *self.cells.get(j)?;
+        self.vals.get(j)?.get_or_init(|| cell.to_val()).as_deref()
+    }
+}
 
 /// The variables one evaluation sees: the request's and (for `item_when`)
 /// one item's.
 pub struct Resolver<'a> {
     pub plan: &'a Plan,
     pub request: &'a Bound,
-    pub item: Option<&'a Bound>,
+    pub item: Option<&'a ItemVars<'a>>,
 }
 
 impl VariableResolver for Resolver<'_> {
@@ -310,29 +371,28 @@ impl VariableResolver for Resolver<'_> {
             let ns = Namespace::parse(name)?;
             return self.namespace(ns).map(CowVal::Owned);
         };
-        let bound = if self.plan.fields[i].ns.per_item() {
-            self.item?
-        } else {
-            self.request
-        };
-        bound.0.get(i)?.as_deref().map(CowVal::Borrowed)
+        match self.plan.item_slot[i] {
+            Some(j) => self.item?.get(j).map(CowVal::Borrowed),
+            None => self.request.0.get(i)?.as_deref().map(CowVal::Borrowed),
+        }
     }
 }
 
 impl Resolver<'_> {
     fn namespace(&self, ns: Namespace) -> Option<Box<dyn Val>> {
-        let bound = if ns.per_item() {
-            self.item?
-        } else {
-            self.request
-        };
         let map: HashMap<Key, Value> = self
             .plan
             .fields
             .iter()
-            .zip(&bound.0)
-            .filter(|(f, _)| f.ns == ns)
-            .filter_map(|(f, v)| Some((f.key.clone(), Value::try_from(v.as_deref()?).ok()?)))
+            .enumerate()
+            .filter(|(_, f)| f.ns == ns)
+            .filter_map(|(i, f)| {
+                let v = match self.plan.item_slot[i] {
+                    Some(j) => self.item?.get(j)?,
+                    None => self.request.0.get(i)?.as_deref()?,
+                };
+                Some((f.key.clone(), Value::try_from(v).ok()?))
+            })
             .collect();
         Value::Map(Map { map: Arc::new(map) }).try_into().ok()
     }
@@ -354,44 +414,52 @@ impl Plan {
         )
     }
 
-    /// One item's fields bound, from its [`Self::item_values`].
-    pub fn bind_item(&self, values: &[Value]) -> Bound {
-        let mut values = values.iter();
-        Bound(
-            self.fields
-                .iter()
-                .map(|f| {
-                    if f.ns.per_item() {
-                        values.next().and_then(|v| v.clone().try_into().ok())
-                    } else {
-                        None
-                    }
-                })
-                .collect(),
-        )
-    }
-
-    /// The per-item fields read, in [`Self::item_fields`] order; those not
-    /// `needed` (read by no rule that holds for this request) are null.
-    pub fn item_values(
+    /// The per-item fields read, in [`Self::item_fields`] order, appended
+    /// to `out`; those not `needed` (read by no rule that holds for this
+    /// request) are [`Cell::Null`].
+    pub fn item_cells<'a>(
         &self,
-        inp: &Inputs<'_>,
-        item_id: &str,
-        item: &EntityState,
+        inp: &Inputs<'a>,
+        item_id: &'a str,
+        item: &'a EntityState,
         needed: &[bool],
-    ) -> Vec<Value> {
-        self.fields
-            .iter()
-            .filter(|f| f.ns.per_item())
-            .enumerate()
-            .map(|(i, f)| {
-                if needed.get(i).copied().unwrap_or(true) {
-                    self.value(f, inp, item_id, item)
-                } else {
-                    Value::Null
+        out: &mut Vec<Cell<'a>>,
+    ) {
+        let state = |e: Entity| match e {
+            Entity::Customer => inp.customer,
+            Entity::Session => inp.session,
+            Entity::Item => item,
+        };
+        let per_item = self.fields.iter().filter(|f| f.ns.per_item());
+        for (i, f) in per_item.enumerate() {
+            if !needed.get(i).copied().unwrap_or(true) {
+                out.push(Cell::Null);
+                continue;
+            }
+            out.push(match &f.slot {
+                Slot::Column(c) => {
+                    let rows = RowInputs {
+                        customer: inp.customer,
+                        session: inp.session,
+                        context: inp.context,
+                        now: inp.now,
+                    };
+                    Cell::Number(self.numeric.value(inp.set, *c, &rows, item_id, item))
                 }
-            })
-            .collect()
+                Slot::Text(k) => {
+                    let def = &inp.set.features[*k];
+                    let st = state(def.entity);
+                    Cell::Text(st.lasts.get(&def.name).map_or("", |l| l.value.as_str()))
+                }
+                Slot::List(k) => {
+                    let def = &inp.set.features[*k];
+                    let st = state(def.entity);
+                    Cell::List(st.recent.get(&def.name).map_or(&[], |l| l.as_slice()))
+                }
+                Slot::ItemId => Cell::Text(item_id),
+                Slot::ContextText(k) => Cell::Text(inp.context.text(*k)),
+            });
+        }
     }
 
     /// The per-item fields read, in order.
