@@ -286,6 +286,14 @@ async fn main() {
                 .sum();
             max_lag = max_lag.max(lag);
         }
+        let t = start.elapsed().as_secs();
+        if t % 60 < 5 && t >= 60 {
+            eprintln!(
+                "  {t} s: {} events produced, RSS {} MB, consumer lag {max_lag:.0} (highest so far)",
+                produced.load(Ordering::Relaxed),
+                rss.last().copied().unwrap_or(0) / 1024
+            );
+        }
         if !killed && Instant::now() >= kill_at {
             killed = true;
             let t0 = Instant::now();
@@ -320,14 +328,14 @@ async fn main() {
     requesting.await.expect("request task");
     let last_event = Instant::now();
     let ends = probe.mark_ends(&producer).await;
+    // bounded: a consumer that cannot keep up is a finding, reported below
     let caught_up = loop {
         if probe.committed_up_to(&ends) {
-            break last_event.elapsed();
+            break Some(last_event.elapsed());
         }
-        assert!(
-            last_event.elapsed() < Duration::from_secs(300),
-            "the group had not committed everything 300 s after the last event"
-        );
+        if last_event.elapsed() > Duration::from_secs(300) {
+            break None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let rss_end = server.rss_kb();
@@ -412,10 +420,18 @@ async fn main() {
         mb(rss_end),
         mb(rss.iter().max().copied())
     );
-    println!(
-        "consumer lag: highest sampled {max_lag:.0} messages; everything committed {:.1} s after the last event",
-        caught_up.as_secs_f64()
-    );
+    match caught_up {
+        Some(d) => println!(
+            "consumer lag: highest sampled {max_lag:.0} messages; everything committed {:.1} s after the last event",
+            d.as_secs_f64()
+        ),
+        None => println!(
+            "consumer lag: highest sampled {max_lag:.0} messages; NOT caught up 300 s after the last event \
+             ({} of {} committed)",
+            total(&probe.committed()),
+            total(&ends)
+        ),
+    }
     // stop what it started (exit skips destructors), then exit at once
     // (the producer's and client's background threads need not wind down)
     drop(server);

@@ -128,6 +128,7 @@ impl App {
         });
 
         let seq_check = SeqCheck::default();
+        let clock = Clock::of(cfg.clock);
         let (ingest, consumer) = match &cfg.kafka.brokers {
             Some(brokers) => {
                 if cfg.kafka.create_topics {
@@ -143,7 +144,8 @@ impl App {
                             store.clone(),
                             producer.clone(),
                         )?
-                        .with_checks(cfg.store.time_bounds(), seq_check.clone()),
+                        .with_checks(cfg.store.time_bounds(), seq_check.clone())
+                        .with_clock(clock.clone()),
                     )
                 } else {
                     None
@@ -179,7 +181,7 @@ impl App {
             ingest,
             metrics,
             changes: ChangeFeed::in_process(),
-            clock: Clock::System,
+            clock,
             rules,
             seq_check,
             access,

@@ -41,6 +41,9 @@ pub struct Config {
     pub features: PathBuf,
     /// Path of libonnxruntime (`ORT_DYLIB_PATH`); found automatically when unset.
     pub ort_dylib_path: Option<PathBuf>,
+    /// Where "now" comes from (`NEXTBEST_CLOCK`, `serve --clock`): the wall
+    /// clock, or event time for replays ([`crate::clock`]).
+    pub clock: crate::clock::ClockMode,
     pub store: StoreConfig,
     pub kafka: KafkaConfig,
     pub model: ModelConfig,
@@ -337,6 +340,7 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             features: PathBuf::from("feature-store/features.toml"),
             ort_dylib_path: None,
+            clock: crate::clock::ClockMode::Wall,
             store: StoreConfig::default(),
             kafka: KafkaConfig::default(),
             model: ModelConfig::default(),
@@ -540,6 +544,13 @@ impl Config {
         }
         if let Some(v) = get("ORT_DYLIB_PATH") {
             self.ort_dylib_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("NEXTBEST_CLOCK") {
+            self.clock = v.parse().map_err(|message| ConfigError::Env {
+                name: "NEXTBEST_CLOCK".into(),
+                value: v.clone(),
+                message,
+            })?;
         }
         Ok(())
     }

@@ -38,6 +38,11 @@ enum Command {
     Serve {
         #[command(flatten)]
         preload: Preload,
+        /// Where "now" comes from: `wall` (default), or `event` for
+        /// replays and backtests, where it is the newest event applied
+        /// (overrides NEXTBEST_CLOCK and the config's `clock`).
+        #[arg(long)]
+        clock: Option<nextbest::clock::ClockMode>,
     },
     /// Load event history and static enrichment into the online store
     /// (Redis when NEXTBEST_REDIS_URL is set; else the embedded store of this
@@ -175,9 +180,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command } => return keys(command),
         other => other,
     };
-    let cfg = Config::load(cli.config.as_deref())?;
+    let mut cfg = Config::load(cli.config.as_deref())?;
     match command {
-        Command::Serve { preload } => {
+        Command::Serve { preload, clock } => {
+            if let Some(c) = clock {
+                cfg.clock = c;
+            }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let dedupe_window_ms = cfg.store.dedupe_window_ms();
             let served = rt.block_on(async {

@@ -323,3 +323,63 @@ async fn sequence_gaps_reorders_and_repeats_are_counted_and_late_events_refused(
     );
     app.stop().await;
 }
+
+/// `clock = "event"`: a recorded history (dated years ago) posted in time
+/// order gets the windows it had live, and recommend answers as of then.
+/// Positive control: the same history on the wall clock is refused as late.
+#[tokio::test]
+async fn on_an_event_clock_a_recorded_history_gets_the_windows_it_had_live() {
+    let t0: i64 = 1_600_000_000_000; // 2020-09-13
+    let view = |id: &str, ts: i64| event(id, "page_view", "hist", Some("p1"), ts);
+
+    let wall = TestApp::spawn(base_config()).await;
+    let (status, body) = wall.post("/v1/events", view("w-1", t0)).await;
+    assert_eq!(status, 400, "the wall clock refuses a 2020 event: {body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("old"),
+        "{body}"
+    );
+    wall.stop().await;
+
+    let mut cfg = base_config();
+    cfg.clock = nextbest::clock::ClockMode::Event;
+    let app = TestApp::spawn(cfg).await;
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            json!([view("e-1", t0), view("e-2", t0 + 60_000)]),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        app.state.clock.now_ms(),
+        t0 + 60_000,
+        "now is the newest event applied"
+    );
+    assert_eq!(app.customer_feature("hist", "views_1h").await, json!(2.0));
+    assert_eq!(app.customer_feature("hist", "views_5m").await, json!(2.0));
+    // ten minutes later (in event time): out of 5 minutes, still within the hour
+    let (status, _) = app.post("/v1/events", view("e-3", t0 + 11 * 60_000)).await;
+    assert_eq!(status, 202);
+    assert_eq!(app.customer_feature("hist", "views_5m").await, json!(1.0));
+    assert_eq!(app.customer_feature("hist", "views_1h").await, json!(3.0));
+    // two hours on, the first three are out of the hour
+    let (status, _) = app.post("/v1/events", view("e-4", t0 + 131 * 60_000)).await;
+    assert_eq!(status, 202);
+    assert_eq!(app.customer_feature("hist", "views_1h").await, json!(1.0));
+    // no bound ahead on event time (events move the clock), lateness holds
+    // relative to it: eight days before the watermark is refused
+    let (status, body) = app
+        .post("/v1/events", view("e-5", t0 - 8 * 86_400_000))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": "hist", "k": 1, "candidates": ["p1", "p2"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fallback"], json!(false), "{body}");
+    app.stop().await;
+}

@@ -724,3 +724,47 @@ async fn malformed_messages_are_dead_lettered_once_and_the_consumer_goes_on() {
         }
     }
 }
+
+/// `clock = "event"` through Kafka: a recorded history produced in time
+/// order moves the consumer's clock, and its windows are those it had live.
+/// (Its own broker: the shared one holds other tests' events, dated now,
+/// which would move this clock to today.)
+#[tokio::test]
+async fn on_an_event_clock_the_consumer_replays_history_with_its_windows() {
+    let tansu = TansuProc::start();
+    let mut cfg = base_config();
+    cfg.clock = nextbest::clock::ClockMode::Event;
+    cfg.store.redis_url = Some(redis_url());
+    cfg.kafka = KafkaConfig {
+        brokers: Some(tansu.brokers()),
+        ..kafka_cfg()
+    };
+    let app = TestApp::spawn(cfg).await;
+    let p = producer_for(&tansu.brokers());
+    let c = unique("hist");
+    let t0: i64 = 1_600_000_000_000;
+    let view = |n: u32, ts: i64| {
+        serde_json::to_vec(&event(&format!("{c}-{n}"), "page_view", &c, Some("p1"), ts))
+            .expect("json")
+    };
+    produce(&p, "events.page_view", &c, view(1, t0)).await;
+    produce(&p, "events.page_view", &c, view(2, t0 + 60_000)).await;
+    eventually(JOIN, "two 2020 views counted in the hour", || {
+        let (app, c) = (&app, c.clone());
+        async move { (app.customer_feature(&c, "views_1h").await == 2.0).then_some(()) }
+    })
+    .await;
+    assert_eq!(app.state.clock.now_ms(), t0 + 60_000);
+    produce(&p, "events.page_view", &c, view(3, t0 + 131 * 60_000)).await;
+    eventually(Duration::from_secs(30), "the clock two hours on", || {
+        let app = &app;
+        async move { (app.state.clock.now_ms() == t0 + 131 * 60_000).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        app.customer_feature(&c, "views_1h").await,
+        1.0,
+        "the first two are out of the hour two hours on"
+    );
+    app.stop().await;
+}

@@ -49,7 +49,8 @@ pub async fn post_events(
         ));
     }
     let mut events = Vec::with_capacity(values.len());
-    let (now, bounds) = (state.clock.now_ms(), state.cfg.store.time_bounds());
+    let now = state.clock.now_ms();
+    let bounds = state.clock.bounds(state.cfg.store.time_bounds());
     for (i, v) in values.into_iter().enumerate() {
         match Event::from_value(v).and_then(|e| e.check_time(now, bounds).map(|()| e)) {
             Ok(e) => events.push(e),
@@ -65,11 +66,13 @@ pub async fn post_events(
     }
     match &state.ingest {
         Ingest::InProcess => {
-            let now = state.clock.now_ms();
+            let newest = events.iter().map(|e| e.ts).max();
+            let now = state.clock.write_time(newest);
             let out =
                 crate::ingest::apply_events_at(&state.set, state.store.as_ref(), &events, now)
                     .await
                     .map_err(|e| ApiError::Unavailable(format!("events not stored: {e}")))?;
+            state.clock.observe(newest);
             state
                 .seq_check
                 .observe_applied(&events, &out.duplicate, &[]);

@@ -51,12 +51,13 @@
 //!
 //! [`StoreError::is_transient`]: crate::features::store::StoreError::is_transient
 
-use super::apply::{apply_catalog, apply_events, ApplyError, CatalogVia};
+use super::apply::{apply_catalog, apply_events_at, ApplyError, CatalogVia};
 use super::catalog::{self, CatalogTopics};
 use super::kafka::{client_config, KafkaSetupError, SUBSCRIPTION};
 use super::order::SeqCheck;
 use super::producer::{DeadLetterOrigin, EventProducer};
 use super::retry::{isolate_refused, until_answered, until_done, Stopped};
+use crate::clock::Clock;
 use crate::config::KafkaConfig;
 use crate::config::StoreConfig;
 use crate::event::TimeBounds;
@@ -182,6 +183,9 @@ pub struct EventConsumer {
     bounds: TimeBounds,
     /// The per-customer `seq` check of applied events.
     seq: SeqCheck,
+    /// The server's clock: events are checked against it and written at
+    /// it; an event-time clock follows the applied events.
+    clock: Clock,
 }
 
 impl EventConsumer {
@@ -221,6 +225,7 @@ impl EventConsumer {
             cfg: cfg.clone(),
             bounds: StoreConfig::default().time_bounds(),
             seq: SeqCheck::default(),
+            clock: Clock::System,
         })
     }
 
@@ -230,6 +235,12 @@ impl EventConsumer {
     pub fn with_checks(mut self, bounds: TimeBounds, seq: SeqCheck) -> Self {
         self.bounds = bounds;
         self.seq = seq;
+        self
+    }
+
+    /// The server's clock (default: the wall clock).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -302,7 +313,7 @@ impl EventConsumer {
     /// Step 2: each message of the batch decoded once, nothing sent yet.
     fn decode(&self, batch: &Batch) -> Decoded {
         let mut d = Decoded::default();
-        let now = crate::now_ms();
+        let (now, bounds) = (self.clock.now_ms(), self.clock.bounds(self.bounds));
         for (msg, m) in batch.messages.iter().enumerate() {
             if m.topic() == self.cfg.dlq_topic {
                 continue;
@@ -326,9 +337,7 @@ impl EventConsumer {
                 }
                 continue;
             }
-            match Event::from_slice(payload)
-                .and_then(|e| e.check_time(now, self.bounds).map(|()| e))
-            {
+            match Event::from_slice(payload).and_then(|e| e.check_time(now, bounds).map(|()| e)) {
                 Ok(e) => {
                     metrics::counter!(crate::metrics::EVENTS_CONSUMED, "type" => e.kind.as_str())
                         .increment(1);
@@ -361,13 +370,21 @@ impl EventConsumer {
         out: &mut BatchOutcome,
     ) -> Result<Vec<Reject>, Stopped> {
         let (set, store, events) = (&*self.set, self.store.as_ref(), &d.events);
+        let clock = &self.clock;
+        let newest = events.iter().map(|e| e.ts).max();
         let iso = isolate_refused(events.len(), move |r| {
             let part = &events[r];
             until_answered("apply events", stop, ApplyError::is_transient, move || {
-                apply_events(set, store, part)
+                apply_events_at(set, store, part, clock.write_time(newest))
             })
         })
         .await?;
+        let applied_newest = iso
+            .done
+            .iter()
+            .filter_map(|(r, _)| events[r.clone()].iter().map(|e| e.ts).max())
+            .max();
+        self.clock.observe(applied_newest);
         for (r, o) in iso.done {
             for (k, e) in events[r.clone()].iter().enumerate() {
                 let i = r.start + k;
