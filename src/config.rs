@@ -51,6 +51,36 @@ pub struct Config {
     pub http: HttpConfig,
     pub rules: RulesConfig,
     pub security: SecurityConfig,
+    pub stream: StreamConfig,
+}
+
+/// `/v1/stream`, the WebSocket push, and the change feed behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Least time between two pushes to one socket, in ms: a burst of
+    /// changes within it becomes one push.
+    pub coalesce_ms: u64,
+    /// A push not taken by the client within this long closes its socket
+    /// (a slow client is dropped, never buffered for), in ms.
+    pub send_timeout_ms: u64,
+    /// Most bytes queued for one socket beyond what the OS buffers.
+    pub max_write_buffer_bytes: usize,
+    /// With Redis configured, share changes between instances by Redis
+    /// pub/sub (channel `<store.key_prefix>:changes`), so a socket hears
+    /// changes whichever instance applied them. Off: this instance only.
+    pub redis_feed: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            coalesce_ms: 50,
+            send_timeout_ms: 5_000,
+            max_write_buffer_bytes: 1024 * 1024,
+            redis_feed: true,
+        }
+    }
 }
 
 /// Access control, rate limits and CORS of the HTTP API (SECURITY.md).
@@ -159,6 +189,9 @@ pub struct HttpConfig {
     /// send, in bytes (at least 1024); a larger one closes the socket. The
     /// server reads nothing from clients but close and ping frames.
     pub ws_max_message_bytes: usize,
+    /// Serve the demo storefront at `/` and the browser SDK at `/sdk/`
+    /// (files compiled into the binary; `web/`).
+    pub storefront: bool,
 }
 
 /// The online store. Its `Debug` shows the Redis URL without a password.
@@ -348,6 +381,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             rules: RulesConfig::default(),
             security: SecurityConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -408,6 +442,7 @@ impl Default for HttpConfig {
             recommend_concurrency: 256,
             max_body_bytes: 8 * 1024 * 1024,
             ws_max_message_bytes: 64 * 1024,
+            storefront: true,
         }
     }
 }

@@ -5,6 +5,11 @@
 //! applied
 //! in-process (embedded) or produced to Kafka, and 202 is returned once the
 //! store or the broker acknowledged them all.
+//!
+//! The body is read as JSON whatever its `Content-Type`: the SDK's
+//! `navigator.sendBeacon` on page exit sends the same JSON as `text/plain`,
+//! a type a browser sends cross-origin without a CORS preflight (a beacon
+//! cannot answer one).
 
 use super::{parse_json, ApiError, AppStateRef, Ingest};
 use crate::event::Event;

@@ -22,6 +22,7 @@ pub mod models;
 pub mod rate_limit;
 pub mod recommend;
 pub mod rules;
+pub mod storefront;
 pub mod stream;
 
 use crate::change_feed::ChangeFeed;
@@ -142,14 +143,18 @@ fn guarded(
         .route_layer(middleware::from_fn_with_state(gate, auth::identify))
 }
 
-/// Routes anyone may call: liveness, readiness and (unless
-/// `security.metrics_admin`) the metrics.
+/// Routes anyone may call: liveness, readiness, (unless
+/// `security.metrics_admin`) the metrics and (with `http.storefront`) the
+/// demo storefront and the SDK's files.
 fn open(state: &AppState) -> Router<Arc<AppState>> {
     let mut routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if !state.access.metrics_admin {
         routes = routes.route("/metrics", get(health::metrics));
+    }
+    if state.cfg.http.storefront {
+        routes = routes.merge(storefront::routes());
     }
     routes.layer(layers::request_timeout(state.cfg.http.request_timeout()))
 }
