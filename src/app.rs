@@ -166,6 +166,14 @@ impl App {
             )
             .map_err(AppError::Config)?,
         );
+        // with Redis, a change applied by any instance reaches every socket
+        let changes = match (&cfg.store.redis_url, cfg.stream.redis_feed) {
+            (Some(url), true) => {
+                ChangeFeed::redis(url, format!("{}:changes", cfg.store.key_prefix))
+                    .map_err(|e| AppError::Config(e.to_string()))?
+            }
+            _ => ChangeFeed::in_process(),
+        };
         let listener = TcpListener::bind(cfg.http_addr)
             .await
             .map_err(|source| AppError::Bind {
@@ -180,7 +188,7 @@ impl App {
             registry,
             ingest,
             metrics,
-            changes: ChangeFeed::in_process(),
+            changes,
             clock,
             rules,
             seq_check,

@@ -36,6 +36,12 @@ pub const RULES_ACTIVE: &str = "nextbest_rules_active";
 pub const RULE_FILES_REJECTED: &str = "nextbest_rule_files_rejected";
 pub const CATALOG_UPDATES: &str = "nextbest_catalog_updates_total";
 pub const CATALOG_REJECTED: &str = "nextbest_catalog_rejected_total";
+pub const STREAM_CONNECTIONS: &str = "nextbest_stream_connections";
+pub const STREAM_PUSHES: &str = "nextbest_stream_pushes_total";
+pub const STREAM_DROPPED: &str = "nextbest_stream_clients_dropped_total";
+pub const CHANGE_FEED_PUBLISHED: &str = "nextbest_change_feed_published_total";
+pub const CHANGE_FEED_DROPPED: &str = "nextbest_change_feed_dropped_total";
+pub const CHANGE_FEED_SUBSCRIBED: &str = "nextbest_change_feed_subscribed";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -169,5 +175,23 @@ fn describe() {
     describe_counter!(
         CATALOG_REJECTED,
         "catalog/profile updates refused as invalid (a 400, or a dead letter), by entity and via"
+    );
+    describe_gauge!(STREAM_CONNECTIONS, "open /v1/stream WebSockets");
+    describe_counter!(STREAM_PUSHES, "recommendations pushed over /v1/stream");
+    describe_counter!(
+        STREAM_DROPPED,
+        "/v1/stream sockets closed by the server, by reason (slow: a push not taken within stream.send_timeout_ms)"
+    );
+    describe_counter!(
+        CHANGE_FEED_PUBLISHED,
+        "messages of changed customers published to the cross-instance change feed (Redis)"
+    );
+    describe_counter!(
+        CHANGE_FEED_DROPPED,
+        "batches of change notices not published (queue full or Redis unreachable)"
+    );
+    describe_gauge!(
+        CHANGE_FEED_SUBSCRIBED,
+        "1 while this instance is subscribed to the cross-instance change feed"
     );
 }
