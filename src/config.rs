@@ -98,7 +98,7 @@ pub struct SecurityConfig {
     pub metrics_admin: bool,
     /// Origins browsers may call the API from (`https://shop.example`,
     /// scheme, host and port as the `Origin` header sends them). Empty →
-    /// any origin (permissive CORS, for the local quick start).
+    /// same origin only (the storefront at `/`); `["*"]` → any origin.
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimitConfig,
 }

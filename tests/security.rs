@@ -418,22 +418,27 @@ async fn cors_answers_allowlisted_origins_only() {
     assert!(allowed.contains("x-api-key"), "{allowed}");
     app.stop().await;
 
-    // without an allowlist any origin is allowed (the quick start's default)
-    let app = TestApp::spawn(base_config()).await;
-    let r = app
-        .client
-        .get(format!("{}/healthz", app.base))
-        .header("origin", "https://anywhere.example")
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(
-        r.headers()
-            .get("access-control-allow-origin")
-            .and_then(|v| v.to_str().ok()),
-        Some("*")
-    );
-    app.stop().await;
+    // without an allowlist: same origin only (no CORS header for any
+    // other origin); `["*"]`: any origin
+    for (origins, want) in [(vec![], None), (vec!["*".to_string()], Some("*"))] {
+        let mut cfg = base_config();
+        cfg.security.cors_origins = origins;
+        let app = TestApp::spawn(cfg).await;
+        let r = app
+            .client
+            .get(format!("{}/healthz", app.base))
+            .header("origin", "https://anywhere.example")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            want
+        );
+        app.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -19,8 +19,8 @@ pub struct Access {
     pub cors: CorsLayer,
     /// Whether `/metrics` is an admin route.
     pub metrics_admin: bool,
-    /// How many origins the CORS allowlist holds (0: any origin).
-    pub cors_origins: usize,
+    /// The CORS policy as the start-up summary says it.
+    pub cors_policy: String,
 }
 
 /// Errors in `[security]`.
@@ -44,7 +44,7 @@ impl Access {
             limits: Arc::new(limits),
             cors: super::cors::layer(&cfg.cors_origins)?,
             metrics_admin: cfg.metrics_admin,
-            cors_origins: cfg.cors_origins.len(),
+            cors_policy: super::cors::describe(&cfg.cors_origins),
         })
     }
 
@@ -64,11 +64,11 @@ impl Access {
                 }
             )
         };
-        let cors = match self.cors_origins {
-            0 => "any origin".to_string(),
-            n => format!("{n} origin(s)"),
-        };
-        format!("{keys}; rate limit {}; CORS {cors}", self.limits.describe())
+        format!(
+            "{keys}; rate limit {}; CORS {}",
+            self.limits.describe(),
+            self.cors_policy
+        )
     }
 
     /// The start-up warnings of this access policy (logged once by `App::build`).

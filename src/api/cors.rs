@@ -2,9 +2,11 @@
 //! (`security.cors_origins`) answers preflights and adds
 //! `Access-Control-Allow-Origin` for those origins only (methods GET, POST,
 //! PUT; headers `content-type`, `authorization`, `x-api-key`,
-//! `x-request-id`; `x-request-id` and `retry-after` exposed). Without one,
-//! every origin is allowed (`CorsLayer::permissive`), which suits the local
-//! quick start; set an allowlist in production.
+//! `x-request-id`; `x-request-id` and `retry-after` exposed). Without one
+//! (the default) no CORS header is sent: browsers let only pages of the
+//! server's own origin (the storefront at `/`) read its answers. `["*"]`
+//! allows every origin (`CorsLayer::permissive`), for trying the API from a
+//! page served elsewhere.
 
 use axum::http::{header, HeaderName, HeaderValue, Method, Uri};
 use std::time::Duration;
@@ -18,10 +20,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 )]
 pub struct CorsError(pub String);
 
-/// The CORS layer of `origins` (empty → any origin).
+/// The CORS layer of `origins` (empty → same origin only, `["*"]` → any).
 pub fn layer(origins: &[String]) -> Result<CorsLayer, CorsError> {
-    if origins.is_empty() {
-        return Ok(CorsLayer::permissive());
+    match origins {
+        [] => return Ok(CorsLayer::new()),
+        [any] if any == "*" => return Ok(CorsLayer::permissive()),
+        _ => {}
     }
     let list = origins
         .iter()
@@ -39,6 +43,15 @@ pub fn layer(origins: &[String]) -> Result<CorsLayer, CorsError> {
         ])
         .expose_headers([request_id, header::RETRY_AFTER])
         .max_age(Duration::from_secs(600)))
+}
+
+/// How `origins` reads in the start-up summary.
+pub fn describe(origins: &[String]) -> String {
+    match origins {
+        [] => "same origin only".into(),
+        [any] if any == "*" => "any origin".into(),
+        list => format!("{} origin(s)", list.len()),
+    }
 }
 
 /// `scheme://host[:port]` as a browser sends it in `Origin`.
@@ -75,5 +88,8 @@ mod tests {
             assert!(origin(bad).is_none(), "{bad}");
         }
         assert!(layer(&["https://a.example".into(), "nope".into()]).is_err());
+        assert!(layer(&["*".into()]).is_ok(), "\"*\" alone: any origin");
+        assert!(layer(&["*".into(), "https://a.example".into()]).is_err());
+        assert_eq!(describe(&[]), "same origin only");
     }
 }

@@ -28,24 +28,30 @@ export function binary() {
   return bin;
 }
 
-/** Starts the server; resolves once /healthz answers (at most 60 s). */
-export async function startServer({ dir = mkdtempSync(join(tmpdir(), "nextbest-web-")), env = {} } = {}) {
+/**
+ * Starts the server; resolves once /healthz answers (at most 60 s).
+ * `config`: the text of its nextbest.toml; `env`: more environment (e.g.
+ * NEXTBEST_REDIS_URL, NEXTBEST_KAFKA_BROKERS, which are otherwise unset).
+ */
+export async function startServer({ dir = mkdtempSync(join(tmpdir(), "nextbest-web-")), env = {}, config = "", name = "server" } = {}) {
   const port = await freePort();
   const history = join(dir, "history.jsonl");
   writeFileSync(history, execFileSync(process.execPath, [join(repo, "web/store/make-history.mjs")], { maxBuffer: 64 << 20 }));
-  const logPath = join(dir, "server.log");
+  const logPath = join(dir, `${name}.log`);
+  const configPath = join(dir, `${name}.toml`);
+  writeFileSync(configPath, config);
   const log = openSync(logPath, "w");
   const childEnv = {
     ...process.env,
     NEXTBEST_HTTP_ADDR: `127.0.0.1:${port}`,
     ORT_DYLIB_PATH: process.env.ORT_DYLIB_PATH || join(repo, ".deps/lib/libonnxruntime.so.1.31.1"),
     RUST_LOG: "info,rdkafka=warn",
-    ...env,
   };
   delete childEnv.NEXTBEST_REDIS_URL;
   delete childEnv.NEXTBEST_KAFKA_BROKERS;
   delete childEnv.NEXTBEST_CONFIG;
-  const child = spawn(binary(), ["serve", "--backfill-items", join(repo, "web/store/catalog.jsonl"), "--backfill-events", history], {
+  Object.assign(childEnv, env);
+  const child = spawn(binary(), ["--config", configPath, "serve", "--backfill-items", join(repo, "web/store/catalog.jsonl"), "--backfill-events", history], {
     cwd: repo,
     env: childEnv,
     stdio: ["ignore", log, log],
