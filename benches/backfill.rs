@@ -6,6 +6,12 @@
 //!   cargo bench --bench backfill                      # 5M events
 //!   NEXTBEST_BENCH_EVENTS=500000 cargo bench --bench backfill
 //!   NEXTBEST_BENCH_REDIS_CONFIG="zset-max-listpack-entries 512" cargo bench --bench backfill
+//!   NEXTBEST_BENCH_ITEMS=50000 cargo bench --bench backfill   # items (default 20k)
+//!
+//! The last lines: the stream apply (the consumer's path) and one
+//! popularity refresh (`Popularity::build`, as every instance runs it every
+//! `recommend.popularity_refresh_secs`) on what the stream wrote, with the
+//! Redis commands it cost (`INFO stats` before and after).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -106,7 +112,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000_000);
     let customers = (n / 50).max(10) as u64;
-    let items = 20_000;
+    let items: u64 = std::env::var("NEXTBEST_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let set = Arc::new(
         FeatureSet::load(&common::repo().join("feature-store/features.toml"))
             .expect("features load"),
@@ -308,6 +317,41 @@ fn main() {
         println!(
             "stream apply (update.lua, 500 events a pipeline): {:.0} events/s ({stream_n} events)",
             stream_n as f64 / t.elapsed().as_secs_f64()
+        );
+        // one popularity refresh on what the stream wrote (as of its clock)
+        let commands = || async {
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis connects");
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO stats");
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut best = f64::MAX;
+        let mut calls = 0;
+        let mut listed = 0;
+        for _ in 0..3 {
+            let before = commands().await;
+            let t = Instant::now();
+            let pop = nextbest::decide::popularity::Popularity::build(&store, &set, T_END)
+                .await
+                .expect("popularity refresh");
+            best = best.min(t.elapsed().as_secs_f64());
+            // (the INFO call itself counts one)
+            calls = commands().await.saturating_sub(before + 1);
+            listed = pop.global.len() + pop.by_category.values().map(Vec::len).sum::<usize>();
+        }
+        println!(
+            "popularity refresh: {:.1} ms (best of 3), {calls} redis commands, {listed} entries listed ({items} items)",
+            best * 1e3
         );
         drop(own);
     });
