@@ -335,13 +335,34 @@ fn main() {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        // (the longest single command of the refreshes, from the slow log
+        // with every command logged)
+        let slowlog = |args: &'static [&'static str]| {
+            let url = url.clone();
+            async move {
+                let mut conn = redis::Client::open(url.as_str())
+                    .expect("redis url")
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis connects");
+                let v: redis::Value = redis::cmd(args[0])
+                    .arg(&args[1..])
+                    .query_async(&mut conn)
+                    .await
+                    .expect("slowlog");
+                v
+            }
+        };
+        slowlog(&["CONFIG", "SET", "slowlog-max-len", "100000"]).await;
+        slowlog(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]).await;
+        slowlog(&["SLOWLOG", "RESET"]).await;
         let mut best = f64::MAX;
         let mut calls = 0;
         let mut listed = 0;
         for _ in 0..3 {
             let before = commands().await;
             let t = Instant::now();
-            let pop = nextbest::decide::popularity::Popularity::build(&store, &set, T_END)
+            let pop = nextbest::decide::popularity::Popularity::build(&store, T_END)
                 .await
                 .expect("popularity refresh");
             best = best.min(t.elapsed().as_secs_f64());
@@ -349,8 +370,24 @@ fn main() {
             calls = commands().await.saturating_sub(before + 1);
             listed = pop.global.len() + pop.by_category.values().map(Vec::len).sum::<usize>();
         }
+        let log = slowlog(&["SLOWLOG", "GET", "100000"]).await;
+        slowlog(&["CONFIG", "SET", "slowlog-log-slower-than", "10000"]).await;
+        let longest_us = match log {
+            redis::Value::Array(entries) => entries
+                .iter()
+                .filter_map(|e| match e {
+                    redis::Value::Array(f) => match f.get(2) {
+                        Some(redis::Value::Int(us)) => Some(*us),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
         println!(
-            "popularity refresh: {:.1} ms (best of 3), {calls} redis commands, {listed} entries listed ({items} items)",
+            "popularity refresh: {:.1} ms (best of 3), {calls} redis commands, longest {longest_us} us, {listed} entries listed ({items} items)",
             best * 1e3
         );
         drop(own);

@@ -332,7 +332,7 @@ async fn refresh_popularity(
 ) {
     let every = Duration::from_secs(state.cfg.recommend.popularity_refresh_secs.max(1));
     loop {
-        match Popularity::build(state.store.as_ref(), &state.set, state.clock.now_ms()).await {
+        match Popularity::build(state.store.as_ref(), state.clock.now_ms()).await {
             Ok(p) => target.store(Arc::new(p)),
             Err(e) => {
                 tracing::warn!(error = %e, "popularity refresh failed; keeping the previous lists")

@@ -70,6 +70,14 @@ impl FeatureStore for TestStore {
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
         self.inner.item_ids().await
     }
+    async fn popular(
+        &self,
+        now_ms: i64,
+        top: usize,
+        top_per_category: usize,
+    ) -> Result<crate::features::store::popularity::PopularLists, StoreError> {
+        self.inner.popular(now_ms, top, top_per_category).await
+    }
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
         self.wait().await?;
         self.inner.read_items(ids).await

@@ -22,6 +22,11 @@
 //! zero, and a redelivery of one of its old events counts again). The
 //! training export's [`MemoryState::new`] is unbounded.
 //!
+//! Popularity ([`super::popularity`]) is kept by [`MemoryStore`] as Redis
+//! keeps it: after each chunk, every item it wrote (duplicates too) is
+//! filed once from its state. An item dropped by the bound keeps what it
+//! filed until its buckets leave the window.
+//!
 //! [`MemoryStore`] applies a batch in chunks of [`APPLY_CHUNK`] events,
 //! taking the write lock (a fair one: a waiting reader goes before the next
 //! chunk) once per chunk and yielding between chunks, so a read waits for
@@ -29,6 +34,7 @@
 //! and updates happen under one hold, so every event still counts once; a
 //! read may see a batch partly applied (as on Redis).
 
+use super::popularity::{Book, PopularLists, PopularitySpec};
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, OfferKey,
     ReadQuery, ReadResult, StoreError,
@@ -236,6 +242,8 @@ pub struct MemoryState {
     customers: HashMap<String, CustomerGroup>,
     items: HashMap<String, ItemGroup>,
     order: WriteOrder,
+    /// The popularity lists, when kept ([`MemoryState::keep_popularity`]).
+    popularity: Option<(PopularitySpec, Book)>,
 }
 
 static EMPTY: std::sync::LazyLock<EntityState> = std::sync::LazyLock::new(EntityState::default);
@@ -256,6 +264,39 @@ impl MemoryState {
             customers: HashMap::new(),
             items: HashMap::new(),
             order: WriteOrder::new(limits.max_entities != usize::MAX),
+            popularity: None,
+        }
+    }
+
+    /// Keeps the popularity lists from now on (`store::popularity`; the
+    /// store does, the training export does not need them).
+    pub fn keep_popularity(mut self) -> Self {
+        self.popularity = PopularitySpec::of(&self.set).map(|s| (s, Book::default()));
+        self
+    }
+
+    /// Files items for popularity as `redis/popular.rs` does: each item of
+    /// `items` once, with the `buckets` given (`None`: all live ones).
+    fn file_popularity<'a>(
+        &mut self,
+        items: impl Iterator<Item = (&'a str, Option<Vec<i64>>)>,
+        now: i64,
+    ) {
+        let Some((spec, book)) = &mut self.popularity else {
+            return;
+        };
+        for (id, buckets) in items {
+            let buckets = buckets.unwrap_or_else(|| spec.live(now).collect());
+            let st = self.items.get(id).map(|g| &g.state).unwrap_or(&EMPTY);
+            book.file(spec, &spec.filing(id, st, &buckets), now);
+        }
+    }
+
+    /// The popularity lists at `now` (empty when not kept).
+    pub fn popular(&self, now: i64, top: usize, top_per_category: usize) -> PopularLists {
+        match &self.popularity {
+            Some((spec, book)) => book.popular(spec, now, top, top_per_category),
+            None => PopularLists::default(),
         }
     }
 
@@ -352,6 +393,23 @@ impl MemoryState {
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();
+        if let Some((spec, _)) = &self.popularity {
+            // every item written (duplicates too), each once, with the live
+            // buckets its events add to
+            let mut touched: Vec<(&str, Option<Vec<i64>>)> = Vec::new();
+            let mut at: HashMap<&str, usize> = HashMap::new();
+            for p in plans {
+                let Some(item) = &p.item_id else { continue };
+                let k = *at.entry(item).or_insert_with(|| {
+                    touched.push((item, Some(Vec::new())));
+                    touched.len() - 1
+                });
+                if let Some(b) = &mut touched[k].1 {
+                    spec.touched(&p.item, now, b);
+                }
+            }
+            self.file_popularity(touched.into_iter(), now);
+        }
         self.evict_over_limit();
         out
     }
@@ -362,6 +420,7 @@ impl MemoryState {
         let mut out = GroupOutcome::default();
         let window = self.dedupe_window_ms;
         let max_sessions = self.limits.max_sessions;
+        let mut filed: Vec<&String> = Vec::new();
         for (i, g) in groups.iter().enumerate() {
             let (state, seen, sessions) = match &g.group {
                 Group::Customer(id) => {
@@ -397,7 +456,13 @@ impl MemoryState {
                 }
             }
             out.applied += 1;
+            if let Group::Item(id) = &g.group {
+                if !g.events.is_empty() {
+                    filed.push(id);
+                }
+            }
         }
+        self.file_popularity(filed.into_iter().map(|id| (id.as_str(), None)), now);
         self.evict_over_limit();
         out
     }
@@ -477,7 +542,9 @@ impl MemoryStore {
 
     pub fn with_limits(set: Arc<FeatureSet>, dedupe_window_ms: i64, limits: MemoryLimits) -> Self {
         MemoryStore {
-            state: RwLock::new(MemoryState::with_limits(set, dedupe_window_ms, limits)),
+            state: RwLock::new(
+                MemoryState::with_limits(set, dedupe_window_ms, limits).keep_popularity(),
+            ),
             offers: Default::default(),
         }
     }
@@ -608,6 +675,19 @@ impl FeatureStore for MemoryStore {
 
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.state.read().await.item_ids())
+    }
+
+    async fn popular(
+        &self,
+        now_ms: i64,
+        top: usize,
+        top_per_category: usize,
+    ) -> Result<PopularLists, StoreError> {
+        Ok(self
+            .state
+            .read()
+            .await
+            .popular(now_ms, top, top_per_category))
     }
 
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {

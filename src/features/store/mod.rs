@@ -8,11 +8,14 @@
 //! by event id per entity group by the same rule ([`EventIds::dedupe_cutoff`]:
 //! ids a window older than the write's newest event, or than its clock if
 //! earlier, are forgotten), and read a customer, its session and any number
-//! of items in one round trip. Only this module knows Redis keys. [`open`] builds
+//! of items in one round trip. Both keep the popularity lists as part of
+//! applying item writes ([`popularity`]: the rule, and the memory store's
+//! implementation). Only this module knows Redis keys. [`open`] builds
 //! the one the config asks for.
 
 pub mod dump;
 pub mod memory;
+pub mod popularity;
 pub mod redis;
 
 use super::aggregate::{EntityState, Plan, Update};
@@ -246,8 +249,20 @@ pub trait FeatureStore: Send + Sync + 'static {
         offers: &[OfferKey],
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Every item id seen so far (for popularity lists).
+    /// Every item id with features (tests and benches; nothing on the
+    /// request or refresh path lists the catalogue).
     async fn item_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// The `top` most popular items at `now_ms` and the `top_per_category`
+    /// most popular of each category, best first, ties by id: kept by the
+    /// store as it applies item writes ([`popularity`]), so this reads the
+    /// lists, never the items. At most [`popularity::KEEP_GLOBAL`] and
+    /// [`popularity::KEEP_CATEGORY`].
+    async fn popular(
+        &self,
+        now_ms: i64,
+        top: usize,
+        top_per_category: usize,
+    ) -> Result<popularity::PopularLists, StoreError>;
     /// Reads item states only.
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError>;
     /// Checks the store answers.

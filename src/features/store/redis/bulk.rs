@@ -10,6 +10,9 @@
 //! probed once) go through `update.lua` with all their event ids
 //! ([`GroupCall`]): dedupe, then merge with what is there.
 //!
+//! Then the items written with events are filed for popularity (`popular`:
+//! every live bucket, read back from the item's keys).
+//!
 //! [`FeatureStore::apply_groups`]: crate::features::store::FeatureStore::apply_groups
 
 use super::decode::{protocol, strings};
@@ -45,6 +48,8 @@ impl RedisStore {
         } else {
             Vec::new().into_iter()
         };
+        // item groups written with events, to file for popularity
+        let mut written: Vec<&str> = Vec::new();
         for (i, k) in restore_keys.iter().enumerate() {
             match k {
                 None => rest.push(i),
@@ -52,6 +57,7 @@ impl RedisStore {
                     Some(Value::Int(1)) => {
                         out.applied += 1;
                         out.keys += k;
+                        written.extend(filed_item(&groups[i]));
                     }
                     Some(_) => rest.push(i),
                     None => return Err(protocol("apply_groups: missing restore reply")),
@@ -59,6 +65,7 @@ impl RedisStore {
             }
         }
         if rest.is_empty() {
+            self.file_groups(&written, now).await?;
             return Ok(out);
         }
         // the others: merged updates through update.lua (dedupe, then merge
@@ -76,11 +83,28 @@ impl RedisStore {
                 Value::Int(1) => {
                     out.applied += 1;
                     out.keys += keys[j];
+                    written.extend(filed_item(&groups[rest[j]]));
                 }
                 other => out.conflicts.push((rest[j], strings(other)?)),
             }
         }
+        self.file_groups(&written, now).await?;
         Ok(out)
+    }
+
+    /// Files the items `ids` (all their live buckets at `now`) for
+    /// popularity: one pipeline reading them back, then `pop_write.lua`.
+    async fn file_groups(&self, ids: &[&str], now: i64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let reads = self.push_group_pop_reads(&mut pipe, ids, now);
+        if reads.is_empty() {
+            return Ok(());
+        }
+        let replies = self.run_pipeline(&pipe, Lane::Background).await?;
+        self.file_popularity(&reads, replies, now).await
     }
 
     /// Whether `restore.lua` can be used: Redis takes our `RESTORE` payloads
@@ -224,6 +248,15 @@ impl RedisStore {
             }
         }
         (pipe, keys)
+    }
+}
+
+/// The item a group write files for popularity: an item group with
+/// events (static writes change no count or `last` category).
+fn filed_item(g: &GroupWrite) -> Option<&str> {
+    match &g.group {
+        Group::Item(id) if !g.events.is_empty() => Some(id),
+        _ => None,
     }
 }
 

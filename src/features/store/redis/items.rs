@@ -1,6 +1,7 @@
 //! The `{p}:items` index: the ids of the items that have keys, which
 //! [`FeatureStore::item_ids`](crate::features::store::FeatureStore::item_ids)
-//! lists for the popularity lists. Every item write adds its id (`encode`,
+//! lists (for tests and benches: popularity is kept apart, `popular.rs`).
+//! Every item write adds its id (`encode`,
 //! `bulk`); nothing removes one when the item's keys expire (`ttl_secs`
 //! after its last write) or Redis evicts them, so the listing sweeps the
 //! index at most once per [`SWEEP_EVERY`]: ids none of whose keys exist

@@ -11,10 +11,12 @@
 //! | `{p}:{c:<customer>}:o:<action>:<period_ms>` | string | offers of an action in the current contact window (expires with it) |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
 //! | `{p}:items` | set | the ids of items with keys (expired ones swept out, `items.rs`) |
+//! | `{{p}:pop}:g:<b>`, `:c:<b>:<category>` | zset | popularity of bucket `b` (`popular.rs`, `pop_write.lua`) |
+//! | `{{p}:pop}:k:<b>`, `:i:<b>` | set, hash | a bucket's categories; item → category filed under |
 //!
 //! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
-//! slot, as an item's share `{i:<item>}`: every script call touches one
-//! slot. The entity keys (the group's base) are named here; the suffixes
+//! slot, as an item's share `{i:<item>}`, and the popularity keys
+//! `{<p>:pop}`: every script call touches one slot. The entity keys (the group's base) are named here; the suffixes
 //! (`:seen`, `:s:`, `:r:`, `:x:`) are added to a base where the calls are
 //! built (`encode`, `bulk`) and in `read.lua`. Ids never hold braces (the
 //! event boundary refuses them), so the hash tag ends where the id does; the

@@ -13,6 +13,9 @@
 //!   plain `HGETALL`/`ZRANGE`s in the same pipeline.
 //! - `items` keeps the `{p}:items` index of item ids bounded: ids of
 //!   items whose keys expired are swept out when it is listed.
+//! - `popular` keeps the popularity lists (`store::popularity`): each
+//!   write's pipeline reads back the items it wrote, and `pop_write.lua`
+//!   files them in the popularity slot; `pop_read.lua` lists them.
 //!
 //! Two connections: [`Lane::Request`] for what a request waits on (reads,
 //! contact counters) and [`Lane::Background`] for the rest (the stream's
@@ -27,8 +30,10 @@ mod decode;
 mod encode;
 mod items;
 mod keys;
+mod popular;
 
 use super::dump;
+use super::popularity::{PopularLists, PopularitySpec};
 use super::{
     session_feature, ApplyOutcome, FeatureStore, GroupOutcome, GroupWrite, OfferKey, ReadQuery,
     ReadResult, StoreError,
@@ -81,6 +86,8 @@ pub struct RedisStore {
     restore_limits: tokio::sync::OnceCell<Option<dump::Limits>>,
     /// When `{p}:items` was last swept of expired items (`items`).
     items_swept_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// What popularity counts (`popular`); `None`: nothing kept.
+    popularity: Option<PopularitySpec>,
 }
 
 impl RedisStore {
@@ -116,6 +123,7 @@ impl RedisStore {
             customer: Layout::of(&set, Entity::Customer),
             session: Layout::of(&set, Entity::Session),
             item: Layout::of(&set, Entity::Item),
+            popularity: PopularitySpec::of(&set),
             set,
             settings,
             update_sha: redis::Script::new(UPDATE_LUA).get_hash().to_string(),
@@ -137,7 +145,13 @@ impl RedisStore {
 
     async fn reload_scripts(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        for src in [UPDATE_LUA, RESTORE_LUA, READ_LUA] {
+        for src in [
+            UPDATE_LUA,
+            RESTORE_LUA,
+            READ_LUA,
+            popular::POP_WRITE_LUA,
+            popular::POP_READ_LUA,
+        ] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
                 .arg(src)
@@ -187,9 +201,17 @@ impl FeatureStore for RedisStore {
         if plans.is_empty() {
             return Ok(ApplyOutcome::default());
         }
-        let (pipe, shape) = self.event_pipeline(plans, now_ms);
-        let replies = self.run_pipeline(&pipe, Lane::Background).await?;
-        Ok(decode::event_outcome(plans, shape, replies))
+        let (mut pipe, shape) = self.event_pipeline(plans, now_ms);
+        let reads = self.push_event_pop_reads(&mut pipe, plans, now_ms);
+        let mut replies = self.run_pipeline(&pipe, Lane::Background).await?;
+        let at = replies
+            .len()
+            .checked_sub(reads.len())
+            .ok_or_else(|| decode::protocol("apply: fewer replies than calls"))?;
+        let pop = replies.split_off(at);
+        let out = decode::event_outcome(plans, shape, replies);
+        self.file_popularity(&reads, pop, now_ms).await?;
+        Ok(out)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(groups = groups.len()))]
@@ -259,6 +281,15 @@ impl FeatureStore for RedisStore {
 
     async fn item_ids(&self) -> Result<Vec<String>, StoreError> {
         self.list_items().await
+    }
+
+    async fn popular(
+        &self,
+        now_ms: i64,
+        top: usize,
+        top_per_category: usize,
+    ) -> Result<PopularLists, StoreError> {
+        self.read_popular(now_ms, top, top_per_category).await
     }
 
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
