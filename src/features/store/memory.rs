@@ -23,8 +23,8 @@
 //! training export's [`MemoryState::new`] is unbounded.
 //!
 //! Popularity ([`super::popularity`]) is kept by [`MemoryStore`] as Redis
-//! keeps it: after each chunk, every item it wrote (duplicates too) is
-//! filed once from its state. An item dropped by the bound keeps what it
+//! keeps it: after each chunk, every item it added to a live bucket of
+//! (duplicates too) is filed once from its state. An item dropped by the bound keeps what it
 //! filed until its buckets leave the window.
 //!
 //! [`MemoryStore`] applies a batch in chunks of [`APPLY_CHUNK`] events,
@@ -285,11 +285,15 @@ impl MemoryState {
         let Some((spec, book)) = &mut self.popularity else {
             return;
         };
-        for (id, buckets) in items {
-            let buckets = buckets.unwrap_or_else(|| spec.live(now).collect());
-            let st = self.items.get(id).map(|g| &g.state).unwrap_or(&EMPTY);
-            book.file(spec, &spec.filing(id, st, &buckets), now);
-        }
+        let filings: Vec<_> = items
+            .map(|(id, buckets)| {
+                let buckets = buckets.unwrap_or_else(|| spec.live(now).collect());
+                let st = self.items.get(id).map(|g| &g.state).unwrap_or(&EMPTY);
+                spec.filing(id, st, &buckets)
+            })
+            .filter(|f| !f.totals.is_empty())
+            .collect();
+        book.file(spec, &filings, now);
     }
 
     /// The popularity lists at `now` (empty when not kept).
@@ -394,8 +398,8 @@ impl MemoryState {
         out.changed_customers.sort();
         out.changed_customers.dedup();
         if let Some((spec, _)) = &self.popularity {
-            // every item written (duplicates too), each once, with the live
-            // buckets its events add to
+            // every item written (duplicates too) that adds to a live
+            // bucket, each once, with those buckets
             let mut touched: Vec<(&str, Option<Vec<i64>>)> = Vec::new();
             let mut at: HashMap<&str, usize> = HashMap::new();
             for p in plans {
@@ -408,6 +412,8 @@ impl MemoryState {
                     spec.touched(&p.item, now, b);
                 }
             }
+            // (as Redis: a write adding to no live bucket files nothing)
+            touched.retain(|(_, b)| b.as_ref().is_some_and(|b| !b.is_empty()));
             self.file_popularity(touched.into_iter(), now);
         }
         self.evict_over_limit();

@@ -7,9 +7,13 @@
 //! item's 24 h windows, [`BUCKETS_PER_WINDOW`] of them: 2 h wide) is
 //! `Σ weight × count` over the weighted 24 h counts of [`WEIGHTS`], read
 //! from the item's own, deduped state. After every item write the store
-//! *files* the item ([`Filing`]): its exact total of each bucket the write
-//! touched (all live buckets for a backfill group) and its category (the
-//! item's `category`, a `last` feature, with the time that set it). A
+//! *files* the item ([`Filing`]): its exact total of each live bucket the
+//! write added to (all live buckets for a backfill group) and its category
+//! (the item's `category`, a `last` feature, with the time that set it). A
+//! write that adds to no live bucket (an event older than the window, a
+//! type no weighted count takes, a backfill group with nothing in the
+//! last 24 h) files nothing; a category it changed is picked up by the
+//! item's next filing. A
 //! bucket keeps the greatest total filed for an item (counts never go
 //! down within a bucket, so a late or repeated filing of an older total is
 //! harmless: a redelivered event, which changes no count, files the same
@@ -17,21 +21,26 @@
 //! the buckets live at `now` (the same buckets its `*_24h` features sum),
 //! so it drops out 24 h after its last event without anything deleting it.
 //!
-//! **Categories.** Each bucket also files the item under its category.
-//! When an item's category changes (a filing with a newer category time
-//! than the bucket holds), every live bucket moves its total from the old
-//! category's list to the new one: an item is listed under one category,
-//! its latest. Items without a category are only in the global list.
+//! **Categories.** Each bucket also lists the item under a category,
+//! the one recorded for the item (its category with the time that set
+//! it). A filing with a newer category than the record's moves the item's
+//! total in every live bucket from the old category's list to the new
+//! one, so an item is listed under one category, its latest; a filing
+//! with an older one files under the recorded one. Items without a
+//! category are only in the global list.
 //!
-//! **Bounds.** Per bucket the global list keeps the [`KEEP_GLOBAL`] best
-//! items and each category list the [`KEEP_CATEGORY`] best (the lowest
-//! dropped, ties by id as Redis orders them); a dropped item comes back
-//! with its exact total on its next filing. Buckets older than the window
-//! are dropped (memory: on the next filing; Redis: its keys expire a window
-//! and a bucket after their last write). Reads sum the live buckets, so an
-//! item outside a bucket's top is under-counted there: the lists are exact
-//! while fewer than `KEEP_*` items share a bucket (a category), and close
-//! to it beyond (the reads ask for at most half of what is kept).
+//! **Bounds.** After each write, every list it touched keeps its best
+//! [`KEEP_GLOBAL`] items (global) or [`KEEP_CATEGORY`] (per category; the
+//! lowest dropped, ties by id as Redis orders them); a dropped item comes
+//! back with its exact total on its next filing. Buckets older than the
+//! window are dropped (memory: on the next filing; Redis: their keys
+//! expire a window and a bucket after their last write). Reads sum the
+//! live buckets, so an item outside a bucket's top is under-counted there:
+//! the lists are exact while fewer than `KEEP_*` items share a bucket (a
+//! category), and close to it beyond (the reads ask for at most half of
+//! what is kept). The category records are not cut to a top: one per item
+//! filed under a category within the window (forgotten once its newest
+//! bucket leaves it), so bounded by the catalogue, as the items' keys are.
 //!
 //! [`Book`] is the memory store's implementation and the reference for
 //! Redis' (`redis/pop_write.lua`, `redis/pop_read.lua`): the same filings
@@ -40,7 +49,7 @@
 use crate::features::aggregate::{EntityState, Update};
 use crate::features::definition::{Aggregation, Entity, FeatureSet, BUCKETS_PER_WINDOW};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Weights of the item counts in the popularity score; only `count`
 /// features with a 24 h window count (others, or missing ones, are left out).
@@ -140,7 +149,8 @@ impl PopularitySpec {
     }
 
     /// The filing of item `id` from its state: its totals in `buckets`
-    /// and its category.
+    /// (those above 0) and its category. A filing without totals is not
+    /// filed (see the module doc).
     pub fn filing(&self, id: &str, st: &EntityState, buckets: &[i64]) -> Filing {
         let totals = buckets
             .iter()
@@ -154,6 +164,7 @@ impl PopularitySpec {
                 });
                 (*b, self.total(amounts))
             })
+            .filter(|(_, s)| *s > 0.0)
             .collect();
         let category = self
             .category
@@ -175,7 +186,7 @@ impl PopularitySpec {
 pub struct Filing {
     pub item: String,
     pub category: Option<(String, i64)>,
-    /// `(bucket, total)`; totals of 0 file nothing.
+    /// `(bucket, total)`, totals above 0 (the stores file nothing else).
     pub totals: Vec<(i64, f64)>,
 }
 
@@ -243,17 +254,14 @@ impl Ranked {
         Some(s)
     }
 
-    /// Drops the lowest members past `keep`; returns them.
-    fn trim(&mut self, keep: usize) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Drops the lowest members past `keep` (`ZREMRANGEBYRANK`).
+    fn trim(&mut self, keep: usize) {
         while self.score.len() > keep {
             let Some((_, id)) = self.order.pop_first() else {
                 break;
             };
             self.score.remove(&id);
-            out.push(id);
         }
-        out
     }
 }
 
@@ -262,72 +270,38 @@ impl Ranked {
 struct Bucket {
     global: Ranked,
     by_category: HashMap<String, Ranked>,
-    /// item → (category time, category) it is filed under here.
-    filed: HashMap<String, (i64, String)>,
 }
 
-impl Bucket {
-    /// Files `id` under category `cat` (set at `ts`) with total `s`.
-    fn add_category(&mut self, cat: &str, ts: i64, id: &str, s: f64) {
-        let list = self.by_category.entry(cat.to_string()).or_default();
-        list.add_gt(id, s);
-        self.filed.insert(id.to_string(), (ts, cat.to_string()));
-        for gone in list.trim(KEEP_CATEGORY) {
-            self.filed.remove(&gone);
-        }
-    }
+/// The category an item is filed under: set at `ts`, in buckets up to
+/// `newest` (absent once `newest` leaves the window).
+#[derive(Debug, Clone)]
+struct Record {
+    ts: i64,
+    newest: i64,
+    category: String,
+}
 
-    /// Moves `id` to category `cat` (set at `ts`) if it is filed under an
-    /// older other one (as `pop_write.lua`).
-    fn recategorise(&mut self, id: &str, cat: &str, ts: i64) {
-        let Some((pts, pcat)) = self.filed.get(id).cloned() else {
-            return;
-        };
-        if pcat == cat || ts < pts {
-            return;
-        }
-        let moved = self.by_category.get_mut(&pcat).and_then(|l| l.remove(id));
-        if self
-            .by_category
-            .get(&pcat)
-            .is_some_and(|l| l.score.is_empty())
-        {
-            self.by_category.remove(&pcat);
-        }
-        match moved {
-            Some(s) => self.add_category(cat, ts, id, s),
-            None => {
-                self.filed.insert(id.to_string(), (ts, cat.to_string()));
-            }
-        }
-    }
-
-    /// Files total `s` of `id` (category `cat` set at `ts`, if any).
-    fn file(&mut self, id: &str, cat: Option<&(String, i64)>, s: f64) {
-        self.global.add_gt(id, s);
-        self.global.trim(KEEP_GLOBAL);
-        let Some((cat, ts)) = cat else {
-            return;
-        };
-        // a newer category than this filing's is kept
-        let (cat, ts) = match self.filed.get(id) {
-            Some((pts, pcat)) if pcat != cat && *ts < *pts => (pcat.clone(), *pts),
-            _ => (cat.clone(), *ts),
-        };
-        self.add_category(&cat, ts, id, s);
-    }
+/// Which list of which bucket a filing touched (trimmed once after it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Touched {
+    Global(i64),
+    Category(i64, String),
 }
 
 /// The popularity lists of the memory store (see the module doc).
 #[derive(Debug, Clone, Default)]
 pub struct Book {
     buckets: BTreeMap<i64, Bucket>,
+    records: HashMap<String, Record>,
+    /// `records.len()` after the last sweep of stale records.
+    swept_at: usize,
 }
 
 impl Book {
-    /// Files `f` written at `now` (buckets a read at `now` no longer sees
-    /// are dropped first, and not filed).
-    pub fn file(&mut self, spec: &PopularitySpec, f: &Filing, now: i64) {
+    /// Files `filings` written at `now` as `pop_write.lua` does: buckets a
+    /// read at `now` no longer sees are dropped first (and not filed);
+    /// each list touched is cut to its best once, after all of them.
+    pub fn file(&mut self, spec: &PopularitySpec, filings: &[Filing], now: i64) {
         let cut = spec.cut(now);
         while let Some((b, _)) = self.buckets.first_key_value() {
             if *b > cut {
@@ -335,21 +309,109 @@ impl Book {
             }
             self.buckets.pop_first();
         }
-        if let Some((cat, ts)) = &f.category {
-            for b in spec.live(now) {
-                if let Some(bucket) = self.buckets.get_mut(&b) {
-                    bucket.recategorise(&f.item, cat, *ts);
+        if self.records.len() > 2 * self.swept_at.max(512) {
+            self.records.retain(|_, r| r.newest > cut);
+            self.swept_at = self.records.len();
+        }
+        let mut touched: HashSet<Touched> = HashSet::new();
+        for f in filings {
+            self.file_one(f, cut, &mut touched);
+        }
+        for t in touched {
+            match t {
+                Touched::Global(b) => {
+                    if let Some(bucket) = self.buckets.get_mut(&b) {
+                        bucket.global.trim(KEEP_GLOBAL);
+                    }
+                }
+                Touched::Category(b, c) => {
+                    if let Some(list) = self
+                        .buckets
+                        .get_mut(&b)
+                        .and_then(|bucket| bucket.by_category.get_mut(&c))
+                    {
+                        list.trim(KEEP_CATEGORY);
+                    }
                 }
             }
         }
-        for (b, s) in &f.totals {
-            if *b <= cut || *s <= 0.0 {
-                continue;
+    }
+
+    /// Files one item (see [`Self::file`]).
+    fn file_one(&mut self, f: &Filing, cut: i64, touched: &mut HashSet<Touched>) {
+        let live = |b: &i64, s: &f64| *b > cut && *s > 0.0;
+        let Some((cat, ts)) = &f.category else {
+            for (b, s) in f.totals.iter().filter(|(b, s)| live(b, s)) {
+                self.buckets
+                    .entry(*b)
+                    .or_default()
+                    .global
+                    .add_gt(&f.item, *s);
+                touched.insert(Touched::Global(*b));
             }
-            self.buckets
-                .entry(*b)
+            return;
+        };
+        let record = self
+            .records
+            .get(&f.item)
+            .filter(|r| r.newest > cut)
+            .cloned();
+        // the category to file under: this filing's, unless a newer one is
+        // recorded; a newer one than the record's moves every live bucket
+        let (fcat, fts) = match &record {
+            Some(r) if *ts < r.ts => (r.category.clone(), r.ts),
+            Some(r) if r.category != *cat => {
+                for b in (cut + 1)..=(cut + BUCKETS_PER_WINDOW) {
+                    let Some(bucket) = self.buckets.get_mut(&b) else {
+                        continue;
+                    };
+                    let Some(s) = bucket
+                        .by_category
+                        .get_mut(&r.category)
+                        .and_then(|l| l.remove(&f.item))
+                    else {
+                        continue;
+                    };
+                    if bucket
+                        .by_category
+                        .get(&r.category)
+                        .is_some_and(|l| l.score.is_empty())
+                    {
+                        bucket.by_category.remove(&r.category);
+                    }
+                    bucket
+                        .by_category
+                        .entry(cat.clone())
+                        .or_default()
+                        .add_gt(&f.item, s);
+                    touched.insert(Touched::Category(b, cat.clone()));
+                }
+                (cat.clone(), *ts)
+            }
+            _ => (cat.clone(), *ts),
+        };
+        let mut newest = record.as_ref().map(|r| r.newest);
+        for (b, s) in f.totals.iter().filter(|(b, s)| live(b, s)) {
+            let bucket = self.buckets.entry(*b).or_default();
+            bucket.global.add_gt(&f.item, *s);
+            bucket
+                .by_category
+                .entry(fcat.clone())
                 .or_default()
-                .file(&f.item, f.category.as_ref(), *s);
+                .add_gt(&f.item, *s);
+            touched.insert(Touched::Global(*b));
+            touched.insert(Touched::Category(*b, fcat.clone()));
+            newest = Some(newest.map_or(*b, |n| n.max(*b)));
+        }
+        if let Some(newest) = newest {
+            self.records.insert(
+                f.item.clone(),
+                Record {
+                    ts: fts,
+                    newest,
+                    category: fcat,
+                },
+            );
         }
     }
 
@@ -387,7 +449,7 @@ impl Book {
         }
     }
 
-    /// Items held in all buckets' lists (for tests of the bounds).
+    /// Entries held in all buckets' lists (for tests of the bounds).
     pub fn len(&self) -> usize {
         self.buckets
             .values()
@@ -434,9 +496,9 @@ mod tests {
         let s = spec();
         let mut book = Book::default();
         let b0 = bucket(&s, NOW);
-        book.file(&s, &filing("a", None, &[(b0, 3.0)]), NOW);
-        book.file(&s, &filing("a", None, &[(b0 - 1, 4.0)]), NOW);
-        book.file(&s, &filing("b", None, &[(b0, 5.0)]), NOW);
+        book.file(&s, &[filing("a", None, &[(b0, 3.0)])], NOW);
+        book.file(&s, &[filing("a", None, &[(b0 - 1, 4.0)])], NOW);
+        book.file(&s, &[filing("b", None, &[(b0, 5.0)])], NOW);
         let l = book.popular(&s, NOW, 10, 10);
         assert_eq!(l.global, vec![("a".into(), 7.0), ("b".into(), 5.0)]);
         // 22 h later a's older bucket is out of the window, b's not yet
@@ -446,7 +508,7 @@ mod tests {
         // a day and a bucket later nothing is left, and a filing drops the buckets
         let gone = NOW + WINDOW_MS + 2 * H;
         assert!(book.popular(&s, gone, 10, 10).global.is_empty());
-        book.file(&s, &filing("c", None, &[(bucket(&s, gone), 1.0)]), gone);
+        book.file(&s, &[filing("c", None, &[(bucket(&s, gone), 1.0)])], gone);
         assert_eq!(book.len(), 1);
     }
 
@@ -455,14 +517,14 @@ mod tests {
         let s = spec();
         let mut book = Book::default();
         let b0 = bucket(&s, NOW);
-        book.file(&s, &filing("a", None, &[(b0, 3.0)]), NOW);
-        book.file(&s, &filing("a", None, &[(b0, 3.0)]), NOW);
-        book.file(&s, &filing("a", None, &[(b0, 2.0)]), NOW);
+        book.file(&s, &[filing("a", None, &[(b0, 3.0)])], NOW);
+        book.file(&s, &[filing("a", None, &[(b0, 3.0)])], NOW);
+        book.file(&s, &[filing("a", None, &[(b0, 2.0)])], NOW);
         assert_eq!(
             book.popular(&s, NOW, 10, 10).global,
             vec![("a".into(), 3.0)]
         );
-        book.file(&s, &filing("a", None, &[(b0, 4.0)]), NOW);
+        book.file(&s, &[filing("a", None, &[(b0, 4.0)])], NOW);
         assert_eq!(
             book.popular(&s, NOW, 10, 10).global,
             vec![("a".into(), 4.0)]
@@ -476,28 +538,32 @@ mod tests {
         let b0 = bucket(&s, NOW);
         book.file(
             &s,
-            &filing("a", Some(("shoes", 10)), &[(b0 - 2, 2.0), (b0, 1.0)]),
+            &[filing(
+                "a",
+                Some(("shoes", 10)),
+                &[(b0 - 2, 2.0), (b0, 1.0)],
+            )],
             NOW,
         );
-        book.file(&s, &filing("b", Some(("shoes", 10)), &[(b0, 1.0)]), NOW);
+        book.file(&s, &[filing("b", Some(("shoes", 10)), &[(b0, 1.0)])], NOW);
         let l = book.popular(&s, NOW, 10, 10);
         assert_eq!(
             l.by_category["shoes"],
             vec![("a".into(), 3.0), ("b".into(), 1.0)]
         );
         // a moves (a later category time), with a filing that adds nothing
-        book.file(&s, &filing("a", Some(("hats", 20)), &[(b0, 0.0)]), NOW);
+        book.file(&s, &[filing("a", Some(("hats", 20)), &[(b0, 0.0)])], NOW);
         let l = book.popular(&s, NOW, 10, 10);
         assert_eq!(l.by_category["shoes"], vec![("b".into(), 1.0)]);
         assert_eq!(l.by_category["hats"], vec![("a".into(), 3.0)]);
         assert_eq!(l.global[0], ("a".into(), 3.0));
         // a filing with an older category time does not move it back
-        book.file(&s, &filing("a", Some(("shoes", 15)), &[(b0, 2.0)]), NOW);
+        book.file(&s, &[filing("a", Some(("shoes", 15)), &[(b0, 2.0)])], NOW);
         let l = book.popular(&s, NOW, 10, 10);
         assert_eq!(l.by_category["hats"], vec![("a".into(), 4.0)]);
         assert_eq!(l.by_category["shoes"], vec![("b".into(), 1.0)]);
         // the last item leaving a category removes the list
-        book.file(&s, &filing("b", Some(("hats", 30)), &[]), NOW);
+        book.file(&s, &[filing("b", Some(("hats", 30)), &[])], NOW);
         assert!(!book
             .popular(&s, NOW, 10, 10)
             .by_category
@@ -511,7 +577,7 @@ mod tests {
         let b0 = bucket(&s, NOW);
         for i in 0..(KEEP_CATEGORY + 50) {
             let f = filing(&format!("i{i:04}"), Some(("c", 1)), &[(b0, 1.0 + i as f64)]);
-            book.file(&s, &f, NOW);
+            book.file(&s, &[f], NOW);
         }
         let l = book.popular(&s, NOW, 10_000, 10_000);
         assert_eq!(l.global.len(), KEEP_CATEGORY + 50);
@@ -519,7 +585,7 @@ mod tests {
         // the lowest were dropped
         assert_eq!(l.by_category["c"].last().map(|x| x.1), Some(51.0));
         for i in 0..(KEEP_GLOBAL + 10) {
-            book.file(&s, &filing(&format!("g{i:05}"), None, &[(b0, 1.0)]), NOW);
+            book.file(&s, &[filing(&format!("g{i:05}"), None, &[(b0, 1.0)])], NOW);
         }
         // ties are dropped by id, lowest first (as Redis orders members)
         let l = book.popular(&s, NOW, 10_000, 10_000);

@@ -10,8 +10,9 @@
 //! probed once) go through `update.lua` with all their event ids
 //! ([`GroupCall`]): dedupe, then merge with what is there.
 //!
-//! Then the items written with events are filed for popularity (`popular`:
-//! every live bucket, read back from the item's keys).
+//! Then the items written with events are filed for popularity (`popular`,
+//! every live bucket): a restored group from the state it was given, the
+//! others read back by an `HMGET` after their call, in the same pipeline.
 //!
 //! [`FeatureStore::apply_groups`]: crate::features::store::FeatureStore::apply_groups
 
@@ -20,6 +21,7 @@ use super::encode::{fmt_f64, GroupCall};
 use super::keys::session_key;
 use super::{Lane, RedisStore};
 use crate::features::aggregate::{apply_update, EntityState, Update};
+use crate::features::store::popularity::Filing;
 use crate::features::store::{dump, Group, GroupOutcome, GroupWrite, StoreError};
 use redis::Value;
 
@@ -36,9 +38,9 @@ impl RedisStore {
         }
         // groups never written before: their final state in a few commands
         let mut out = GroupOutcome::default();
-        let (restores, restore_keys) = match self.restore_supported().await? {
+        let (restores, restore_keys, mut restore_filings) = match self.restore_supported().await? {
             Some(limits) => self.restore_pipeline(groups, limits, now),
-            None => (redis::pipe(), vec![None; groups.len()]),
+            None => (redis::pipe(), vec![None; groups.len()], Vec::new()),
         };
         let mut rest: Vec<usize> = Vec::new();
         let mut replies = if restore_keys.iter().any(Option::is_some) {
@@ -48,8 +50,8 @@ impl RedisStore {
         } else {
             Vec::new().into_iter()
         };
-        // item groups written with events, to file for popularity
-        let mut written: Vec<&str> = Vec::new();
+        // what the groups written file for popularity (`popular`)
+        let mut filings: Vec<Filing> = Vec::new();
         for (i, k) in restore_keys.iter().enumerate() {
             match k {
                 None => rest.push(i),
@@ -57,7 +59,7 @@ impl RedisStore {
                     Some(Value::Int(1)) => {
                         out.applied += 1;
                         out.keys += k;
-                        written.extend(filed_item(&groups[i]));
+                        filings.extend(restore_filings.get_mut(i).and_then(Option::take));
                     }
                     Some(_) => rest.push(i),
                     None => return Err(protocol("apply_groups: missing restore reply")),
@@ -65,46 +67,50 @@ impl RedisStore {
             }
         }
         if rest.is_empty() {
-            self.file_groups(&written, now).await?;
+            self.file_filings(&filings, now).await?;
             return Ok(out);
         }
         // the others: merged updates through update.lua (dedupe, then merge
-        // with what is there)
+        // with what is there), each item read back after its call
         let others: Vec<GroupWrite> = rest.iter().map(|&i| groups[i].clone()).collect();
-        let (pipe, keys) = self.group_pipeline(&others, now);
-        let replies = self.run_pipeline(&pipe, Lane::Background).await?;
-        if replies.len() != others.len() {
+        let (mut pipe, keys) = self.group_pipeline(&others, now);
+        let read_of: Vec<usize> = (0..others.len())
+            .filter(|&j| filed_item(&others[j]).is_some())
+            .collect();
+        let ids: Vec<&str> = read_of
+            .iter()
+            .filter_map(|&j| filed_item(&others[j]))
+            .collect();
+        let reads = self.push_group_pop_reads(&mut pipe, &ids, now);
+        let mut replies = self.run_pipeline(&pipe, Lane::Background).await?;
+        if replies.len() != others.len() + reads.len() {
             return Err(protocol(
                 "apply_groups: reply count differs from group count",
             ));
         }
+        let pop = replies.split_off(others.len());
+        let mut applied = vec![false; others.len()];
         for (j, r) in replies.into_iter().enumerate() {
             match r {
                 Value::Int(1) => {
                     out.applied += 1;
                     out.keys += keys[j];
-                    written.extend(filed_item(&groups[rest[j]]));
+                    applied[j] = true;
                 }
                 other => out.conflicts.push((rest[j], strings(other)?)),
             }
         }
-        self.file_groups(&written, now).await?;
+        // only the groups written (a refused one is retried, and filed then)
+        let (reads, pop): (Vec<_>, Vec<_>) = reads
+            .into_iter()
+            .zip(pop)
+            .zip(read_of.iter().map(|&j| applied[j]))
+            .filter(|(_, a)| *a)
+            .map(|(rp, _)| rp)
+            .unzip();
+        filings.extend(self.filings_of(&reads, pop)?);
+        self.file_filings(&filings, now).await?;
         Ok(out)
-    }
-
-    /// Files the items `ids` (all their live buckets at `now`) for
-    /// popularity: one pipeline reading them back, then `pop_write.lua`.
-    async fn file_groups(&self, ids: &[&str], now: i64) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        let reads = self.push_group_pop_reads(&mut pipe, ids, now);
-        if reads.is_empty() {
-            return Ok(());
-        }
-        let replies = self.run_pipeline(&pipe, Lane::Background).await?;
-        self.file_popularity(&reads, replies, now).await
     }
 
     /// Whether `restore.lua` can be used: Redis takes our `RESTORE` payloads
@@ -215,12 +221,14 @@ impl RedisStore {
         groups: &[GroupWrite],
         limits: dump::Limits,
         now: i64,
-    ) -> (redis::Pipeline, Vec<Option<usize>>) {
+    ) -> (redis::Pipeline, Vec<Option<usize>>, Vec<Option<Filing>>) {
         let mut pipe = redis::pipe();
         let mut keys = Vec::with_capacity(groups.len());
+        let mut filings = Vec::with_capacity(groups.len());
         for g in groups {
             if g.events.is_empty() {
                 keys.push(None);
+                filings.push(None);
                 continue;
             }
             let (base, item) = match &g.group {
@@ -230,7 +238,9 @@ impl RedisStore {
             let cutoff = g.events.dedupe_cutoff(self.settings.dedupe_window_ms, now);
             let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
             let mut w = RestoreWrite::new(format!("{base}:seen"), &mut ids, limits);
-            w.state(&base, &state_of(&g.updates, now));
+            let st = state_of(&g.updates, now);
+            w.state(&base, &st);
+            filings.push(item.and_then(|id| self.filing_of_state(id, &st, now)));
             for (sid, updates) in &g.sessions {
                 if !updates.is_empty() {
                     w.state(&session_key(&base, sid), &state_of(updates, now));
@@ -247,7 +257,7 @@ impl RedisStore {
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
         }
-        (pipe, keys)
+        (pipe, keys, filings)
     }
 }
 

@@ -12,7 +12,8 @@
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
 //! | `{p}:items` | set | the ids of items with keys (expired ones swept out, `items.rs`) |
 //! | `{{p}:pop}:g:<b>`, `:c:<b>:<category>` | zset | popularity of bucket `b` (`popular.rs`, `pop_write.lua`) |
-//! | `{{p}:pop}:k:<b>`, `:i:<b>` | set, hash | a bucket's categories; item → category filed under |
+//! | `{{p}:pop}:k:<b>` | set | a bucket's categories |
+//! | `{{p}:pop}:f`, `:fb` | hash, zset | item → the category it is listed under; its newest bucket |
 //!
 //! A customer's keys share the hash tag `{c:<customer>}` and so one cluster
 //! slot, as an item's share `{i:<item>}`, and the popularity keys

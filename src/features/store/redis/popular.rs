@@ -55,9 +55,9 @@ impl RedisStore {
         format!("{{{}:pop}}", self.settings.key_prefix)
     }
 
-    /// Adds one `HMGET` per item the stream's `plans` write (each once, in
-    /// order of first appearance, duplicates included): its category and
-    /// its counts in the live buckets (at `now`) the plans add to.
+    /// Adds one `HMGET` per item the stream's `plans` add to a live bucket
+    /// of (at `now`; each item once, in order of first appearance,
+    /// duplicates included): its category and its counts in those buckets.
     pub(super) fn push_event_pop_reads(
         &self,
         pipe: &mut redis::Pipeline,
@@ -77,6 +77,9 @@ impl RedisStore {
             });
             spec.touched(&p.item, now, &mut reads[k].1);
         }
+        // a write adding to no live bucket files nothing (a category it
+        // changed is picked up by the item's next filing)
+        reads.retain(|(_, buckets)| !buckets.is_empty());
         for (item, buckets) in &reads {
             self.push_pop_read(pipe, spec, item, buckets);
         }
@@ -123,23 +126,52 @@ impl RedisStore {
     }
 
     /// Files the items of `reads` from their `HMGET` replies (see the
-    /// module doc). A refused filing (not a transient error) is logged,
-    /// not returned: the features were written, and retrying the write
-    /// would be refused the same way.
+    /// module doc).
     pub(super) async fn file_popularity(
         &self,
         reads: &PopReads,
         replies: Vec<Value>,
         now: i64,
     ) -> Result<(), StoreError> {
+        let filings = self.filings_of(reads, replies)?;
+        self.file_filings(&filings, now).await
+    }
+
+    /// The filings the `HMGET` replies of `reads` give.
+    pub(super) fn filings_of(
+        &self,
+        reads: &PopReads,
+        replies: Vec<Value>,
+    ) -> Result<Vec<Filing>, StoreError> {
+        let Some(spec) = &self.popularity else {
+            return Ok(Vec::new());
+        };
+        if replies.len() != reads.len() {
+            return Err(protocol("popularity: reply count differs from item count"));
+        }
+        reads
+            .iter()
+            .zip(replies)
+            .map(|((item, buckets), reply)| filing(spec, item, buckets, reply))
+            .collect()
+    }
+
+    /// Files `filings` written at `now` (one `pop_write.lua` call). A
+    /// refused filing (not a transient error) is logged, not returned: the
+    /// features were written, and retrying the write would be refused the
+    /// same way.
+    pub(super) async fn file_filings(
+        &self,
+        filings: &[Filing],
+        now: i64,
+    ) -> Result<(), StoreError> {
         let Some(spec) = &self.popularity else {
             return Ok(());
         };
-        if reads.is_empty() {
+        // (as the memory store: a filing without totals files nothing)
+        let filings: Vec<&Filing> = filings.iter().filter(|f| !f.totals.is_empty()).collect();
+        if filings.is_empty() {
             return Ok(());
-        }
-        if replies.len() != reads.len() {
-            return Err(protocol("popularity: reply count differs from item count"));
         }
         let mut pipe = redis::pipe();
         let inv = pipe
@@ -152,10 +184,9 @@ impl RedisStore {
             .arg(KEEP_CATEGORY)
             .arg(WINDOW_MS + spec.bucket_ms)
             .arg(BUCKETS_PER_WINDOW);
-        for ((item, buckets), reply) in reads.iter().zip(replies) {
-            let f = filing(spec, item, buckets, reply)?;
-            let (cat, ts) = f.category.unwrap_or_default();
-            inv.arg(item).arg(cat).arg(ts).arg(f.totals.len());
+        for f in &filings {
+            let (cat, ts) = f.category.clone().unwrap_or_default();
+            inv.arg(&f.item).arg(cat).arg(ts).arg(f.totals.len());
             for (b, s) in &f.totals {
                 inv.arg(*b).arg(super::encode::fmt_f64(*s));
             }
@@ -164,10 +195,23 @@ impl RedisStore {
             Ok(_) => Ok(()),
             Err(e) if e.is_transient() => Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, items = reads.len(), "popularity filing refused; the items' popularity is short until their next write");
+                tracing::warn!(error = %e, items = filings.len(), "popularity filing refused; the items' popularity is short until their next write");
                 Ok(())
             }
         }
+    }
+
+    /// The filing of a group written whole from `st` (a new group's final
+    /// state: no need to read it back).
+    pub(super) fn filing_of_state(
+        &self,
+        id: &str,
+        st: &crate::features::aggregate::EntityState,
+        now: i64,
+    ) -> Option<Filing> {
+        let spec = self.popularity.as_ref()?;
+        let live: Vec<i64> = spec.live(now).collect();
+        Some(spec.filing(id, st, &live))
     }
 
     /// The lists at `now`: the live buckets' categories and the global
@@ -281,7 +325,10 @@ fn filing(
         for _ in &spec.features {
             amounts.push(text()?.and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0));
         }
-        totals.push((*b, spec.total(amounts.into_iter())));
+        let s = spec.total(amounts.into_iter());
+        if s > 0.0 {
+            totals.push((*b, s));
+        }
     }
     Ok(Filing {
         item: item.to_string(),
