@@ -3,7 +3,9 @@
 //! rule injections and fallbacks never wait on the store. The store keeps
 //! the lists itself as it applies item writes (the rule, the window and
 //! the bounds: `features::store::popularity`); [`Popularity::build`] only
-//! reads their tops, one store call whatever the catalogue's size.
+//! reads their tops, two store round trips whatever the catalogue's size.
+//! An item with nothing in the last 24 h is not listed (the whole-catalogue
+//! scan this replaced listed every item, the idle ones last with score 0).
 
 use crate::features::store::{FeatureStore, StoreError};
 use std::collections::HashMap;

@@ -10,8 +10,9 @@
 //! (the popularity keys share the hash tag `{<prefix>:pop}`: one slot, so
 //! `pop_write.lua` and `pop_read.lua` each run in one), so the item's
 //! `update.lua` cannot file it. Instead the write's pipeline ends with one
-//! `HMGET` per item it wrote (the item's category and its bucket counts,
-//! read after its writes, in its slot), and a second call,
+//! `HMGET` per item it added to a live bucket of (the item's category and
+//! those buckets' counts, read after its writes, in its slot; a restored
+//! backfill group is filed from the state it was given), and a second call,
 //! `pop_write.lua`, files the totals those replies give. The filed values
 //! come from the item's deduped state, never from the event, so a filing
 //! repeated or late files a total the bucket already has or had (it keeps
