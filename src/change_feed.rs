@@ -343,7 +343,7 @@ async fn subscribe_loop(
                             }
                         }
                         _ = ping.tick() => {
-                            let alive = tokio::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await;
+                            let alive = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                             if !matches!(alive, Ok(Ok(_))) {
                                 break;
                             }
