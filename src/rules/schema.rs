@@ -407,7 +407,7 @@ impl Plan {
                 .iter()
                 .map(|f| {
                     (!f.ns.per_item())
-                        .then(|| self.value(f, inp, "", &empty).try_into().ok())
+                        .then(|| self.cell(f, inp, "", &empty).to_val())
                         .flatten()
                 })
                 .collect(),
@@ -425,39 +425,12 @@ impl Plan {
         needed: &[bool],
         out: &mut Vec<Cell<'a>>,
     ) {
-        let state = |e: Entity| match e {
-            Entity::Customer => inp.customer,
-            Entity::Session => inp.session,
-            Entity::Item => item,
-        };
         let per_item = self.fields.iter().filter(|f| f.ns.per_item());
         for (i, f) in per_item.enumerate() {
-            if !needed.get(i).copied().unwrap_or(true) {
-                out.push(Cell::Null);
-                continue;
-            }
-            out.push(match &f.slot {
-                Slot::Column(c) => {
-                    let rows = RowInputs {
-                        customer: inp.customer,
-                        session: inp.session,
-                        context: inp.context,
-                        now: inp.now,
-                    };
-                    Cell::Number(self.numeric.value(inp.set, *c, &rows, item_id, item))
-                }
-                Slot::Text(k) => {
-                    let def = &inp.set.features[*k];
-                    let st = state(def.entity);
-                    Cell::Text(st.lasts.get(&def.name).map_or("", |l| l.value.as_str()))
-                }
-                Slot::List(k) => {
-                    let def = &inp.set.features[*k];
-                    let st = state(def.entity);
-                    Cell::List(st.recent.get(&def.name).map_or(&[], |l| l.as_slice()))
-                }
-                Slot::ItemId => Cell::Text(item_id),
-                Slot::ContextText(k) => Cell::Text(inp.context.text(*k)),
+            out.push(if needed.get(i).copied().unwrap_or(true) {
+                self.cell(f, inp, item_id, item)
+            } else {
+                Cell::Null
             });
         }
     }
@@ -470,13 +443,20 @@ impl Plan {
             .map(|f| (f.ns, key_str(&f.key)))
     }
 
-    fn value(&self, f: &PlanField, inp: &Inputs<'_>, item_id: &str, item: &EntityState) -> Value {
+    /// Field `f`'s value for the request `inp` and (for per-item fields)
+    /// the item `item_id` with state `item`, borrowed from them.
+    fn cell<'a>(
+        &self,
+        f: &PlanField,
+        inp: &Inputs<'a>,
+        item_id: &'a str,
+        item: &'a EntityState,
+    ) -> Cell<'a> {
         let state = |e: Entity| match e {
             Entity::Customer => inp.customer,
             Entity::Session => inp.session,
             Entity::Item => item,
         };
-        let text = |s: &str| Value::String(Arc::new(s.to_string()));
         match &f.slot {
             Slot::Column(c) => {
                 let rows = RowInputs {
@@ -485,27 +465,20 @@ impl Plan {
                     context: inp.context,
                     now: inp.now,
                 };
-                Value::Float(self.numeric.value(inp.set, *c, &rows, item_id, item))
+                Cell::Number(self.numeric.value(inp.set, *c, &rows, item_id, item))
             }
-            Slot::Text(i) => {
-                let def = &inp.set.features[*i];
+            Slot::Text(k) => {
+                let def = &inp.set.features[*k];
                 let st = state(def.entity);
-                match st.lasts.get(&def.name) {
-                    Some(l) => text(&l.value),
-                    None => text(""),
-                }
+                Cell::Text(st.lasts.get(&def.name).map_or("", |l| l.value.as_str()))
             }
-            Slot::List(i) => {
-                let def = &inp.set.features[*i];
-                let members = state(def.entity)
-                    .recent
-                    .get(&def.name)
-                    .map(|l| l.iter().map(|(m, _)| text(m)).collect())
-                    .unwrap_or_default();
-                Value::List(Arc::new(members))
+            Slot::List(k) => {
+                let def = &inp.set.features[*k];
+                let st = state(def.entity);
+                Cell::List(st.recent.get(&def.name).map_or(&[], |l| l.as_slice()))
             }
-            Slot::ItemId => text(item_id),
-            Slot::ContextText(i) => text(inp.context.text(*i)),
+            Slot::ItemId => Cell::Text(item_id),
+            Slot::ContextText(k) => Cell::Text(inp.context.text(*k)),
         }
     }
 }
