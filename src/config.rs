@@ -240,6 +240,11 @@ pub struct KafkaConfig {
     pub batch_size: usize,
     /// Longest wait for a batch to fill, in ms.
     pub batch_linger_ms: u64,
+    /// Applied offsets are committed at most this often, in ms (and when
+    /// the stream goes idle, and before exiting): a commit per small batch
+    /// loads the broker. A crash redelivers at most this much more, which
+    /// the store's dedupe absorbs.
+    pub commit_interval_ms: u64,
     /// Create the contract's topics (events, catalog, dead letters, actions)
     /// at startup if missing.
     pub create_topics: bool,
@@ -478,6 +483,7 @@ impl Default for KafkaConfig {
             consume: true,
             batch_size: 500,
             batch_linger_ms: 1,
+            commit_interval_ms: 100,
             create_topics: true,
             partitions: 3,
             dlq_topic: "events.dlq".into(),
