@@ -232,7 +232,10 @@ impl RedisStore {
         let sets: Vec<String> = live.clone().map(|b| format!("{base}:k:{b}")).collect();
         pipe.cmd("SUNION").arg(&sets);
         self.push_list_read(&mut pipe, &live, top.min(KEEP_GLOBAL), "");
-        let mut replies = self.run_pipeline(&pipe, Lane::Background).await?.into_iter();
+        let mut replies = self
+            .run_pipeline(&pipe, Lane::Background)
+            .await?
+            .into_iter();
         let (Some(cats), Some(global)) = (replies.next(), replies.next()) else {
             return Err(protocol("popularity: missing list reply"));
         };
