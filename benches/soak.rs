@@ -17,7 +17,9 @@
 //!
 //! It owns its Redis, its Tansu broker and the server process (the release
 //! binary), so it needs nothing running:
-//! `cargo bench --bench soak` (NEXTBEST_SOAK_SECONDS, default 600).
+//! `cargo bench --bench soak` (NEXTBEST_SOAK_SECONDS, default 600;
+//! NEXTBEST_SOAK_PRODUCER_LINGER_MS, the load generator's `linger.ms`, 5;
+//! NEXTBEST_SOAK_SERVER_TOML, config text appended to the server's).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -103,9 +105,11 @@ async fn main() {
     let mut redis = RedisProc::start_with_aof("everysec");
     let tansu = TansuProc::start();
     let group = format!("{run}-group");
+    // NEXTBEST_SOAK_SERVER_TOML: more of the server's config (appended)
     let config = format!(
         "[store]\nkey_prefix = \"{run}\"\n[kafka]\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\n\
-         [model]\nwatch = false\n[rules]\nwatch = false\n"
+         [model]\nwatch = false\n[rules]\nwatch = false\n{}",
+        std::env::var("NEXTBEST_SOAK_SERVER_TOML").unwrap_or_default()
     );
     let server = ServerProc::start(ServerSpec {
         redis_url: Some(redis.url()),
@@ -116,7 +120,10 @@ async fn main() {
     .await;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", tansu.brokers())
-        .set("linger.ms", "5")
+        .set(
+            "linger.ms",
+            knob("NEXTBEST_SOAK_PRODUCER_LINGER_MS", 5).to_string(),
+        )
         .set("acks", "all")
         .create()
         .expect("producer");

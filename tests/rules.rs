@@ -96,7 +96,7 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
             &format!("{other}-1"),
             "page_view",
             &other,
-            &lux1,
+            lux1,
             90.0,
             "bags",
             t + 4
@@ -105,7 +105,7 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
             &format!("{other}-2"),
             "page_view",
             &other,
-            &lux1,
+            lux1,
             90.0,
             "bags",
             t + 5
@@ -131,13 +131,13 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
             let (_, r) = app
                 .post("/v1/recommend", json!({"customer_id": rich, "k": 10}))
                 .await;
-            item(&r, &lux1)
+            item(&r, lux1)
                 .is_some_and(|i| i["action"] == "upsell")
                 .then_some(r)
         }
     })
     .await;
-    let lux = item(&rec, &lux1).expect("the pricier bag ranked");
+    let lux = item(&rec, lux1).expect("the pricier bag ranked");
     assert!(
         lux["reasons"]
             .as_array()
@@ -172,7 +172,7 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
         "{r}"
     );
     assert!(
-        item(&r, &lux1).is_some(),
+        item(&r, lux1).is_some(),
         "lux1 is a candidate for the modest cart too: {r}"
     );
     assert!(
@@ -183,7 +183,7 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
     );
 
     // the catalog marks lux1 out of stock over Kafka: the next answers drop it
-    produce(&producer(), "catalog.items", &lux1, r#"{"in_stock": 0}"#).await;
+    produce(&producer(), "catalog.items", lux1, r#"{"in_stock": 0}"#).await;
     let r = eventually(JOIN, "lux1 out of the answer", || {
         let (app, rich) = (&app, rich.clone());
         async move {
@@ -193,7 +193,7 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
                     json!({"customer_id": rich, "k": 10, "explain": true}),
                 )
                 .await;
-            (r["fallback"] == false && item(&r, &lux1).is_none()).then_some(r)
+            (r["fallback"] == false && item(&r, lux1).is_none()).then_some(r)
         }
     })
     .await;
