@@ -2,8 +2,8 @@
 //! Redis killed and restarted once in the middle.
 //!
 //! - events produced to Kafka at NEXTBEST_SOAK_EVENT_RATE (2,000/s) by a
-//!   plain producer (2,000 customers, 5,000 items, page views, clicks, cart
-//!   changes and purchases);
+//!   plain producer batching 50 ms (2,000 customers, 5,000 items, page
+//!   views, clicks, cart changes and purchases);
 //! - `/v1/recommend` open loop at NEXTBEST_SOAK_RATE (500/s), 20 explicit
 //!   candidates each, latency measured from each request's scheduled start;
 //! - at half time Redis (append-only file, `everysec`) is SIGKILLed and
@@ -18,7 +18,9 @@
 //! It owns its Redis, its Tansu broker and the server process (the release
 //! binary), so it needs nothing running:
 //! `cargo bench --bench soak` (NEXTBEST_SOAK_SECONDS, default 600;
-//! NEXTBEST_SOAK_PRODUCER_LINGER_MS, the load generator's `linger.ms`, 5;
+//! NEXTBEST_SOAK_PRODUCER_LINGER_MS, the load generator's `linger.ms`, 50:
+//! at 5 ms its many small produce requests kept Tansu at 100 % of a core
+//! and the consumer starved (benches/RESULTS.md);
 //! NEXTBEST_SOAK_SERVER_TOML, config text appended to the server's).
 
 #[path = "../tests/common/mod.rs"]
@@ -122,7 +124,7 @@ async fn main() {
         .set("bootstrap.servers", tansu.brokers())
         .set(
             "linger.ms",
-            knob("NEXTBEST_SOAK_PRODUCER_LINGER_MS", 5).to_string(),
+            knob("NEXTBEST_SOAK_PRODUCER_LINGER_MS", 50).to_string(),
         )
         .set("acks", "all")
         .create()
