@@ -84,8 +84,8 @@ impl Clock {
     /// After a batch whose newest event is `newest_ts` was applied: an
     /// event-time clock moves there (never back); others do not move.
     pub fn observe(&self, newest_ts: Option<i64>) {
-        if let (Clock::Event(t), Some(ts)) = (self, newest_ts) {
-            t.fetch_max(ts, Ordering::AcqRel);
+        if let (Clock::Event(_), Some(ts)) = (self, newest_ts) {
+            self.advance_to(ts);
         }
     }
 

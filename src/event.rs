@@ -375,6 +375,12 @@ fn optional_id(
 /// Checks an id: non-empty, at most [`MAX_ID_LEN`] bytes, no braces (they
 /// would break the Redis hash tags that keep an entity in one slot) and no
 /// control characters.
+/// The newest `ts` of `events` (None for none): where an event-time clock
+/// goes once they are applied ([`crate::clock::Clock::observe`]).
+pub fn newest_ts(events: &[Event]) -> Option<i64> {
+    events.iter().map(|e| e.ts).max()
+}
+
 pub fn check_id(field: &str, s: &str) -> Result<(), EventError> {
     if s.trim().is_empty() {
         return Err(EventError::invalid(field, "must not be empty"));

@@ -71,7 +71,7 @@ pub async fn post_events(
     }
     match &state.ingest {
         Ingest::InProcess => {
-            let newest = events.iter().map(|e| e.ts).max();
+            let newest = crate::event::newest_ts(&events);
             let now = state.clock.write_time(newest);
             let out =
                 crate::ingest::apply_events_at(&state.set, state.store.as_ref(), &events, now)

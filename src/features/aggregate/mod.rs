@@ -62,7 +62,7 @@ mod fixtures {
     }
 
     pub(super) fn apply_all(set: &FeatureSet, events: &[Event]) -> (EntityState, EntityState) {
-        let now = events.iter().map(|e| e.ts).max().unwrap_or(T0);
+        let now = crate::event::newest_ts(events).unwrap_or(T0);
         let mut c = EntityState::default();
         let mut i = EntityState::default();
         for e in events {
