@@ -63,8 +63,7 @@ use super::retry::{isolate_refused, until_answered, until_done, Stopped};
 use crate::clock::Clock;
 use crate::config::KafkaConfig;
 use crate::config::StoreConfig;
-use crate::event::TimeBounds;
-use crate::event::{Event, EventError};
+use crate::event::{newest_ts, Event, EventError, TimeBounds};
 use crate::features::store::{FeatureStore, GroupWrite};
 use crate::features::FeatureSet;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
@@ -374,7 +373,7 @@ impl EventConsumer {
     ) -> Result<Vec<Reject>, Stopped> {
         let (set, store, events) = (&*self.set, self.store.as_ref(), &d.events);
         let clock = &self.clock;
-        let newest = events.iter().map(|e| e.ts).max();
+        let newest = newest_ts(events);
         let iso = isolate_refused(events.len(), move |r| {
             let part = &events[r];
             until_answered("apply events", stop, ApplyError::is_transient, move || {
@@ -385,7 +384,7 @@ impl EventConsumer {
         let applied_newest = iso
             .done
             .iter()
-            .filter_map(|(r, _)| events[r.clone()].iter().map(|e| e.ts).max())
+            .filter_map(|(r, _)| newest_ts(&events[r.clone()]))
             .max();
         self.clock.observe(applied_newest);
         for (r, o) in iso.done {
@@ -457,7 +456,9 @@ impl EventConsumer {
     /// `CommitMode::Sync` blocks the calling thread until the broker
     /// answers; the loop ([`Self::run`]) commits asynchronously.
     pub fn commit(&self, batch: &Batch, mode: CommitMode) -> Result<(), ConsumeError> {
-        if let Some(tpl) = offsets_after(batch)? {
+        let mut applied = Applied::default();
+        applied.add(batch);
+        if let Some(tpl) = applied.offsets()? {
             self.consumer.commit(&tpl, mode)?;
         }
         Ok(())
@@ -621,24 +622,6 @@ impl Applied {
         }
         Ok(Some(tpl))
     }
-}
-
-/// The offsets to commit after `batch`: per partition, its last message's
-/// offset + 1. `None` for an empty batch.
-fn offsets_after(batch: &Batch) -> Result<Option<TopicPartitionList>, KafkaError> {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for m in &batch.messages {
-        let e = next.entry((m.topic(), m.partition())).or_insert(0);
-        *e = (*e).max(m.offset() + 1);
-    }
-    if next.is_empty() {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    Ok(Some(tpl))
 }
 
 /// The dead letters of what the store refused: `refused` indexes the
