@@ -21,6 +21,7 @@
 //! Cluster delivers `PUBLISH` to every node's subscribers, so this holds
 //! there too.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -233,8 +234,14 @@ fn decode(message: &str) -> Option<(&str, impl Iterator<Item = &str>)> {
     Some((instance, lines.filter(|c| !c.is_empty())))
 }
 
-fn backoff(current: Duration) -> Duration {
-    (current * 2).min(BACKOFF_MAX)
+/// Waits between reconnects: doubling from [`BACKOFF_MIN`] to
+/// [`BACKOFF_MAX`], never giving up (a fresh sequence after each success).
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .without_max_times()
+        .build()
 }
 
 /// Sends queued batches to Redis, what queued up meanwhile in one
@@ -248,7 +255,7 @@ async fn publish_loop(
     mut rx: mpsc::Receiver<Vec<String>>,
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-    let mut wait = BACKOFF_MIN;
+    let mut delays = reconnect_delays();
     while let Some(first) = rx.recv().await {
         let mut ids = first;
         while ids.len() < MAX_IDS_PER_MESSAGE {
@@ -263,13 +270,12 @@ async fn publish_loop(
             match client.get_multiplexed_async_connection().await {
                 Ok(c) => {
                     conn = Some(c);
-                    wait = BACKOFF_MIN;
+                    delays = reconnect_delays();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "change feed: cannot connect to Redis to publish; notices dropped");
                     metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED).increment(1);
-                    tokio::time::sleep(wait).await;
-                    wait = backoff(wait);
+                    tokio::time::sleep(delays.next().unwrap_or(BACKOFF_MAX)).await;
                     continue;
                 }
             }
@@ -301,7 +307,7 @@ async fn subscribe_loop(
     feed: Weak<Inner>,
     mut stop: watch::Receiver<()>,
 ) {
-    let mut wait = BACKOFF_MIN;
+    let mut delays = reconnect_delays();
     let mut connected_before = false;
     loop {
         let session = async {
@@ -315,7 +321,7 @@ async fn subscribe_loop(
         };
         match pubsub {
             Ok(pubsub) => {
-                wait = BACKOFF_MIN;
+                delays = reconnect_delays();
                 metrics::gauge!(crate::metrics::CHANGE_FEED_SUBSCRIBED).set(1.0);
                 tracing::debug!(channel = %channel, "change feed: subscribed");
                 if connected_before {
@@ -358,11 +364,11 @@ async fn subscribe_loop(
                 tracing::warn!(error = %e, "change feed: cannot subscribe to Redis; retrying");
             }
         }
+        let wait = delays.next().unwrap_or(BACKOFF_MAX);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
-        wait = backoff(wait);
     }
 }
 
@@ -417,5 +423,11 @@ mod tests {
         assert_eq!(got.collect::<Vec<_>>(), ["c1", "anon-9f"]);
         let (_, none) = decode("inst").expect("decodes");
         assert_eq!(none.count(), 0);
+    }
+
+    #[test]
+    fn reconnects_wait_doubling_from_100_ms_to_5_s() {
+        let ms: Vec<u128> = reconnect_delays().take(9).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }
