@@ -10,6 +10,7 @@ pub mod change_feed;
 pub mod clock;
 pub mod config;
 pub mod decide;
+pub mod evaluate;
 pub mod event;
 pub mod features;
 pub mod folder_watch;

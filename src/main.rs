@@ -7,7 +7,7 @@ use nextbest::backfill::load::{self, BackfillJob};
 use nextbest::config::{Config, StoreConfig};
 use nextbest::features::store;
 use nextbest::features::FeatureSet;
-use nextbest::model::registry::{parse_version, ModelStatus, Registry};
+use nextbest::model::registry::{parse_version, ModelSpec, ModelStatus, Registry};
 
 /// mimalloc: the backfill's aggregation allocates many small values on
 /// every core; with glibc malloc it ran at half the speed (benches/RESULTS.md).
@@ -84,6 +84,40 @@ enum Command {
         /// Customer profiles for the customer `static` features.
         #[arg(long)]
         customers: Option<PathBuf>,
+    },
+    /// Replay a history through the served path (features, candidates,
+    /// model, rules) and report HR@k, NDCG@k, MRR@k and candidate recall of
+    /// the answer at each decision, beside baselines on the same decisions.
+    /// Uses a private embedded store; the online store is not touched.
+    Evaluate {
+        /// Event files or glob patterns: .jsonl (Kafka message format), .parquet, .csv.
+        #[arg(long, num_args = 1.., required = true)]
+        events: Vec<String>,
+        /// Item catalog for the item `static` features (as `backfill --items`).
+        #[arg(long)]
+        items: Option<PathBuf>,
+        /// Customer profiles for the customer `static` features.
+        #[arg(long)]
+        customers: Option<PathBuf>,
+        /// Where decisions start, as a share of the history's time span.
+        #[arg(long, default_value = "time=80%", conflicts_with = "split_at")]
+        split: nextbest::evaluate::Split,
+        /// Where decisions start, as a time (ms since the epoch).
+        #[arg(long)]
+        split_at: Option<i64>,
+        /// The cut-off of HR@k, NDCG@k and MRR@k.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        k: u16,
+        /// Event types that are decisions (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "add_to_cart,purchase")]
+        decisions: Vec<String>,
+        /// Evaluate this model of the models folder (`name` or `name@version`)
+        /// instead of the one serving.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Model tools.
     Models {
@@ -240,6 +274,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dedupe_window_ms: cfg.store.dedupe_window_ms(),
             };
             backfill(cfg, job)
+        }
+        Command::Evaluate {
+            events,
+            items,
+            customers,
+            split,
+            split_at,
+            k,
+            decisions,
+            model,
+            json,
+        } => {
+            use nextbest::evaluate::{EvaluateJob, Split};
+            let decisions = decisions
+                .iter()
+                .map(|d| {
+                    nextbest::event::EventType::parse(d.trim())
+                        .with_context(|| format!("--decisions: unknown event type {d:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let model = model
+                .map(|m| {
+                    ModelSpec::parse(&m)
+                        .with_context(|| format!("--model {m:?}: expected name or name@version"))
+                })
+                .transpose()?;
+            let job = EvaluateJob {
+                events,
+                items,
+                customers,
+                split: split_at.map_or(split, Split::At),
+                k: usize::from(k),
+                decisions,
+                model,
+                progress: !json || std::io::stderr().is_terminal(),
+            };
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let report = rt.block_on(nextbest::evaluate::evaluate(&cfg, &job))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
         }
         Command::ExportTraining {
             events,

@@ -14,6 +14,8 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// start or learnt along the way ([`Progress::add_total`]).
 pub struct Progress {
     what: &'static str,
+    /// What is counted (default `entities`).
+    unit: &'static str,
     total: AtomicU64,
     done: AtomicU64,
     keys: AtomicU64,
@@ -53,6 +55,7 @@ impl Progress {
         });
         Progress {
             what,
+            unit: "entities",
             total: AtomicU64::new(total),
             done: AtomicU64::new(0),
             keys: AtomicU64::new(0),
@@ -60,6 +63,20 @@ impl Progress {
             bar,
             last_line: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Counts `unit` (e.g. `events`) instead of entities.
+    pub fn with_unit(mut self, unit: &'static str) -> Progress {
+        self.unit = unit;
+        if let Some(bar) = &self.bar {
+            let style = ProgressStyle::with_template(&format!(
+                "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}  {{msg}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+        }
+        self
     }
 
     /// `units` more to do (when the total is learnt along the way).
@@ -77,7 +94,9 @@ impl Progress {
         let secs = self.start.elapsed().as_secs_f64().max(1e-9);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
-            bar.set_message(format!("{:.0} keys/s", keys as f64 / secs));
+            if keys > 0 {
+                bar.set_message(format!("{:.0} keys/s", keys as f64 / secs));
+            }
             return;
         }
         let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,18 +105,23 @@ impl Progress {
         }
         *last = Instant::now();
         let rate = done as f64 / secs;
+        let unit = self.unit;
         let total = self.total.load(Ordering::Relaxed);
         let eta = if rate > 0.0 {
             total.saturating_sub(done) as f64 / rate
         } else {
             0.0
         };
+        let keys = if keys > 0 {
+            format!(", {:.0} keys/s", keys as f64 / secs)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{}: {done}/{} entities ({:.0}%), {rate:.0} entities/s, {:.0} keys/s, eta {eta:.0} s",
+            "{}: {done}/{} {unit} ({:.0}%), {rate:.0} {unit}/s{keys}, eta {eta:.0} s",
             self.what,
             total,
             100.0 * done as f64 / total.max(1) as f64,
-            keys as f64 / secs,
         );
     }
 
