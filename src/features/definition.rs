@@ -174,6 +174,19 @@ pub enum DerivedKind {
     },
     /// 1 when the value of `value` (a text feature, or `item.id`) is in `list`.
     Contains { list: String, value: String },
+    /// The value's position in `list` (1 = the newest), `absent` when not in it.
+    Rank {
+        list: String,
+        value: String,
+        absent: f64,
+    },
+    /// Seconds since the value was last added to `list` (its latest ts there),
+    /// `absent` when not in it.
+    Age {
+        list: String,
+        value: String,
+        absent: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +264,8 @@ struct RawDerived {
     prior_weight: Option<f64>,
     list: Option<String>,
     value: Option<String>,
+    /// `rank` / `age`: the value when not in the list.
+    default: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -475,13 +490,14 @@ impl FeatureSet {
                     prior_weight: d.prior_weight.unwrap_or(1.0).max(0.0),
                 }
             }
-            "contains" => {
+            "contains" | "rank" | "age" => {
+                let kind = d.kind.as_str();
                 let list = d
                     .list
-                    .ok_or_else(|| invalid(&name, "contains needs `list`"))?;
+                    .ok_or_else(|| invalid(&name, format!("{kind} needs `list`")))?;
                 let value = d
                     .value
-                    .ok_or_else(|| invalid(&name, "contains needs `value`"))?;
+                    .ok_or_else(|| invalid(&name, format!("{kind} needs `value`")))?;
                 match self.stored(&list) {
                     Some(def) if matches!(def.aggregation, Aggregation::DistinctRecent { .. }) => {}
                     _ => {
@@ -497,12 +513,27 @@ impl FeatureSet {
                         format!("`{value}` is neither `item.id` nor a stored feature"),
                     ));
                 }
-                DerivedKind::Contains { list, value }
+                match kind {
+                    "contains" if d.default.is_some() => {
+                        return Err(invalid(&name, "contains takes no `default` (it is 0 or 1)"))
+                    }
+                    "contains" => DerivedKind::Contains { list, value },
+                    "rank" => DerivedKind::Rank {
+                        list,
+                        value,
+                        absent: d.default.unwrap_or(0.0),
+                    },
+                    _ => DerivedKind::Age {
+                        list,
+                        value,
+                        absent: d.default.unwrap_or(1_000_000.0),
+                    },
+                }
             }
             other => {
                 return Err(invalid(
                     &name,
-                    format!("unknown derived kind `{other}` (ratio, contains)"),
+                    format!("unknown derived kind `{other}` (ratio, contains, rank, age)"),
                 ))
             }
         };

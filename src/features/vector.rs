@@ -116,12 +116,25 @@ enum Source {
         prior: f64,
         weight: f64,
     },
-    Contains {
+    /// Membership of a value in a `distinct_recent` list.
+    Member {
         list: Slot,
         value: ContainsValue,
+        measure: Measure,
     },
     /// Index into `FeatureSet::context`.
     Context(usize),
+}
+
+/// What a [`Source::Member`] column says of the value's membership.
+#[derive(Debug, Clone, Copy)]
+enum Measure {
+    /// 1 if in the list, else 0.
+    Contains,
+    /// 1-based position (newest first), else the given value.
+    Rank(f64),
+    /// Seconds since its latest ts in the list, else the given value.
+    Age(f64),
 }
 
 #[derive(Debug, Clone)]
@@ -138,7 +151,7 @@ impl Source {
         match self {
             Source::Stored(s) => item(s),
             Source::Ratio { num, den, .. } => item(num) || item(den),
-            Source::Contains { list, value } => {
+            Source::Member { list, value, .. } => {
                 item(list)
                     || match value {
                         ContainsValue::ItemId => true,
@@ -185,6 +198,17 @@ impl RowPlan {
                 .find(|(_, f)| f.entity.as_str() == e && f.name == n)
                 .map(|(i, f)| (f.entity, i))
         };
+        let member = |list: &str, value: &str, measure: Measure| -> Option<Source> {
+            Some(Source::Member {
+                list: stored(list)?,
+                value: if value == "item.id" {
+                    ContainsValue::ItemId
+                } else {
+                    ContainsValue::Stored(stored(value)?)
+                },
+                measure,
+            })
+        };
         let mut sources = Vec::with_capacity(names.len());
         for name in names {
             let unknown = || VectorError::UnknownFeature(name.clone());
@@ -208,14 +232,19 @@ impl RowPlan {
                         prior: *prior,
                         weight: *prior_weight,
                     },
-                    DerivedKind::Contains { list, value } => Source::Contains {
-                        list: stored(list).ok_or_else(unknown)?,
-                        value: if value == "item.id" {
-                            ContainsValue::ItemId
-                        } else {
-                            ContainsValue::Stored(stored(value).ok_or_else(unknown)?)
-                        },
-                    },
+                    DerivedKind::Contains { list, value } => {
+                        member(list, value, Measure::Contains).ok_or_else(unknown)?
+                    }
+                    DerivedKind::Rank {
+                        list,
+                        value,
+                        absent,
+                    } => member(list, value, Measure::Rank(*absent)).ok_or_else(unknown)?,
+                    DerivedKind::Age {
+                        list,
+                        value,
+                        absent,
+                    } => member(list, value, Measure::Age(*absent)).ok_or_else(unknown)?,
                 }
             } else {
                 let slot = stored(name).ok_or_else(unknown)?;
@@ -348,7 +377,11 @@ fn column(
                 *prior
             }
         }
-        Source::Contains { list, value } => {
+        Source::Member {
+            list,
+            value,
+            measure,
+        } => {
             let target: Option<&str> = match value {
                 ContainsValue::ItemId => Some(item_id),
                 ContainsValue::Stored((e, i)) => pick(*e)
@@ -357,9 +390,15 @@ fn column(
                     .map(|l| l.value.as_str()),
             };
             let members = pick(list.0).recent.get(&set.features[list.1].name);
-            match (target, members) {
-                (Some(t), Some(m)) if m.iter().any(|(x, _)| x == t) => 1.0,
-                _ => 0.0,
+            let found = match (target, members) {
+                (Some(t), Some(m)) => m.iter().position(|(x, _)| x == t).map(|i| (i, m[i].1)),
+                _ => None,
+            };
+            match (measure, found) {
+                (Measure::Contains, f) => f64::from(u8::from(f.is_some())),
+                (Measure::Rank(_), Some((i, _))) => (i + 1) as f64,
+                (Measure::Age(_), Some((_, ts))) => ((inp.now - ts) as f64 / 1000.0).max(0.0),
+                (Measure::Rank(absent) | Measure::Age(absent), None) => *absent,
             }
         }
         Source::Context(i) => inp.context.get(*i),
@@ -441,6 +480,41 @@ mod tests {
         }
         assert_eq!(fast, full);
         assert!(full.iter().any(|x| *x != 0.0), "the states are not empty");
+    }
+
+    #[test]
+    fn rank_and_age_say_where_and_when_the_item_is_in_the_recent_list() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let set = FeatureSet::load(&path).expect("shipped definitions load");
+        let names = vec![
+            "cross.recent_rank".to_string(),
+            "cross.since_interacted_s".to_string(),
+            "cross.viewed_recently".to_string(),
+        ];
+        let plan = RowPlan::compile(&set, &names).expect("compiles");
+        let mut customer = EntityState::default();
+        // newest first: b seen at 9,000 ms, a at 4,000 ms
+        customer.recent.insert(
+            "recent_items".into(),
+            vec![("b".into(), 9_000), ("a".into(), 4_000)],
+        );
+        let (session, context) = (EntityState::default(), ContextValues::defaults(&set));
+        let inp = RowInputs {
+            customer: &customer,
+            session: &session,
+            context: &context,
+            now: 10_000,
+        };
+        let row = |id: &str| {
+            let mut out = Vec::new();
+            plan.push_row(&set, &inp, id, &EntityState::default(), &mut out);
+            out
+        };
+        assert_eq!(row("b"), [1.0, 1.0, 1.0]);
+        assert_eq!(row("a"), [2.0, 6.0, 1.0]);
+        // not in the list: the declared defaults
+        assert_eq!(row("z"), [100.0, 1_000_000.0, 0.0]);
     }
 
     #[test]
