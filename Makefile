@@ -53,9 +53,12 @@ bench: build
 	@source .deps/services.env && cargo bench --locked --bench load; \
 	  status=$$?; scripts/services.sh stop; exit $$status
 
-# Retrain the shipped model from synthetic history (see training/README.md).
+# Train the next ranker version (see training/README.md): on synthetic
+# history, or on yours with `make model EVENTS=history.jsonl [ITEMS=items.csv]
+# [CUSTOMERS=customers.csv]`; it ends with `nextbest evaluate` of the new model.
 model: build
-	NEXTBEST_BIN=$(CURDIR)/target/release/nextbest training/run.sh
+	NEXTBEST_BIN=$(CURDIR)/target/release/nextbest training/run.sh \
+	  $(if $(EVENTS),--events $(EVENTS)) $(if $(ITEMS),--items $(ITEMS)) $(if $(CUSTOMERS),--customers $(CUSTOMERS))
 
 clean-services:
 	@scripts/services.sh stop

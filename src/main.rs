@@ -118,6 +118,15 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write training labels (for `export-training --labels`) of
+        /// the decision moments before the split: one row per candidate the
+        /// served path ranked, label 1 for the item the customer took.
+        #[arg(long)]
+        labels_out: Option<PathBuf>,
+        /// With --labels-out: negatives kept per moment (a stable sample of
+        /// the candidates).
+        #[arg(long, default_value_t = 30)]
+        negatives: usize,
     },
     /// Model tools.
     Models {
@@ -285,6 +294,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             decisions,
             model,
             json,
+            labels_out,
+            negatives,
         } => {
             use nextbest::evaluate::{EvaluateJob, Split};
             let decisions = decisions
@@ -308,6 +319,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 k: usize::from(k),
                 decisions,
                 model,
+                labels_out,
+                max_negatives: negatives,
                 progress: !json || std::io::stderr().is_terminal(),
             };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

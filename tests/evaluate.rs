@@ -69,6 +69,8 @@ async fn the_baselines_are_exact_and_the_served_answer_has_every_target_among_it
         k: 10,
         decisions: EvaluateJob::DECISIONS.to_vec(),
         model: None,
+        labels_out: None,
+        max_negatives: 30,
         progress: false,
     };
     let report = evaluate(&base_config(), &job).await.expect("evaluates");
@@ -89,7 +91,7 @@ async fn the_baselines_are_exact_and_the_served_answer_has_every_target_among_it
         report
             .sources
             .iter()
-            .any(|s| s.source == "viewed_recently" && s.recall == 1.0),
+            .any(|s| s.source == "viewed_recently" && s.share == 1.0),
         "{:?}",
         report.sources
     );
@@ -155,4 +157,54 @@ fn the_command_prints_json_and_refuses_a_split_without_decisions() {
     assert!(!bad.status.success());
     assert!(err.contains("time=80%"), "{err}");
     let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn labels_out_writes_one_positive_and_sampled_candidates_per_moment_before_the_split() {
+    let path = history();
+    let out = std::env::temp_dir().join(format!("{}.csv", unique("eval-labels")));
+    // customers 0..15 cart before the split, 15..30 after it
+    let split = T0 + HOUR + 15 * 60_000;
+    let job = EvaluateJob {
+        events: vec![path.display().to_string()],
+        items: None,
+        customers: None,
+        split: Split::At(split),
+        k: 10,
+        decisions: EvaluateJob::DECISIONS.to_vec(),
+        model: None,
+        labels_out: Some(out.clone()),
+        max_negatives: 5,
+        progress: false,
+    };
+    let report = evaluate(&base_config(), &job).await.expect("evaluates");
+    let text = std::fs::read_to_string(&out).expect("labels written");
+    let _ = (std::fs::remove_file(&path), std::fs::remove_file(&out));
+
+    assert_eq!(
+        report.served.decisions, 15,
+        "the later half is still scored"
+    );
+    let labels = report.labels.as_ref().expect("a label summary");
+    assert_eq!((labels.moments, labels.without_positive), (15, 0));
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("customer_id,item_id,ts,label,session_id")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), labels.rows);
+    for i in 0..15 {
+        let c = format!("c{i}");
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == c).collect();
+        let positives: Vec<&str> = mine.iter().filter(|r| r[3] == "1").map(|r| r[1]).collect();
+        assert_eq!(positives, [format!("p{i}")], "{c}: {mine:?}");
+        // the positive and at most 5 negatives, all at the decision's time
+        assert!(mine.len() >= 2 && mine.len() <= 6, "{c}: {mine:?}");
+        let at = (T0 + i as i64 * 60_000 + HOUR).to_string();
+        assert!(
+            mine.iter().all(|r| r[2] == at && r[4] == format!("s-{c}")),
+            "{mine:?}"
+        );
+    }
 }

@@ -20,6 +20,7 @@
 //! the broker of the config are never touched.
 
 pub mod baselines;
+pub mod labels;
 pub mod ranking;
 pub mod report;
 
@@ -42,8 +43,9 @@ use crate::model::scorer::LoadOptions;
 use crate::rules::RuleSet;
 use arc_swap::ArcSwap;
 use baselines::{CoVisitation, RecentItems};
+use labels::LabelRows;
 use ranking::Tally;
-use report::{Report, SourceShare};
+use report::{LabelSummary, Report, SourceShare};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,6 +76,8 @@ pub enum EvaluateError {
     Empty,
     #[error("no decisions: no {kinds} event with an item at or after the split ({split_at} ms)")]
     NoDecisions { kinds: String, split_at: i64 },
+    #[error("cannot write the labels to {path}: {message}")]
+    Labels { path: String, message: String },
 }
 
 /// Where decisions start.
@@ -118,6 +122,11 @@ pub struct EvaluateJob {
     pub decisions: Vec<EventType>,
     /// A model of the folder other than the one serving (`name[@version]`).
     pub model: Option<ModelSpec>,
+    /// Also write training labels of the moments before the split here
+    /// (see [`labels`]).
+    pub labels_out: Option<PathBuf>,
+    /// Negatives kept per labelled moment (a stable sample).
+    pub max_negatives: usize,
     /// Show a progress bar / progress lines on stderr.
     pub progress: bool,
 }
@@ -155,8 +164,10 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
         Split::At(t) => t,
         Split::TimeShare(x) => first + ((last - first) as f64 * x).round() as i64,
     };
-    let is_decision =
-        |e: &Event| e.ts >= split_at && e.item_id.is_some() && job.decisions.contains(&e.kind);
+    let is_moment = |e: &Event| e.item_id.is_some() && job.decisions.contains(&e.kind);
+    let is_decision = |e: &Event| e.ts >= split_at && is_moment(e);
+    // before the split, moments give training labels (when asked for)
+    let is_label = |e: &Event| job.labels_out.is_some() && e.ts < split_at && is_moment(e);
     let total_decisions = events.iter().filter(|e| is_decision(e)).count();
     if total_decisions == 0 {
         let kinds: Vec<&str> = job.decisions.iter().map(|k| k.as_str()).collect();
@@ -199,11 +210,14 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
     let mut history = RecentItems::new(1000);
     let mut covisit = CoVisitation::default();
     let mut sources: BTreeMap<String, u64> = BTreeMap::new();
+    // the top-k slots of the served answers, by candidate source
+    let mut slots: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut fallbacks = 0u64;
     let mut in_history = 0u64;
     let mut catalog: HashSet<&str> = HashSet::new();
     let mut pop_built: Option<i64> = None;
+    let mut labels = LabelRows::new(job.max_negatives);
 
     let progress = if job.progress {
         Progress::new("evaluate", events.len() as u64)
@@ -217,8 +231,9 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
         if let Some(item) = &e.item_id {
             catalog.insert(item.as_str());
         }
-        if is_decision(e) {
-            // everything before the decision, then its answer
+        let (decision, label) = (is_decision(e), is_label(e));
+        if decision || label {
+            // everything before the moment, then its answer
             apply(&set, store.as_ref(), &clock, &events[pending..i]).await?;
             progress.advance((i - pending) as u64, 0);
             pending = i;
@@ -242,17 +257,32 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
                 explain: true,
             };
             let rec = decider.recommend(&req).await;
+            if label {
+                labels.add(e, &rec);
+                recent.observe(e);
+                history.observe(e);
+                covisit.observe(e);
+                continue;
+            }
             if rec.fallback {
                 fallbacks += 1;
             }
             let ranked: Vec<&str> = rec.items.iter().map(|x| x.item_id.as_str()).collect();
-            let excluded = rec.excluded.iter().flatten().any(|x| x.item_id == target);
+            let excluded_by = rec
+                .excluded
+                .iter()
+                .flatten()
+                .find(|x| x.item_id == target)
+                .map(|x| format!("excluded by {}", x.rule));
             let source = rec
                 .items
                 .iter()
                 .find(|x| x.item_id == target)
-                .map(|x| x.reasons.get(1).map_or("", |r| r.as_ref()).to_string())
-                .or_else(|| excluded.then(|| "excluded by a rule".to_string()));
+                .map(|x| source_of(x).to_string())
+                .or(excluded_by);
+            for x in rec.items.iter().take(job.k) {
+                *slots.entry(source_of(x).to_string()).or_default() += 1;
+            }
             served.add(&ranked, target, source.is_some());
             if let Some(s) = source {
                 *sources.entry(s).or_default() += 1;
@@ -281,6 +311,24 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
     apply(&set, store.as_ref(), &clock, &events[pending..]).await?;
     progress.advance((events.len() - pending) as u64, 0);
     progress.finish();
+    let label_summary = match &job.labels_out {
+        Some(path) => {
+            let summary = LabelSummary {
+                path: path.display().to_string(),
+                rows: labels.rows(),
+                moments: labels.moments,
+                without_positive: labels.without_positive,
+            };
+            labels
+                .write(path)
+                .map_err(|message| EvaluateError::Labels {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+            Some(summary)
+        }
+        None => None,
+    };
 
     let n = catalog.len();
     let d = served.figures(n).decisions.max(1) as f64;
@@ -313,16 +361,33 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
             .into_iter()
             .map(|(source, c)| SourceShare {
                 source,
-                recall: c as f64 / d,
+                share: c as f64 / d,
             })
             .collect(),
+        slots: {
+            let total = slots.values().sum::<u64>().max(1) as f64;
+            slots
+                .into_iter()
+                .map(|(source, c)| SourceShare {
+                    source,
+                    share: c as f64 / total,
+                })
+                .collect()
+        },
         baselines: vec![
             ("recently_viewed".into(), baseline(&recent_tally)),
             ("co_visitation".into(), baseline(&covisit_tally)),
             ("popularity".into(), baseline(&popular_tally)),
         ],
+        labels: label_summary,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The candidate source of a ranked item (its second reason, after
+/// `model_score`).
+fn source_of(x: &crate::decide::RankedItem) -> &str {
+    x.reasons.get(1).map_or("", |r| r.as_ref())
 }
 
 /// Applies `events` (in time order) at the newest of them, moving the clock.

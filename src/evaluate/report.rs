@@ -6,13 +6,22 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// The share of decisions whose target a candidate source put among the
-/// candidates (the first source that listed it; "excluded by a rule" for a
-/// candidate a rule removed).
+/// A candidate source's share of something (targets found, slots shown).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SourceShare {
     pub source: String,
-    pub recall: f64,
+    pub share: f64,
+}
+
+/// What `--labels-out` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelSummary {
+    pub path: String,
+    pub rows: usize,
+    /// Moments written (each with its positive).
+    pub moments: usize,
+    /// Moments left out: the target was not among the candidates.
+    pub without_positive: usize,
 }
 
 /// An evaluation's figures.
@@ -40,9 +49,16 @@ pub struct Report {
     /// Share of decisions whose target the customer had interacted with
     /// before (any item event).
     pub target_in_history: f64,
+    /// Per candidate source, the share of decisions whose target it put
+    /// among the candidates (the first source that listed it; "excluded by
+    /// <rule>" for a candidate a rule removed): candidate recall by source.
     pub sources: Vec<SourceShare>,
+    /// Per candidate source, its share of the served top-k slots.
+    pub slots: Vec<SourceShare>,
     /// The baselines on the same decisions, by name.
     pub baselines: Vec<(String, Figures)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelSummary>,
     pub seconds: f64,
 }
 
@@ -106,8 +122,21 @@ impl Report {
                 "\ncandidate recall by source (the first source that listed the target):"
             );
             for src in &self.sources {
-                let _ = writeln!(s, "  {:<28} {:.4}", src.source, src.recall);
+                let _ = writeln!(s, "  {:<28} {:.4}", src.source, src.share);
             }
+        }
+        if !self.slots.is_empty() {
+            let _ = writeln!(s, "\nserved top-{k} slots by source:");
+            for src in &self.slots {
+                let _ = writeln!(s, "  {:<28} {:.4}", src.source, src.share);
+            }
+        }
+        if let Some(l) = &self.labels {
+            let _ = writeln!(
+                s,
+                "\nlabels: {} rows of {} moments before the split -> {} ({} moments left out: target not among the candidates)",
+                l.rows, l.moments, l.path, l.without_positive
+            );
         }
         s
     }
