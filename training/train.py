@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--monotone", default="",
+                   help="comma-separated input=+1|-1: the score may only rise (+1) or fall (-1) with "
+                        "that input (e.g. cross.recent_rank=-1); fits a HistGradientBoostingClassifier")
     p.add_argument("--description", default=None)
     p.add_argument("--source", default=None, help="where rows.csv came from (recorded in model.toml)")
     p.add_argument("--no-refit", action="store_true",
@@ -181,7 +184,31 @@ def evaluate(name: str, y, score, gid) -> dict:
     return {"auc": auc, "ndcg_at_10": ndcg}
 
 
+def monotone_constraints(spec: str, inputs: list[str]) -> list[int] | None:
+    """`a=-1,b=+1` -> one constraint per input (0 for the others); None when empty."""
+    if not spec.strip():
+        return None
+    cst = {}
+    for part in spec.split(","):
+        name, _, sign = part.strip().partition("=")
+        if name not in inputs:
+            die(f"--monotone: {name!r} is not among the inputs")
+        if sign not in ("1", "+1", "-1"):
+            die(f"--monotone: {part!r} must be input=+1 or input=-1")
+        cst[name] = int(sign)
+    return [cst.get(n, 0) for n in inputs]
+
+
 def fit(X, y, args):
+    if args.monotonic_cst is not None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        model = HistGradientBoostingClassifier(max_iter=args.trees, max_depth=args.depth,
+                                               learning_rate=args.learning_rate, min_samples_leaf=20,
+                                               monotonic_cst=args.monotonic_cst,
+                                               early_stopping=False, random_state=args.seed)
+        model.fit(X, y)
+        return model
     from sklearn.ensemble import GradientBoostingClassifier
 
     model = GradientBoostingClassifier(n_estimators=args.trees, max_depth=args.depth,
@@ -191,10 +218,29 @@ def fit(X, y, args):
     return model
 
 
+def _missing_flag_as_int() -> None:
+    """skl2onnx 1.20 hands a HistGradientBoosting node's `missing_go_to_left`
+    (a numpy bool under scikit-learn 1.9) to ONNX's integer list attribute,
+    which refuses it; pass it on as an int (0/1, what ONNX expects)."""
+    import skl2onnx.common.tree_ensemble as te
+
+    if getattr(te.add_node, "_nextbest_int_flag", False):
+        return
+    original = te.add_node
+
+    def add_node(*args, nodes_missing_value_tracks_true=0, **kwargs):
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true),
+                        **kwargs)
+
+    add_node._nextbest_int_flag = True
+    te.add_node = add_node
+
+
 def export_onnx(model, n_features: int) -> tuple[bytes, dict]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    _missing_flag_as_int()
     onx = convert_sklearn(
         model,
         initial_types=[("features", FloatTensorType([None, n_features]))],
@@ -236,9 +282,11 @@ def toml_float(x: float) -> str:
 
 
 def write_manifest(path: str, args, inputs, meta: dict) -> None:
+    kind = ("HistGradientBoostingClassifier" if args.monotonic_cst is not None
+            else "GradientBoostingClassifier")
     desc = args.description or (
-        f"GradientBoostingClassifier ({args.trees} trees, depth {args.depth}) scoring the propensity "
-        "that the customer adds to cart or buys the item within 30 minutes")
+        f"{kind} ({args.trees} trees, depth {args.depth}) scoring the propensity "
+        "that the customer adds to cart or buys the item next")
     lines = [
         f"name = {toml_str(args.name)}",
         f"version = {args.version}",
@@ -266,6 +314,7 @@ def write_manifest(path: str, args, inputs, meta: dict) -> None:
         f"trees = {args.trees}",
         f"max_depth = {args.depth}",
         f"learning_rate = {args.learning_rate}",
+        f"monotone = {toml_str(args.monotone)}",
         f"refit_on_all_rows = {'false' if args.no_refit else 'true'}",
         f"onnx_ir_version = {meta['onnx']['ir_version']}",
         f"onnx_opset = {meta['onnx'].get('ai.onnx', 0)}",
@@ -285,6 +334,7 @@ def main(argv=None):
     inputs = [s.strip() for s in args.inputs.split(",") if s.strip()]
     if not inputs or len(set(inputs)) != len(inputs):
         die("--inputs must be a non-empty list of distinct column names")
+    args.monotonic_cst = monotone_constraints(args.monotone, inputs)
     X, y, cust, ts, base = load_rows(args.rows, inputs)
     gid = group_ids(cust, ts)
     print(f"rows: {len(y)} ({y.mean():.3%} positive), {gid.max() + 1} decision moments, {len(inputs)} inputs")
@@ -311,8 +361,9 @@ def main(argv=None):
     print("holdout:")
     m = evaluate("model", y[hold], model.predict_proba(X[hold])[:, 1], gid[hold])
     b = evaluate(f"baseline ({BASELINE})", y[hold], base[hold], gid[hold])
-    imp = sorted(zip(model.feature_importances_, inputs), reverse=True)
-    print("feature importances: " + ", ".join(f"{n} {v:.3f}" for v, n in imp))
+    if hasattr(model, "feature_importances_"):
+        imp = sorted(zip(model.feature_importances_, inputs), reverse=True)
+        print("feature importances: " + ", ".join(f"{n} {v:.3f}" for v, n in imp))
 
     if not args.no_refit:
         t1 = time.time()
