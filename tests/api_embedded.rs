@@ -81,7 +81,8 @@ async fn events_change_features_and_recommendations() {
         "{gen}"
     );
 
-    // purchase: excluded afterwards, cart emptied
+    // purchase: cart emptied; the bought item at half its priority
+    // (rules/defaults.toml: purchased_recently)
     app.post(
         "/v1/events",
         json!(event("e4", "purchase", &c, Some("p3"), t)),
@@ -94,12 +95,18 @@ async fn events_change_features_and_recommendations() {
             json!({"customer_id": c, "k": 4, "candidates": cands}),
         )
         .await;
+    let p3 = post["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["item_id"] == "p3"))
+        .unwrap_or_else(|| panic!("p3 still ranked: {post}"));
+    assert_eq!(p3["weight"], 0.5, "{post}");
     assert!(
-        post["items"]
+        p3["reasons"]
             .as_array()
-            .is_some_and(|a| a.iter().all(|i| i["item_id"] != "p3")),
+            .is_some_and(|r| r.contains(&json!("purchased_recently"))),
         "{post}"
     );
+    assert!(score(&post, "p3") < score(&after, "p3"), "{after} → {post}");
     app.stop().await;
 }
 
@@ -173,7 +180,12 @@ async fn health_models_and_metrics() {
     assert_eq!((s, r["ready"].clone()), (200, json!(true)), "{r}");
     let (_, m) = app.get("/v1/models").await;
     assert_eq!(m["default"], "ranker");
-    assert_eq!(m["models"][0]["serving_version"], 1);
+    // the newest version shipped serves
+    let newest = std::fs::read_dir(common::repo().join("models/ranker"))
+        .expect("models/ranker")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max();
+    assert_eq!(m["models"][0]["serving_version"].as_u64(), newest, "{m}");
     app.post("/v1/recommend", json!({"customer_id": "m1"}))
         .await;
     let text = app

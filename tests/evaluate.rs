@@ -82,7 +82,7 @@ async fn the_baselines_are_exact_and_the_served_answer_has_every_target_among_it
         Some(&(CUSTOMERS as u64))
     );
     assert_eq!(report.served.decisions, CUSTOMERS as u64);
-    assert_eq!(report.model, "ranker@1");
+    assert!(report.model.starts_with("ranker@"), "{}", report.model);
     assert_eq!(report.fallbacks, 0);
     assert_eq!(report.target_in_history, 1.0);
     // the served path: p{i} is in the customer's recent items, so a candidate
