@@ -181,11 +181,11 @@ async fn health_models_and_metrics() {
     let (_, m) = app.get("/v1/models").await;
     assert_eq!(m["default"], "ranker");
     // the newest version shipped serves
-    let newest = std::fs::read_dir(common::repo().join("models/ranker"))
-        .expect("models/ranker")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max();
-    assert_eq!(m["models"][0]["serving_version"].as_u64(), newest, "{m}");
+    assert_eq!(
+        m["models"][0]["serving_version"].as_u64(),
+        Some(shipped_ranker_version()),
+        "{m}"
+    );
     app.post("/v1/recommend", json!({"customer_id": "m1"}))
         .await;
     let text = app

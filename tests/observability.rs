@@ -90,10 +90,11 @@ async fn traffic_moves_request_stage_model_and_event_series() {
         d("nextbest_events_duplicate_total", &["type=\"add_to_cart\""]) >= 1.0,
         "{end}"
     );
-    assert!(
-        after.contains("nextbest_models_serving{model=\"ranker\",version=\"1\"} 1"),
-        "{after}"
+    let serving = format!(
+        "nextbest_models_serving{{model=\"ranker\",version=\"{}\"}} 1",
+        shipped_ranker_version()
     );
+    assert!(after.contains(&serving), "{after}");
 
     // a request id is returned and is the one given
     let r = app

@@ -264,6 +264,15 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// The newest version in the shipped `models/ranker/` (the one that serves).
+pub fn shipped_ranker_version() -> u64 {
+    std::fs::read_dir(repo().join("models/ranker"))
+        .expect("models/ranker")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .expect("a shipped ranker version")
+}
+
 /// A config for tests: port 0, the shipped features and model.
 pub fn base_config() -> Config {
     let mut cfg = Config {
