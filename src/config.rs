@@ -362,7 +362,8 @@ pub struct RecommendConfig {
     /// without it recorded falls back to `item.price`, then 1. Unset → every
     /// item's value is 1 (rank by propensity × weight).
     pub value: Option<String>,
-    /// How often the popularity lists are rebuilt, in seconds.
+    /// How often the popularity snapshot is read again from the lists the
+    /// store keeps, in seconds.
     pub popularity_refresh_secs: u64,
     /// How long item states read from Redis are reused by requests, in ms
     /// (0 = always read). Customer features are never cached. A catalog
