@@ -122,7 +122,7 @@ impl App {
         let rules_reloader = cfg.rules.watch.then(|| RulesReloader {
             dir: cfg.rules.dir.clone(),
             set: set.clone(),
-            rules: rules.clone(),
+            current: rules.clone(),
             debounce: Duration::from_millis(cfg.rules.reload_debounce_ms),
             rescan_every: Duration::from_secs(cfg.rules.rescan_secs),
         });

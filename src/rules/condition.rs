@@ -133,6 +133,26 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// Evaluates a [`Scope::Request`] condition on the variables `request`
+    /// bound by `plan` (a plan that reads every field the condition does).
+    pub fn eval_request(
+        &self,
+        env: &Arc<Env>,
+        plan: &super::schema::Plan,
+        request: &super::schema::Bound,
+    ) -> Result<bool, ExecutionError> {
+        let resolver = super::schema::Resolver {
+            plan,
+            request,
+            item: None,
+        };
+        let mut ctx = Context::with_env(env.clone());
+        ctx.set_variable_resolver(&resolver);
+        self.eval(&ctx)
+    }
+}
+
 /// A context binding every variable of `scope` to its stand-in values.
 fn probe_context<'a>(env: &Arc<Env>, schema: &Schema, scope: Scope) -> Context<'a, 'a> {
     let mut ctx = Context::with_env(env.clone());

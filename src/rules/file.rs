@@ -152,13 +152,14 @@ pub fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// Parses a period like `30m`, `24h`, `7d` into ms.
+/// Parses a period like `500ms`, `30m`, `24h`, `7d` into ms.
 pub fn parse_period(s: &str) -> Option<i64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
     let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
     let unit_ms = match unit {
+        "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
@@ -166,6 +167,59 @@ pub fn parse_period(s: &str) -> Option<i64> {
         _ => return None,
     };
     n.checked_mul(unit_ms)
+}
+
+/// A condition's error (`e.offset` into the condition written at `cond`)
+/// at its place in the file: `owner` says whose condition it is (``rule `x`, when``).
+pub fn condition_error(
+    file: &str,
+    text: &str,
+    owner: &str,
+    cond: &Located<String>,
+    e: super::condition::ConditionError,
+) -> FileError {
+    FileError {
+        file: file.to_string(),
+        pos: position(text, file_offset(text, &cond.span, e.offset)),
+        message: format!("{owner}: {}", e.message),
+    }
+}
+
+/// The byte offset in the file of character `offset` of a string value
+/// written at `span` (quotes included). Exact for strings without escape
+/// sequences; close otherwise.
+fn file_offset(text: &str, span: &Range<usize>, offset: usize) -> usize {
+    let raw = text.get(span.clone()).unwrap_or("");
+    let mut start = span.start;
+    let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
+        3
+    } else {
+        1
+    };
+    start += quote.min(raw.len());
+    // a newline right after an opening """ is not part of the string
+    if quote == 3 {
+        let rest = &raw[quote.min(raw.len())..];
+        if rest.starts_with("\r\n") {
+            start += 2;
+        } else if rest.starts_with('\n') {
+            start += 1;
+        }
+    }
+    let content = text.get(start..span.end).unwrap_or("");
+    start
+        + content
+            .char_indices()
+            .nth(offset)
+            .map_or(content.len(), |(i, _)| i)
+}
+
+/// Spanned TOML string → [`Located`].
+pub fn located(s: Spanned<String>) -> Located<String> {
+    Located {
+        span: s.span(),
+        value: s.into_inner(),
+    }
 }
 
 /// Parses one rule file's text.
@@ -417,6 +471,7 @@ mod tests {
     #[test]
     fn periods() {
         assert_eq!(parse_period("30m"), Some(1_800_000));
+        assert_eq!(parse_period("250ms"), Some(250));
         assert_eq!(parse_period("7d"), Some(604_800_000));
         assert_eq!(parse_period("0h"), None);
         assert_eq!(parse_period("h"), None);

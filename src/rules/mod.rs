@@ -8,7 +8,9 @@
 //! - [`rule`]: a compiled rule;
 //! - [`eval`]: one request's evaluation (eligibility, levers, actions,
 //!   injections), synchronous, on the features already read;
-//! - [`reload`]: the folder watched and swapped in.
+//! - [`folder`]: a folder of definition files loaded, each file whole or
+//!   rejected (shared with `triggers/`);
+//! - [`reload`]: the folder watched and swapped in (rules and triggers).
 //!
 //! A [`RuleSet`] is what one load of the folder produced: the rules that
 //! serve, in file-name then file order, and each file's status. A file
@@ -18,6 +20,7 @@
 pub mod condition;
 pub mod eval;
 pub mod file;
+pub mod folder;
 pub mod reload;
 pub mod rule;
 pub mod schema;
@@ -25,33 +28,13 @@ pub mod schema;
 use crate::features::store::OfferKey;
 use crate::features::FeatureSet;
 use cel::Env;
-use file::{FileError, Pos};
+use file::FileError;
+pub use folder::FileStatus;
 use rule::Rule;
 use schema::{Namespace, Plan, Schema};
-use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-
-/// A rule file's state after a load.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FileStatus {
-    /// The path as loaded (folder + file name).
-    pub file: String,
-    /// `active` or `rejected`.
-    pub status: &'static str,
-    /// Rules it holds (for a rejected file, those of the version serving).
-    pub rules: Vec<String>,
-    /// For a rejected file: `file:line:column: reason`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<usize>,
-    /// For a rejected file that served before: its previous rules still serve.
-    pub serving_previous: bool,
-}
 
 /// The rules serving, and what each file's load gave.
 pub struct RuleSet {
@@ -145,100 +128,23 @@ impl RuleSet {
     /// Loads every `*.toml` of `dir` (a missing folder is no rules). A
     /// rejected file keeps serving the rules it had in `previous`.
     pub fn load(dir: &Path, set: &FeatureSet, previous: Option<&RuleSet>) -> RuleSet {
-        let paths: Vec<_> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                .collect(),
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the rules folder; no rules");
-                }
-                Vec::new()
-            }
-        };
-        RuleSet::load_paths(dir, paths, set, previous)
+        RuleSet::load_paths(dir, folder::toml_paths(dir, "rules"), set, previous)
     }
 
     fn load_paths(
         dir: &Path,
-        mut paths: Vec<std::path::PathBuf>,
+        paths: Vec<std::path::PathBuf>,
         set: &FeatureSet,
         previous: Option<&RuleSet>,
     ) -> RuleSet {
         let schema = Schema::new(set);
         let env = Arc::new(Env::stdlib());
-        paths.sort();
-        let mut rules: Vec<Arc<Rule>> = Vec::new();
-        let mut files = Vec::new();
-        let mut names: BTreeMap<String, String> = BTreeMap::new();
-        for path in paths {
-            let file = path.display().to_string();
-            let loaded = load_file(&env, &schema, &path, &file).and_then(|rs| {
-                // a name must be unique across the folder
-                let mut here: BTreeMap<&str, ()> = BTreeMap::new();
-                for r in &rs {
-                    let other = names
-                        .get(&r.name)
-                        .cloned()
-                        .or_else(|| here.insert(&r.name, ()).map(|()| file.clone()));
-                    if let Some(other) = other {
-                        return Err(FileError {
-                            file: file.clone(),
-                            pos: Pos {
-                                line: r.line,
-                                column: 1,
-                            },
-                            message: format!("rule `{}` is already defined in {other}", r.name),
-                        });
-                    }
-                }
-                Ok(rs)
-            });
-            match loaded {
-                Ok(rs) => {
-                    for r in &rs {
-                        names.insert(r.name.clone(), file.clone());
-                    }
-                    files.push(FileStatus {
-                        file: file.clone(),
-                        status: "active",
-                        rules: rs.iter().map(|r| r.name.clone()).collect(),
-                        error: None,
-                        line: None,
-                        column: None,
-                        serving_previous: false,
-                    });
-                    rules.extend(rs.into_iter().map(Arc::new));
-                }
-                Err(e) => {
-                    let kept: Vec<Arc<Rule>> = previous
-                        .map(|p| {
-                            p.rules
-                                .iter()
-                                .filter(|r| r.file == file && !names.contains_key(&r.name))
-                                .cloned()
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    tracing::error!(error = %e, kept = kept.len(), "rule file rejected");
-                    for r in &kept {
-                        names.insert(r.name.clone(), file.clone());
-                    }
-                    files.push(FileStatus {
-                        file: file.clone(),
-                        status: "rejected",
-                        rules: kept.iter().map(|r| r.name.clone()).collect(),
-                        error: Some(e.to_string()),
-                        line: Some(e.pos.line),
-                        column: Some(e.pos.column),
-                        serving_previous: !kept.is_empty(),
-                    });
-                    rules.extend(kept);
-                }
-            }
-        }
+        let (rules, files) = folder::load_files(
+            paths,
+            previous.map(|p| p.rules.as_slice()),
+            "rule",
+            |path, file| load_file(&env, &schema, path, file),
+        );
         let set_ = RuleSet::from_rules(set, &schema, env, rules, files, dir.display().to_string());
         set_.publish_metrics();
         set_
@@ -307,13 +213,37 @@ fn load_file(
     path: &Path,
     file: &str,
 ) -> Result<Vec<Rule>, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FileError {
-        file: file.to_string(),
-        pos: Pos { line: 1, column: 1 },
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = folder::read_text(path, file)?;
     file::parse(file, &text)?
         .into_iter()
         .map(|spec| Rule::compile(env, schema, file, &text, spec))
         .collect()
+}
+
+impl folder::Named for Rule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn line(&self) -> usize {
+        self.line
+    }
+}
+
+impl reload::Reloadable for RuleSet {
+    const WHAT: &'static str = "rules";
+
+    fn reload(&self, dir: &Path, set: &FeatureSet) -> Self {
+        RuleSet::load(dir, set, Some(self))
+    }
+
+    fn summary(&self) -> String {
+        RuleSet::summary(self)
+    }
+
+    fn files(&self) -> &[FileStatus] {
+        &self.files
+    }
 }

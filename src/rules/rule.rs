@@ -1,9 +1,9 @@
-//! A rule ready to serve: its spec with the conditions compiled. Turning a
-//! condition's error offset into the file's `line:column` happens here,
-//! where both the file text and the condition's place in it are known.
+//! A rule ready to serve: its spec with the conditions compiled (a
+//! condition's error placed at its `line:column` by
+//! [`condition_error`], shared with the trigger files).
 
-use super::condition::{Condition, ConditionError, Scope};
-use super::file::{position, ContactCap, FileError, Inject, Located, RuleSpec};
+use super::condition::{Condition, Scope};
+use super::file::{condition_error, ContactCap, FileError, Inject, Located, RuleSpec};
 use super::schema::Schema;
 use crate::decide::Label;
 use crate::features::store::OfferKey;
@@ -50,7 +50,13 @@ impl Rule {
             let Some(c) = c else { return Ok(None) };
             Condition::compile(env, schema, &c.value, scope)
                 .map(Some)
-                .map_err(|e| located_error(file, text, &spec.name, c, scope, e))
+                .map_err(|e| {
+                    let key = match scope {
+                        Scope::Request => "when",
+                        Scope::Item => "item_when",
+                    };
+                    condition_error(file, text, &format!("rule `{}`, {key}", spec.name), c, e)
+                })
         };
         let when = cond(&spec.when, Scope::Request)?;
         let item_when = cond(&spec.item_when, Scope::Item)?;
@@ -83,55 +89,6 @@ impl Rule {
             period_ms: cap.period_ms,
         })
     }
-}
-
-/// A condition's error at its place in the file.
-fn located_error(
-    file: &str,
-    text: &str,
-    rule: &str,
-    cond: &Located<String>,
-    scope: Scope,
-    e: ConditionError,
-) -> FileError {
-    let key = match scope {
-        Scope::Request => "when",
-        Scope::Item => "item_when",
-    };
-    FileError {
-        file: file.to_string(),
-        pos: position(text, file_offset(text, &cond.span, e.offset)),
-        message: format!("rule `{rule}`, {key}: {}", e.message),
-    }
-}
-
-/// The byte offset in the file of character `offset` of a string value
-/// written at `span` (quotes included). Exact for strings without escape
-/// sequences; close otherwise.
-fn file_offset(text: &str, span: &std::ops::Range<usize>, offset: usize) -> usize {
-    let raw = text.get(span.clone()).unwrap_or("");
-    let mut start = span.start;
-    let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
-        3
-    } else {
-        1
-    };
-    start += quote.min(raw.len());
-    // a newline right after an opening """ is not part of the string
-    if quote == 3 {
-        let rest = &raw[quote.min(raw.len())..];
-        if rest.starts_with("\r\n") {
-            start += 2;
-        } else if rest.starts_with('\n') {
-            start += 1;
-        }
-    }
-    let content = text.get(start..span.end).unwrap_or("");
-    start
-        + content
-            .char_indices()
-            .nth(offset)
-            .map_or(content.len(), |(i, _)| i)
 }
 
 #[cfg(test)]
