@@ -91,6 +91,7 @@ async fn bench_store(url: &str, key_prefix: String, set: Arc<FeatureSet>) -> Red
             dedupe_window_ms: 7 * DAY,
             ttl_seconds: 3600,
             timeout_ms: 60_000,
+            timer_shards: 16,
         },
         set,
     )

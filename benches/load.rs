@@ -130,6 +130,7 @@ async fn main() {
             dedupe_window_ms: 86_400_000,
             ttl_seconds: 3600,
             timeout_ms: 2000,
+            timer_shards: 16,
         },
         set.clone(),
     )

@@ -224,6 +224,10 @@ pub struct StoreConfig {
     /// Memory store only: most sessions kept per customer; a new one past
     /// it drops the customer's least recently written session (at least 1).
     pub memory_max_sessions: usize,
+    /// Redis only: shards of the trigger timers' deadline index (one sorted
+    /// set each, `{<key_prefix>:timers:<k>}`, spread over the cluster).
+    /// Every instance sharing a Redis must use the same number.
+    pub timer_shards: u32,
 }
 
 /// Kafka ingestion.
@@ -406,6 +410,7 @@ impl fmt::Debug for StoreConfig {
             .field("allowed_lateness_secs", &self.allowed_lateness_secs)
             .field("memory_max_entities", &self.memory_max_entities)
             .field("memory_max_sessions", &self.memory_max_sessions)
+            .field("timer_shards", &self.timer_shards)
             .finish_non_exhaustive()
     }
 }
@@ -472,6 +477,7 @@ impl Default for StoreConfig {
             allowed_lateness_secs: 7 * 24 * 3600,
             memory_max_entities: 250_000,
             memory_max_sessions: 16,
+            timer_shards: 16,
         }
     }
 }
@@ -623,6 +629,7 @@ mod tests {
         assert!(cfg.security.keys.is_empty() && cfg.security.cors_origins.is_empty());
         assert_eq!(cfg.security.rate_limit.per_second, 0.0);
         assert!(cfg.kafka.properties.0.is_empty());
+        assert_eq!(cfg.store.timer_shards, d.store.timer_shards);
     }
 
     #[test]

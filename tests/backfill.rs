@@ -67,6 +67,7 @@ async fn redis_store(set: Arc<FeatureSet>) -> RedisStore {
         dedupe_window_ms: 30 * DAY,
         ttl_seconds: 3600,
         timeout_ms: 10_000,
+        timer_shards: 16,
     };
     RedisStore::connect(settings, set)
         .await

@@ -63,6 +63,7 @@ async fn redis_store(set: &Arc<FeatureSet>, prefix: &str) -> Arc<dyn FeatureStor
         dedupe_window_ms: 7 * 24 * 3_600_000,
         ttl_seconds: 3600,
         timeout_ms: 2000,
+        timer_shards: 16,
     };
     Arc::new(
         RedisStore::connect(settings, set.clone())
@@ -337,6 +338,7 @@ async fn consumer_killed_after_redis_write_before_commit_neither_loses_nor_doubl
         dedupe_window_ms: 7 * 24 * 3_600_000,
         ttl_seconds: 3600,
         timeout_ms: 2000,
+        timer_shards: 16,
     };
     let store: Arc<dyn FeatureStore> = Arc::new(
         RedisStore::connect(settings, set.clone())

@@ -36,6 +36,7 @@ async fn redis_store(set: Arc<FeatureSet>) -> RedisStore {
         dedupe_window_ms: WINDOW,
         ttl_seconds: 3600,
         timeout_ms: 5000,
+        timer_shards: 16,
     };
     RedisStore::connect(settings, set)
         .await

@@ -199,6 +199,7 @@ async fn payloads_follow_the_servers_listpack_limits() {
             dedupe_window_ms: 7 * 86_400_000,
             ttl_seconds: 60,
             timeout_ms: 2000,
+            timer_shards: 16,
         },
         Arc::new(FeatureSet::load(&repo().join("feature-store/features.toml")).expect("features")),
     )

@@ -91,6 +91,7 @@ async fn redis_store_window(url: &str, set: Arc<FeatureSet>, window_ms: i64) -> 
         dedupe_window_ms: window_ms,
         ttl_seconds: 3600,
         timeout_ms: 2000,
+        timer_shards: 16,
     };
     RedisStore::connect(settings, set)
         .await
@@ -217,6 +218,7 @@ async fn a_failing_write_leaves_nothing_and_its_retry_applies_it_once() {
         dedupe_window_ms: 3_600_000,
         ttl_seconds: 3600,
         timeout_ms: 2000,
+        timer_shards: 16,
     };
     let red = RedisStore::connect(settings, set.clone())
         .await
@@ -376,6 +378,7 @@ async fn the_item_index_forgets_items_whose_keys_are_gone() {
         dedupe_window_ms: 30 * 24 * 3_600_000,
         ttl_seconds: 3600,
         timeout_ms: 2000,
+        timer_shards: 16,
     };
     let red = RedisStore::connect(settings, set.clone())
         .await
@@ -423,4 +426,182 @@ async fn the_item_index_forgets_items_whose_keys_are_gone() {
     ids.sort();
     assert_eq!(ids, ["p1", "p3"]);
     assert_eq!(members(&mut conn).await, ["p1", "p3"], "swept");
+}
+
+/// The same timer story on Redis and on the memory store: written with
+/// the event (a redelivery does not restart it), claimed once per lease by
+/// any number of claimers, deferred to the record's deadline, finished,
+/// and ended by a later purchase in the purchase's own write.
+#[tokio::test]
+async fn timers_behave_the_same_on_redis_and_in_memory() {
+    use nextbest::features::store::timers::{TimerOp, TimerRecord};
+    let set = set();
+    let red = redis_store(&redis_url(), set.clone()).await;
+    let mem = MemoryStore::new(set.clone(), 30 * 24 * 3_600_000);
+    let t0 = now_ms();
+    let plan = |id: &str, customer: &str, ts: i64, op: TimerOp| {
+        let e = Event::from_value(json!({
+            "event_id": id, "type": "add_to_cart", "customer_id": customer, "ts": ts,
+            "item_id": "p1", "session_id": "s1"
+        }))
+        .expect("valid event");
+        let mut p = plan_event(&set, &e);
+        p.timers = vec![op];
+        p
+    };
+    let start = |d| TimerOp::Start {
+        trigger: "cart".into(),
+        deadline: d,
+    };
+    for store in [&red as &dyn FeatureStore, &mem] {
+        let timers = store.timers().expect("keeps timers");
+        let customers: Vec<String> = (0..40).map(|i| unique(&format!("c{i}"))).collect();
+        let plans: Vec<_> = customers
+            .iter()
+            .map(|c| plan(&format!("{c}-1"), c, t0, start(t0 + 1_000)))
+            .collect();
+        store.apply(&plans, t0).await.expect("apply");
+        store.apply(&plans, t0).await.expect("a redelivery");
+        let first = &customers[0];
+        assert_eq!(
+            timers.record(first, "cart").await.expect("record"),
+            Some(TimerRecord {
+                episode: format!("{first}-1"),
+                started: t0,
+                deadline: t0 + 1_000
+            }),
+            "{}",
+            store.describe()
+        );
+        assert_eq!(timers.pending().await.expect("pending"), 40);
+        assert!(timers
+            .claim_due(t0 + 999, 5_000, 100)
+            .await
+            .expect("claim")
+            .is_empty());
+        // four claimers at once: each timer goes to one of them
+        let claims =
+            futures::future::join_all((0..4).map(|_| timers.claim_due(t0 + 1_000, 5_000, 7))).await;
+        let mut got: Vec<String> = claims
+            .into_iter()
+            .flat_map(|c| c.expect("claim"))
+            .map(|c| c.customer_id)
+            .collect();
+        let more = timers
+            .claim_due(t0 + 1_000, 5_000, 100)
+            .await
+            .expect("claim");
+        got.extend(more.iter().map(|c| c.customer_id.clone()));
+        got.sort();
+        let mut want = customers.clone();
+        want.sort();
+        assert_eq!(
+            got,
+            want,
+            "{}: every timer claimed exactly once",
+            store.describe()
+        );
+        // a crashed claimer: after the lease the timers are claimed again
+        let again = timers
+            .claim_due(t0 + 6_000, 5_000, 100)
+            .await
+            .expect("claim");
+        assert_eq!(again.len(), 40, "{}", store.describe());
+        for c in &again {
+            let rec = timers
+                .record(&c.customer_id, "cart")
+                .await
+                .expect("record")
+                .expect("pending");
+            assert_eq!(
+                timers
+                    .finish(&c.customer_id, "cart", &rec.episode)
+                    .await
+                    .expect("finish"),
+                None
+            );
+            timers.settle(c, None, t0 + 6_000).await.expect("settle");
+        }
+        assert_eq!(
+            timers.pending().await.expect("pending"),
+            0,
+            "{}",
+            store.describe()
+        );
+        // a new episode, and a purchase after it: ended in the purchase's write
+        store
+            .apply(
+                &[plan(
+                    &format!("{first}-2"),
+                    first,
+                    t0 + 10_000,
+                    start(t0 + 11_000),
+                )],
+                t0,
+            )
+            .await
+            .expect("apply");
+        let cancel = TimerOp::Cancel {
+            trigger: "cart".into(),
+        };
+        store
+            .apply(
+                &[plan(&format!("{first}-3"), first, t0 + 10_500, cancel)],
+                t0,
+            )
+            .await
+            .expect("apply");
+        assert_eq!(timers.record(first, "cart").await.expect("record"), None);
+        // an entry written again after its claim is not removed by the settle
+        let c = timers
+            .claim_due(t0 + 11_000, 5_000, 100)
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1);
+        store
+            .apply(
+                &[plan(
+                    &format!("{first}-4"),
+                    first,
+                    t0 + 12_000,
+                    start(t0 + 13_000),
+                )],
+                t0,
+            )
+            .await
+            .expect("apply");
+        timers
+            .settle(&c[0], None, t0 + 11_000)
+            .await
+            .expect("settle");
+        assert_eq!(
+            timers.pending().await.expect("pending"),
+            1,
+            "{}",
+            store.describe()
+        );
+        let c = timers
+            .claim_due(t0 + 11_000, 5_000, 100)
+            .await
+            .expect("claim");
+        assert_eq!(
+            c.len(),
+            1,
+            "{}: due at once, to be looked at again",
+            store.describe()
+        );
+        // once-per-session markers
+        assert!(timers
+            .mark_once(first, "s1", "t", 60_000, t0)
+            .await
+            .expect("mark"));
+        assert!(!timers
+            .mark_once(first, "s1", "t", 60_000, t0)
+            .await
+            .expect("mark"));
+        assert!(timers
+            .mark_once(first, "s2", "t", 60_000, t0)
+            .await
+            .expect("mark"));
+    }
 }

@@ -66,6 +66,10 @@ pub struct Plan {
     pub customer: Vec<Update>,
     pub session: Vec<Update>,
     pub item: Vec<Update>,
+    /// Changes to the customer's trigger timers, written with the customer
+    /// group's updates (not features: `plan_event` leaves it empty; the
+    /// triggers add them, see `features::store::timers`).
+    pub timers: Vec<crate::features::store::timers::TimerOp>,
 }
 
 /// One change to one feature of one entity, borrowing from the event: an

@@ -22,6 +22,11 @@
 //! zero, and a redelivery of one of its old events counts again). The
 //! training export's [`MemoryState::new`] is unbounded.
 //!
+//! Trigger timers ([`super::timers`]) are kept as Redis keeps them: the
+//! records in the customer group (written with its event, dropped with the
+//! customer by the bound), the deadline index beside the entities; all
+//! lost on restart.
+//!
 //! Popularity ([`super::popularity`]) is kept by [`MemoryStore`] as Redis
 //! keeps it: after each chunk, every item it added to a live bucket of
 //! (duplicates too) is filed once from its state. An item dropped by the bound keeps what it
@@ -35,6 +40,7 @@
 //! read may see a batch partly applied (as on Redis).
 
 use super::popularity::{Book, PopularLists, PopularitySpec};
+use super::timers::{self, Claim, MemoryIndex, TimerOp, TimerRecord, TimerStore};
 use super::{
     session_feature, ApplyOutcome, FeatureStore, Group, GroupOutcome, GroupWrite, OfferKey,
     ReadQuery, ReadResult, StoreError,
@@ -219,6 +225,8 @@ struct CustomerGroup {
     state: EntityState,
     sessions: Sessions,
     seen: Seen,
+    /// Pending trigger episodes, by trigger (`timers::TimerRecord`).
+    timers: BTreeMap<String, TimerRecord>,
     /// The number of its last write in [`WriteOrder`].
     written: u64,
 }
@@ -244,6 +252,8 @@ pub struct MemoryState {
     order: WriteOrder,
     /// The popularity lists, when kept ([`MemoryState::keep_popularity`]).
     popularity: Option<(PopularitySpec, Book)>,
+    /// The trigger timers' deadline index (`timers`).
+    timer_index: MemoryIndex,
 }
 
 static EMPTY: std::sync::LazyLock<EntityState> = std::sync::LazyLock::new(EntityState::default);
@@ -265,6 +275,7 @@ impl MemoryState {
             items: HashMap::new(),
             order: WriteOrder::new(limits.max_entities != usize::MAX),
             popularity: None,
+            timer_index: MemoryIndex::default(),
         }
     }
 
@@ -363,6 +374,13 @@ impl MemoryState {
         for p in plans {
             let mut dup = true;
             let one = [(p.event_id.as_str(), p.ts)];
+            // the index entry first, as Redis writes it (`timers`)
+            for op in &p.timers {
+                if let TimerOp::Start { trigger, deadline } = op {
+                    self.timer_index
+                        .hint(&timers::member(trigger, &p.customer_id), *deadline);
+                }
+            }
             let c = self.customer_mut(&p.customer_id);
             if !c.seen.contains(&p.event_id) {
                 c.seen.record(&one, now, window);
@@ -370,6 +388,13 @@ impl MemoryState {
                 p.customer
                     .iter()
                     .for_each(|u| apply_update(&mut c.state, u, now));
+                for op in &p.timers {
+                    let mut rec = c.timers.remove(op.trigger());
+                    TimerRecord::apply(&mut rec, op, &p.event_id, p.ts);
+                    if let Some(r) = rec {
+                        c.timers.insert(op.trigger().to_string(), r);
+                    }
+                }
                 if let Some(sid) = &p.session_id {
                     if !p.session.is_empty() {
                         let s = c.sessions.write(sid, max_sessions);
@@ -527,7 +552,14 @@ pub const APPLY_CHUNK: usize = 128;
 pub struct MemoryStore {
     state: RwLock<MemoryState>,
     offers: std::sync::Mutex<Offers>,
+    /// Once-per-session trigger markers: (customer, trigger, session) →
+    /// expires at ms; expired ones swept as the offers are.
+    markers: std::sync::Mutex<Markers>,
 }
+
+/// Once-per-session markers: (customer, trigger, session) → expires at
+/// ms, and the size at which expired ones are swept next.
+type Markers = (HashMap<(String, String, String), i64>, usize);
 
 /// Contact counters: (customer, key) → (count, expires at ms). Expired
 /// ones are dropped whenever the map has doubled since the last sweep, so
@@ -552,6 +584,7 @@ impl MemoryStore {
                 MemoryState::with_limits(set, dedupe_window_ms, limits).keep_popularity(),
             ),
             offers: Default::default(),
+            markers: Default::default(),
         }
     }
 
@@ -707,6 +740,116 @@ impl FeatureStore for MemoryStore {
 
     fn describe(&self) -> String {
         "memory".to_string()
+    }
+
+    fn timers(&self) -> Option<&dyn TimerStore> {
+        Some(self)
+    }
+}
+
+/// The memory store's timers: the same records and index as Redis keeps
+/// (`timers`), under the store's lock; lost on restart.
+#[async_trait]
+impl TimerStore for MemoryStore {
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let mut st = self.state.write().await;
+        let claimed = st
+            .timer_index
+            .claim(now_ms, now_ms.saturating_add(lease_ms), limit);
+        Ok(claimed
+            .into_iter()
+            .filter_map(|(m, due, gen)| {
+                let (trigger, customer) = timers::parse_member(&m)?;
+                Some(Claim {
+                    trigger: trigger.to_string(),
+                    customer_id: customer.to_string(),
+                    due,
+                    gen,
+                })
+            })
+            .collect())
+    }
+
+    async fn record(
+        &self,
+        customer_id: &str,
+        trigger: &str,
+    ) -> Result<Option<TimerRecord>, StoreError> {
+        let st = self.state.read().await;
+        Ok(st
+            .customers
+            .get(customer_id)
+            .and_then(|c| c.timers.get(trigger))
+            .cloned())
+    }
+
+    async fn finish(
+        &self,
+        customer_id: &str,
+        trigger: &str,
+        episode: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut st = self.state.write().await;
+        let Some(c) = st.customers.get_mut(customer_id) else {
+            return Ok(None);
+        };
+        match c.timers.get(trigger) {
+            Some(r) if r.episode == episode => {
+                c.timers.remove(trigger);
+                Ok(None)
+            }
+            Some(r) => Ok(Some(r.deadline)),
+            None => Ok(None),
+        }
+    }
+
+    async fn settle(
+        &self,
+        claim: &Claim,
+        next: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut st = self.state.write().await;
+        let m = timers::member(&claim.trigger, &claim.customer_id);
+        st.timer_index.settle(&m, claim.gen, next, now_ms);
+        Ok(())
+    }
+
+    async fn pending(&self) -> Result<u64, StoreError> {
+        Ok(self.state.read().await.timer_index.len() as u64)
+    }
+
+    async fn mark_once(
+        &self,
+        customer_id: &str,
+        session: &str,
+        trigger: &str,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut guard = self.markers.lock().unwrap_or_else(|p| p.into_inner());
+        let (markers, sweep_at) = &mut *guard;
+        if markers.len() >= (*sweep_at).max(OFFERS_SWEEP_MIN) {
+            markers.retain(|_, expires| *expires > now_ms);
+            *sweep_at = 2 * markers.len();
+        }
+        let key = (
+            customer_id.to_string(),
+            trigger.to_string(),
+            session.to_string(),
+        );
+        match markers.get(&key) {
+            Some(expires) if *expires > now_ms => Ok(false),
+            _ => {
+                markers.insert(key, now_ms.saturating_add(ttl_ms));
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -986,5 +1129,148 @@ mod tests {
                 .expect("record");
             assert!(store.offers().counts.len() <= 2 * OFFERS_SWEEP_MIN + 1);
         }
+    }
+
+    #[tokio::test]
+    async fn timers_are_written_with_the_event_claimed_once_and_cancelled_by_a_later_one() {
+        let set = set();
+        let store = MemoryStore::new(set.clone(), DAY);
+        let timers = store.timers().expect("the memory store keeps timers");
+        let with = |id: &str, ts: i64, op: TimerOp| {
+            let mut p = view(&set, id, "c", Some("s"), None);
+            p.ts = ts;
+            p.timers = vec![op];
+            p
+        };
+        let start = |deadline| TimerOp::Start {
+            trigger: "cart".into(),
+            deadline,
+        };
+        store
+            .apply(&[with("e1", T0, start(T0 + 1_000))], T0)
+            .await
+            .expect("apply");
+        // a redelivery writes the index again but not the record
+        store
+            .apply(&[with("e1", T0, start(T0 + 500))], T0)
+            .await
+            .expect("apply");
+        let rec = timers.record("c", "cart").await.expect("record");
+        assert_eq!(
+            rec,
+            Some(TimerRecord {
+                episode: "e1".into(),
+                started: T0,
+                deadline: T0 + 1_000
+            })
+        );
+        assert_eq!(timers.pending().await.expect("pending"), 1);
+        assert!(timers
+            .claim_due(T0 + 499, 10_000, 10)
+            .await
+            .expect("claim")
+            .is_empty());
+        let c = timers.claim_due(T0 + 500, 10_000, 10).await.expect("claim");
+        assert_eq!(
+            c.len(),
+            1,
+            "due early (the index is never later than the record)"
+        );
+        assert_eq!(
+            (c[0].trigger.as_str(), c[0].customer_id.as_str()),
+            ("cart", "c")
+        );
+        assert!(
+            timers
+                .claim_due(T0 + 5_000, 10_000, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "claimed: leased until T0 + 10500"
+        );
+        // not due by its record yet: deferred to the record's deadline
+        timers
+            .settle(&c[0], Some(T0 + 1_000), T0 + 500)
+            .await
+            .expect("settle");
+        let c = timers
+            .claim_due(T0 + 1_000, 10_000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            timers.finish("c", "cart", "e1").await.expect("finish"),
+            None
+        );
+        timers
+            .settle(&c[0], None, T0 + 1_000)
+            .await
+            .expect("settle");
+        assert_eq!(timers.pending().await.expect("pending"), 0);
+        assert_eq!(timers.record("c", "cart").await.expect("record"), None);
+        // a new episode, then a purchase older than it (late) and a later one
+        store
+            .apply(&[with("e2", T0 + 2_000, start(T0 + 3_000))], T0)
+            .await
+            .expect("apply");
+        let cancel = || TimerOp::Cancel {
+            trigger: "cart".into(),
+        };
+        store
+            .apply(&[with("e3", T0 + 1_500, cancel())], T0)
+            .await
+            .expect("apply");
+        assert!(timers.record("c", "cart").await.expect("record").is_some());
+        store
+            .apply(&[with("e4", T0 + 2_500, cancel())], T0)
+            .await
+            .expect("apply");
+        assert_eq!(timers.record("c", "cart").await.expect("record"), None);
+        // its index entry is claimed and finds nothing to fire
+        let c = timers
+            .claim_due(T0 + 3_000, 10_000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(c.len(), 1);
+        timers
+            .settle(&c[0], None, T0 + 3_000)
+            .await
+            .expect("settle");
+        assert_eq!(timers.pending().await.expect("pending"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_marker_is_set_once_until_it_expires() {
+        let store = MemoryStore::new(set(), DAY);
+        let timers = store.timers().expect("timers");
+        assert!(timers
+            .mark_once("c", "s1", "t", 1_000, 0)
+            .await
+            .expect("mark"));
+        assert!(!timers
+            .mark_once("c", "s1", "t", 1_000, 500)
+            .await
+            .expect("mark"));
+        assert!(
+            timers
+                .mark_once("c", "s2", "t", 1_000, 500)
+                .await
+                .expect("mark"),
+            "another session"
+        );
+        assert!(
+            timers
+                .mark_once("c", "s1", "u", 1_000, 500)
+                .await
+                .expect("mark"),
+            "another trigger"
+        );
+        assert!(
+            timers
+                .mark_once("c", "s1", "t", 1_000, 1_000)
+                .await
+                .expect("mark"),
+            "expired"
+        );
     }
 }

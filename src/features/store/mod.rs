@@ -10,13 +10,16 @@
 //! earlier, are forgotten), and read a customer, its session and any number
 //! of items in one round trip. Both keep the popularity lists as part of
 //! applying item writes ([`popularity`]: the rule, and the memory store's
-//! implementation). Only this module knows Redis keys. [`open`] builds
-//! the one the config asks for.
+//! implementation), and the durable timers of the triggers ([`timers`]:
+//! records written with the customer's features, a sharded index of
+//! deadlines claimed with a lease). Only this module knows Redis keys.
+//! [`open`] builds the one the config asks for.
 
 pub mod dump;
 pub mod memory;
 pub mod popularity;
 pub mod redis;
+pub mod timers;
 
 use super::aggregate::{EntityState, Plan, Update};
 use super::definition::{Aggregation, Entity, FeatureSet, Field};
@@ -269,6 +272,11 @@ pub trait FeatureStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// `memory` or `redis://host:port`, for logs and /readyz.
     fn describe(&self) -> String;
+    /// The store's trigger timers ([`timers`]); `None` for a store that
+    /// keeps none (test doubles), where inactivity triggers never fire.
+    fn timers(&self) -> Option<&dyn timers::TimerStore> {
+        None
+    }
 }
 
 /// The store `cfg` asks for: Redis at `cfg.redis_url` when set (connected,
@@ -285,6 +293,7 @@ pub async fn open(
                 dedupe_window_ms: cfg.dedupe_window_ms(),
                 ttl_seconds: cfg.ttl_secs,
                 timeout_ms: cfg.timeout_ms,
+                timer_shards: cfg.timer_shards,
             };
             Arc::new(redis::RedisStore::connect(settings, set).await?)
         }

@@ -8,6 +8,7 @@ use super::keys::{session_key, Layout};
 use super::{RedisSettings, RedisStore};
 use crate::features::aggregate::{Plan, Update};
 use crate::features::definition::BUCKETS_PER_WINDOW;
+use crate::features::store::timers::TimerOp;
 
 impl RedisStore {
     /// The pipeline applying each event's plan: one `update.lua` call per
@@ -21,10 +22,20 @@ impl RedisStore {
         let mut shape = Vec::with_capacity(plans.len());
         for p in plans {
             let cbase = self.customer_key(&p.customer_id);
+            // the timers' index entries first (`store::timers`)
+            self.push_timer_hints(&mut pipe, &p.customer_id, &p.timers);
             let mut call = GroupCall::new(format!("{cbase}:seen"));
             call.push(&cbase, &p.customer, now);
             if let Some(sid) = &p.session_id {
                 call.push(&session_key(&cbase, sid), &p.session, now);
+            }
+            if !p.timers.is_empty() {
+                call.push_timers(
+                    &self.timer_records_key(&p.customer_id),
+                    &p.timers,
+                    &p.event_id,
+                    p.ts,
+                );
             }
             let ids = std::iter::once((p.event_id.as_str(), p.ts));
             call.invoke(&mut pipe, &self.update_sha, ids, &self.settings, now);
@@ -272,6 +283,32 @@ impl GroupCall {
                     let k = self.key(base.to_string());
                     self.ops
                         .extend(["V".into(), k, feature.to_string(), value.clone()]);
+                }
+            }
+        }
+    }
+
+    /// Adds the ops of an event's timer changes (`TS`, `TU`, `TC` on the
+    /// customer's records hash `key`; the event `event_id` at `ts`).
+    pub(super) fn push_timers(&mut self, key: &str, timers: &[TimerOp], event_id: &str, ts: i64) {
+        for op in timers {
+            let k = self.key(key.to_string());
+            match op {
+                TimerOp::Start { trigger, deadline } => self.ops.extend([
+                    "TS".into(),
+                    k,
+                    trigger.clone(),
+                    event_id.to_string(),
+                    ts.to_string(),
+                    deadline.to_string(),
+                ]),
+                TimerOp::Touch { trigger, deadline } => {
+                    self.ops
+                        .extend(["TU".into(), k, trigger.clone(), deadline.to_string()])
+                }
+                TimerOp::Cancel { trigger } => {
+                    self.ops
+                        .extend(["TC".into(), k, trigger.clone(), ts.to_string()])
                 }
             }
         }

@@ -13,6 +13,10 @@
 //!   plain `HGETALL`/`ZRANGE`s in the same pipeline.
 //! - `items` keeps the `{p}:items` index of item ids bounded: ids of
 //!   items whose keys expired are swept out when it is listed.
+//! - `timers` keeps the trigger timers (`store::timers`): records written
+//!   by `update.lua` with the customer's features, a sharded deadline
+//!   index (`timer_hint.lua`, `timer_claim.lua`, `timer_settle.lua`) and
+//!   `timer_finish.lua`.
 //! - `popular` keeps the popularity lists (`store::popularity`): each
 //!   write's pipeline reads back the items it wrote, and `pop_write.lua`
 //!   files them in the popularity slot; `pop_read.lua` lists them.
@@ -31,6 +35,7 @@ mod encode;
 mod items;
 mod keys;
 mod popular;
+mod timers;
 
 use super::dump;
 use super::popularity::{PopularLists, PopularitySpec};
@@ -59,6 +64,8 @@ pub struct RedisSettings {
     pub dedupe_window_ms: i64,
     pub ttl_seconds: u64,
     pub timeout_ms: u64,
+    /// Shards of the trigger timers' deadline index.
+    pub timer_shards: u32,
 }
 
 /// Which connection a call goes on (see the module doc).
@@ -151,6 +158,10 @@ impl RedisStore {
             READ_LUA,
             popular::POP_WRITE_LUA,
             popular::POP_READ_LUA,
+            timers::TIMER_HINT_LUA,
+            timers::TIMER_CLAIM_LUA,
+            timers::TIMER_SETTLE_LUA,
+            timers::TIMER_FINISH_LUA,
         ] {
             let _: String = redis::cmd("SCRIPT")
                 .arg("LOAD")
@@ -310,6 +321,10 @@ impl FeatureStore for RedisStore {
 
     fn describe(&self) -> String {
         redact(&self.settings.url)
+    }
+
+    fn timers(&self) -> Option<&dyn crate::features::store::timers::TimerStore> {
+        Some(self)
     }
 }
 

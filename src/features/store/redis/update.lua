@@ -10,6 +10,8 @@
 --       T k field ts | R k member ts cap | S k ts amount | X k ts | V k field value
 --       WB k field cut count (bucket amount)... | RB k cap count (member ts)...
 --       (cut: the newest bucket a read at now_ms no longer sees)
+--       timer records (`store::timers`; hash field trigger → episode\tstarted\tdeadline):
+--       TS k trigger episode started deadline | TU k trigger deadline | TC k trigger ts
 -- n = 0 (static enrichment) skips the dedupe.
 -- All or nothing: the ops are checked first (known, well formed, numbers
 -- that parse, every key of the type its ops need, every lifetime count or
@@ -50,10 +52,11 @@ end
 local function fail(msg)
   return redis.error_reply(msg)
 end
-local op_args = { A = 4, W = 6, L = 6, T = 4, R = 5, S = 4, X = 3, V = 4 }
-local numeric = { A = { 3 }, W = { 3, 4, 5 }, L = { 3, 4 }, T = { 3 }, R = { 3, 4 }, S = { 2, 3 }, X = { 2 } }
+local op_args = { A = 4, W = 6, L = 6, T = 4, R = 5, S = 4, X = 3, V = 4, TS = 6, TU = 4, TC = 4 }
+local numeric = { A = { 3 }, W = { 3, 4, 5 }, L = { 3, 4 }, T = { 3 }, R = { 3, 4 }, S = { 2, 3 }, X = { 2 },
+  TS = { 4, 5 }, TU = { 3 }, TC = { 3 } }
 local key_type = { A = 'hash', W = 'hash', WB = 'hash', L = 'hash', T = 'hash', V = 'hash',
-  R = 'zset', RB = 'zset', S = 'hash', X = 'hash' }
+  R = 'zset', RB = 'zset', S = 'hash', X = 'hash', TS = 'hash', TU = 'hash', TC = 'hash' }
 local need = {}
 local adds = {}
 local i = base + 5
@@ -274,6 +277,32 @@ while i <= #ARGV do
   elseif op == 'V' then
     redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
     i = i + 4
+  elseif op == 'TS' or op == 'TU' or op == 'TC' then
+    -- a trigger's pending episode, as `TimerRecord::apply`
+    local f = ARGV[i + 2]
+    local cur = redis.call('HGET', key, f)
+    local ep, st, dl = nil, nil, nil
+    if cur then
+      ep, st, dl = string.match(cur, '^(.*)\t(%-?%d+)\t(%-?%d+)$')
+    end
+    if op == 'TS' then
+      if not dl then
+        redis.call('HSET', key, f, ARGV[i + 3] .. '\t' .. ARGV[i + 4] .. '\t' .. ARGV[i + 5])
+      elseif tonumber(ARGV[i + 5]) > tonumber(dl) then
+        redis.call('HSET', key, f, ep .. '\t' .. st .. '\t' .. ARGV[i + 5])
+      end
+      i = i + 6
+    elseif op == 'TU' then
+      if dl and tonumber(ARGV[i + 3]) > tonumber(dl) then
+        redis.call('HSET', key, f, ep .. '\t' .. st .. '\t' .. ARGV[i + 3])
+      end
+      i = i + 4
+    else
+      if dl and tonumber(ARGV[i + 3]) >= tonumber(st) then
+        redis.call('HDEL', key, f)
+      end
+      i = i + 4
+    end
   end
 end
 -- the ops ran: only now are the ids recorded (ids older than a window
