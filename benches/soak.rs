@@ -118,6 +118,7 @@ async fn main() {
         brokers: Some(tansu.brokers()),
         config,
         log_filter: Some("warn,rdkafka=warn".into()),
+        env: Vec::new(),
     })
     .await;
     let producer: FutureProducer = rdkafka::ClientConfig::new()

@@ -22,6 +22,13 @@ use crate::model::runtime;
 use crate::model::scorer::LoadOptions;
 use crate::rules::reload::RulesReloader;
 use crate::rules::RuleSet;
+use crate::triggers::deliver::{RecentActions, Sink};
+use crate::triggers::engine::AppliedBatch;
+use crate::triggers::fire::Firer;
+use crate::triggers::sequence::Progress;
+use crate::triggers::timer_loop::TimerLoop;
+use crate::triggers::watch::Watcher;
+use crate::triggers::{Overrides, TriggerSet, Triggers, TriggersReloader};
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,6 +78,10 @@ pub struct App {
     consumer: Option<EventConsumer>,
     reloader: Option<Reloader>,
     rules_reloader: Option<RulesReloader>,
+    triggers_reloader: Option<TriggersReloader>,
+    /// The threshold and sequence checks, and their queue.
+    watcher: (Watcher, tokio::sync::mpsc::Receiver<AppliedBatch>),
+    timer_loop: TimerLoop,
 }
 
 impl App {
@@ -127,6 +138,31 @@ impl App {
             rescan_every: Duration::from_secs(cfg.rules.rescan_secs),
         });
 
+        let overrides = Overrides {
+            cart_abandonment_after_ms: cfg
+                .triggers
+                .cart_abandonment_after_ms
+                .map(|ms| ms.min(i64::MAX as u64) as i64),
+        };
+        // a rejected trigger file is logged by the load
+        let trigger_set = Arc::new(ArcSwap::from_pointee(TriggerSet::load(
+            &cfg.triggers.dir,
+            &set,
+            &overrides,
+            None,
+        )));
+        let triggers_reloader = cfg.triggers.watch.then(|| TriggersReloader {
+            dir: cfg.triggers.dir.clone(),
+            set: set.clone(),
+            current: trigger_set.clone(),
+            debounce: Duration::from_millis(cfg.triggers.reload_debounce_ms),
+            rescan_every: Duration::from_secs(cfg.triggers.rescan_secs),
+        });
+        let recent = Arc::new(RecentActions::new(cfg.triggers.recent_actions));
+        let (triggers, checks) =
+            Triggers::new(trigger_set.clone(), recent.clone(), cfg.triggers.queue);
+        let triggers = Arc::new(triggers);
+
         let seq_check = SeqCheck::default();
         let clock = Clock::of(cfg.clock);
         let (ingest, consumer) = match &cfg.kafka.brokers {
@@ -145,7 +181,8 @@ impl App {
                             producer.clone(),
                         )?
                         .with_checks(cfg.store.time_bounds(), seq_check.clone())
-                        .with_clock(clock.clone()),
+                        .with_clock(clock.clone())
+                        .with_triggers(triggers.clone()),
                     )
                 } else {
                     None
@@ -166,6 +203,49 @@ impl App {
             )
             .map_err(AppError::Config)?,
         );
+        let sink = Sink {
+            kafka: match &ingest {
+                Ingest::Kafka(p) => Some((p.clone(), cfg.kafka.actions_topic.clone())),
+                Ingest::InProcess => None,
+            },
+            recent,
+        };
+        let firer = Arc::new(Firer {
+            set: set.clone(),
+            store: store.clone(),
+            decider: decider.clone(),
+            sink,
+            clock: clock.clone(),
+            budget_ms: cfg.recommend.default_budget_ms,
+        });
+        // partial patterns are kept at least as long as the longest window
+        let longest = trigger_set
+            .load()
+            .triggers
+            .iter()
+            .filter_map(|t| match &t.kind {
+                crate::triggers::trigger::Kind::Sequence(s) => Some(s.within_ms),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let watcher = Watcher {
+            triggers: trigger_set.clone(),
+            firer: firer.clone(),
+            progress: Progress::new(
+                cfg.triggers.max_sequences,
+                Duration::from_millis(longest.max(3_600_000) as u64),
+            ),
+            marker_ttl: Duration::from_secs(cfg.triggers.session_marker_secs.max(1)),
+        };
+        let timer_loop = TimerLoop {
+            triggers: trigger_set.clone(),
+            firer,
+            tick: Duration::from_millis(cfg.triggers.tick_ms),
+            lease_ms: cfg.triggers.lease_ms.min(i64::MAX as u64) as i64,
+            claim_batch: cfg.triggers.claim_batch,
+            retry_ms: cfg.triggers.retry_ms.min(i64::MAX as u64) as i64,
+        };
         // with Redis, a change applied by any instance reaches every socket
         let changes = match (&cfg.store.redis_url, cfg.stream.redis_feed) {
             (Some(url), true) => {
@@ -193,6 +273,7 @@ impl App {
             rules,
             seq_check,
             access,
+            triggers,
         });
         Ok(App {
             listener,
@@ -201,6 +282,9 @@ impl App {
             consumer,
             reloader,
             rules_reloader,
+            triggers_reloader,
+            watcher: (watcher, checks),
+            timer_loop,
         })
     }
 
@@ -259,12 +343,13 @@ impl App {
             .map(|a| a.to_string())
             .unwrap_or_default();
         format!(
-            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  rules:    {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  access:   {}\n  url:      http://{}",
+            "nextbest {}\n  store:    {}\n  broker:   {}\n  models:   {}\n  rules:    {}\n  triggers: {}\n  features: {} stored, {} derived, {} context (from {})\n  onnx:     {}\n  access:   {}\n  url:      http://{}",
             env!("CARGO_PKG_VERSION"),
             s.store.describe(),
             broker,
             models.join("; "),
             s.rules.load().summary(),
+            s.triggers.current.load().summary(),
             s.set.features.len(),
             s.set.derived.len(),
             s.set.context.len(),
@@ -293,6 +378,12 @@ impl App {
         if let Some(r) = self.rules_reloader {
             tasks.push(tokio::spawn(r.run(stop_rx.clone())));
         }
+        if let Some(r) = self.triggers_reloader {
+            tasks.push(tokio::spawn(r.run(stop_rx.clone())));
+        }
+        let (watcher, checks) = self.watcher;
+        tasks.push(tokio::spawn(watcher.run(checks, stop_rx.clone())));
+        tasks.push(tokio::spawn(self.timer_loop.run(stop_rx.clone())));
         if let Some(consumer) = self.consumer {
             let changes = self.state.changes.clone();
             let decider = self.state.decider.clone();

@@ -50,8 +50,69 @@ pub struct Config {
     pub recommend: RecommendConfig,
     pub http: HttpConfig,
     pub rules: RulesConfig,
+    pub triggers: TriggersConfig,
     pub security: SecurityConfig,
     pub stream: StreamConfig,
+}
+
+/// Event triggers (`triggers/*.toml`) and the delivery of their actions
+/// (README "Triggers").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersConfig {
+    /// Folder of trigger files (`NEXTBEST_TRIGGERS_DIR`); missing → no triggers.
+    pub dir: PathBuf,
+    /// Watch the folder and swap changed files in without a restart.
+    pub watch: bool,
+    /// Delay from a file change to its reload, and the least time between
+    /// two reloads, in ms.
+    pub reload_debounce_ms: u64,
+    /// Reload the folder this often even without file events, in seconds (0 = never).
+    pub rescan_secs: u64,
+    /// The window of the trigger named `cart_abandonment`, in ms, instead
+    /// of its file's `after` (`NEXTBEST_CART_ABANDONMENT_AFTER_MS`; demos
+    /// and tests).
+    pub cart_abandonment_after_ms: Option<u64>,
+    /// How often the firing loop looks for due timers, in ms.
+    pub tick_ms: u64,
+    /// How long a claimed timer is held by its claimer before another
+    /// instance may claim it again (a claimer that crashed), in ms.
+    pub lease_ms: u64,
+    /// Most timers claimed per shard and tick.
+    pub claim_batch: usize,
+    /// After a failed delivery, the timer is tried again this much later, in ms.
+    pub retry_ms: u64,
+    /// How long the once-per-session marker of threshold and sequence
+    /// triggers is kept, in seconds.
+    pub session_marker_secs: u64,
+    /// Fired actions kept by this instance for `GET /v1/actions`.
+    pub recent_actions: usize,
+    /// Applied events waiting for the threshold and sequence checks; past
+    /// it a batch is not checked (counted as suppressed, reason `overload`).
+    pub queue: usize,
+    /// Sequence triggers: most (customer, session) progressions held in
+    /// memory (the least recently used dropped).
+    pub max_sequences: u64,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        TriggersConfig {
+            dir: PathBuf::from("triggers"),
+            watch: true,
+            reload_debounce_ms: 300,
+            rescan_secs: 30,
+            cart_abandonment_after_ms: None,
+            tick_ms: 250,
+            lease_ms: 30_000,
+            claim_batch: 200,
+            retry_ms: 5_000,
+            session_marker_secs: 24 * 3600,
+            recent_actions: 1000,
+            queue: 10_000,
+            max_sequences: 100_000,
+        }
+    }
 }
 
 /// `/v1/stream`, the WebSocket push, and the change feed behind it.
@@ -390,6 +451,7 @@ impl Default for Config {
             recommend: RecommendConfig::default(),
             http: HttpConfig::default(),
             rules: RulesConfig::default(),
+            triggers: TriggersConfig::default(),
             security: SecurityConfig::default(),
             stream: StreamConfig::default(),
         }
@@ -590,6 +652,17 @@ impl Config {
         if let Some(v) = get("NEXTBEST_RULES_DIR") {
             self.rules.dir = PathBuf::from(v);
         }
+        if let Some(v) = get("NEXTBEST_TRIGGERS_DIR") {
+            self.triggers.dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("NEXTBEST_CART_ABANDONMENT_AFTER_MS") {
+            let ms = v.parse::<u64>().ok().filter(|ms| *ms > 0);
+            self.triggers.cart_abandonment_after_ms = Some(ms.ok_or_else(|| ConfigError::Env {
+                name: "NEXTBEST_CART_ABANDONMENT_AFTER_MS".into(),
+                value: v.clone(),
+                message: "not a positive number of milliseconds".into(),
+            })?);
+        }
         if let Some(v) = get("ORT_DYLIB_PATH") {
             self.ort_dylib_path = Some(PathBuf::from(v));
         }
@@ -629,6 +702,9 @@ mod tests {
         assert!(cfg.security.keys.is_empty() && cfg.security.cors_origins.is_empty());
         assert_eq!(cfg.security.rate_limit.per_second, 0.0);
         assert!(cfg.kafka.properties.0.is_empty());
+        assert_eq!(cfg.triggers.tick_ms, d.triggers.tick_ms);
+        assert_eq!(cfg.triggers.lease_ms, d.triggers.lease_ms);
+        assert_eq!(cfg.triggers.cart_abandonment_after_ms, None);
         assert_eq!(cfg.store.timer_shards, d.store.timer_shards);
     }
 
@@ -642,6 +718,15 @@ mod tests {
             .apply_env(|k| (k == "NEXTBEST_HTTP_ADDR").then(|| "nowhere".to_string()))
             .unwrap_err();
         assert!(err.to_string().contains("NEXTBEST_HTTP_ADDR"));
+        cfg.apply_env(|k| (k == "NEXTBEST_CART_ABANDONMENT_AFTER_MS").then(|| "1500".to_string()))
+            .expect("valid env");
+        assert_eq!(cfg.triggers.cart_abandonment_after_ms, Some(1500));
+        let err = cfg
+            .apply_env(|k| (k == "NEXTBEST_CART_ABANDONMENT_AFTER_MS").then(|| "soon".to_string()))
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("NEXTBEST_CART_ABANDONMENT_AFTER_MS"));
         assert!(toml::from_str::<Config>("htp_addr = '1.2.3.4:5'").is_err());
     }
 

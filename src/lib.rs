@@ -1,6 +1,7 @@
 //! nextbest: a real-time next-best-action server. Events become online
 //! features (`features`, `ingest`); a request becomes a ranked answer
-//! (`decide`, `model`, `rules`); `api` is the HTTP face and `app` wires it together.
+//! (`decide`, `model`, `rules`); triggers watch the stream and fire actions
+//! (`triggers`); `api` is the HTTP face and `app` wires it together.
 //! See ARCHITECTURE.md for the map and its invariants.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod rules;
+pub mod triggers;
 
 /// Wall-clock time in ms since the Unix epoch (for code that has no
 /// [`clock::Clock`] handed to it: CLI defaults, metrics, tests).

@@ -138,6 +138,11 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Event triggers (`triggers/*.toml`).
+    Triggers {
+        #[command(subcommand)]
+        command: TriggersCommand,
+    },
     /// API keys for `[[security.keys]]` (see SECURITY.md).
     Keys {
         #[command(subcommand)]
@@ -165,6 +170,14 @@ enum KeysCommand {
 enum RulesCommand {
     /// Check a rules folder (or one file) against the feature definitions;
     /// exits non-zero on any error, printing `file:line:column: reason`.
+    Check { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum TriggersCommand {
+    /// Check a triggers folder (or one file) against the feature
+    /// definitions; exits non-zero on any error, printing
+    /// `file:line:column: reason`.
     Check { path: PathBuf },
 }
 
@@ -365,6 +378,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Check { path },
         } => rules_check(&cfg, &path),
+        Command::Triggers {
+            command: TriggersCommand::Check { path },
+        } => triggers_check(&cfg, &path),
         Command::Keys { command } => keys(command),
     }
 }
@@ -411,10 +427,39 @@ fn rules_check(cfg: &Config, path: &Path) -> anyhow::Result<()> {
         }
         nextbest::rules::RuleSet::load(path, &set, None)
     };
-    for f in &rules.files {
+    report_check(path, "rule", &rules.files, rules.rules.len())
+}
+
+fn triggers_check(cfg: &Config, path: &Path) -> anyhow::Result<()> {
+    use nextbest::triggers::{Overrides, TriggerSet};
+    let set = FeatureSet::load(&cfg.features)?;
+    let overrides = Overrides::default();
+    let triggers = if path.is_file() {
+        TriggerSet::load_file_only(path, &set, &overrides)
+    } else {
+        if !path.is_dir() {
+            bail!(
+                "{} is neither a triggers folder nor a trigger file",
+                path.display()
+            );
+        }
+        TriggerSet::load(path, &set, &overrides, None)
+    };
+    report_check(path, "trigger", &triggers.files, triggers.triggers.len())
+}
+
+/// Prints each file's status of a `check` (`noun`: rule, trigger); an
+/// error if any file was rejected or there was none.
+fn report_check(
+    path: &Path,
+    noun: &str,
+    files: &[nextbest::rules::FileStatus],
+    entries: usize,
+) -> anyhow::Result<()> {
+    for f in files {
         match &f.error {
             None => println!(
-                "ok: {} ({} rules: {})",
+                "ok: {} ({} {noun}s: {})",
                 f.file,
                 f.rules.len(),
                 f.rules.join(", ")
@@ -422,18 +467,14 @@ fn rules_check(cfg: &Config, path: &Path) -> anyhow::Result<()> {
             Some(e) => println!("REJECTED {e}"),
         }
     }
-    let rejected = rules.errors().count();
-    if rules.files.is_empty() {
-        bail!("no *.toml rule files in {}", path.display());
+    let rejected = files.iter().filter(|f| f.status == "rejected").count();
+    if files.is_empty() {
+        bail!("no *.toml {noun} files in {}", path.display());
     }
     if rejected > 0 {
-        bail!("{rejected} of {} rule files rejected", rules.files.len());
+        bail!("{rejected} of {} {noun} files rejected", files.len());
     }
-    println!(
-        "{} rules in {} files: all valid",
-        rules.rules.len(),
-        rules.files.len()
-    );
+    println!("{entries} {noun}s in {} files: all valid", files.len());
     Ok(())
 }
 

@@ -42,6 +42,19 @@ pub const STREAM_DROPPED: &str = "nextbest_stream_clients_dropped_total";
 pub const CHANGE_FEED_PUBLISHED: &str = "nextbest_change_feed_published_total";
 pub const CHANGE_FEED_DROPPED: &str = "nextbest_change_feed_dropped_total";
 pub const CHANGE_FEED_SUBSCRIBED: &str = "nextbest_change_feed_subscribed";
+pub const TRIGGERS_ACTIVE: &str = "nextbest_triggers_active";
+pub const TRIGGER_FILES_REJECTED: &str = "nextbest_trigger_files_rejected";
+pub const TRIGGER_SCHEDULED: &str = "nextbest_trigger_scheduled_total";
+pub const TRIGGER_CANCELLED: &str = "nextbest_trigger_cancelled_total";
+pub const TRIGGER_FIRED: &str = "nextbest_trigger_fired_total";
+pub const TRIGGER_SUPPRESSED: &str = "nextbest_trigger_suppressed_total";
+pub const TRIGGER_DELIVERY_FAILED: &str = "nextbest_trigger_delivery_failed_total";
+pub const TRIGGER_FIRE_LAG: &str = "nextbest_trigger_fire_lag_seconds";
+pub const TRIGGER_TIMERS_PENDING: &str = "nextbest_trigger_timers_pending";
+pub const TRIGGER_CHECKS_SKIPPED: &str = "nextbest_trigger_checks_skipped_total";
+
+/// Buckets of the fire lag: a timer should fire within 2 s of its deadline.
+const FIRE_LAG_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -54,6 +67,12 @@ pub fn install() -> PrometheusHandle {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2,
                     0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(TRIGGER_FIRE_LAG.to_string()),
+                        &FIRE_LAG_BUCKETS,
+                    )
+                })
                 .map(PrometheusBuilder::build_recorder);
             match recorder {
                 Ok(r) => {
@@ -193,5 +212,43 @@ fn describe() {
     describe_gauge!(
         CHANGE_FEED_SUBSCRIBED,
         "1 while this instance is subscribed to the cross-instance change feed"
+    );
+    describe_gauge!(TRIGGERS_ACTIVE, "triggers running");
+    describe_gauge!(
+        TRIGGER_FILES_REJECTED,
+        "trigger files rejected by the last load"
+    );
+    describe_counter!(
+        TRIGGER_SCHEDULED,
+        "applied events that start (or restart) an inactivity trigger's episode, by trigger"
+    );
+    describe_counter!(
+        TRIGGER_CANCELLED,
+        "inactivity episodes cancelled, by trigger and by (event: a cancel_on event applied; condition: cancel_when held when due)"
+    );
+    describe_counter!(
+        TRIGGER_FIRED,
+        "trigger actions delivered (the broker acknowledged), by trigger"
+    );
+    describe_counter!(
+        TRIGGER_SUPPRESSED,
+        "trigger firings not sent, by trigger and reason (when, capped, error)"
+    );
+    describe_counter!(
+        TRIGGER_DELIVERY_FAILED,
+        "trigger actions not delivered (store or broker failed; timers are tried again), by trigger"
+    );
+    describe_histogram!(
+        TRIGGER_FIRE_LAG,
+        Unit::Seconds,
+        "time from a trigger's deadline to its action's delivery, by kind"
+    );
+    describe_gauge!(
+        TRIGGER_TIMERS_PENDING,
+        "inactivity timers pending in the store's index (all instances)"
+    );
+    describe_counter!(
+        TRIGGER_CHECKS_SKIPPED,
+        "applied events not checked by threshold/sequence triggers because the checks' queue was full"
     );
 }

@@ -154,6 +154,7 @@ async fn redis_killed_under_load_falls_back_in_budget_then_recovers_and_applies_
             brokers: Some(tansu.brokers()),
             config: config(&group, 300, 5000),
             log_filter: None,
+            env: Vec::new(),
         })
         .await,
     );
@@ -519,6 +520,7 @@ async fn broker_paused_events_get_503_then_202_and_the_consumer_resumes_from_its
         brokers: Some(tansu.brokers()),
         config: config(&group, 2000, ms(produce_timeout) as u64),
         log_filter: None,
+        env: Vec::new(),
     })
     .await;
     let tag = unique("c");
@@ -694,6 +696,7 @@ async fn sigterm_answers_in_flight_requests_commits_what_was_applied_and_exits_w
         config: config(&group, 1000, 5000),
         // "started processing request" for each request
         log_filter: Some("info,rdkafka=warn,tower_http=debug".into()),
+        env: Vec::new(),
     })
     .await;
     let tag = unique("c");
@@ -852,6 +855,7 @@ async fn sigterm_with_the_broker_paused_exits_within_10_s() {
         brokers: Some(tansu.brokers()),
         config: config(&group, 2000, 5000),
         log_filter: Some("info,rdkafka=warn,tower_http=debug".into()),
+        env: Vec::new(),
     })
     .await;
     let c = unique("c");

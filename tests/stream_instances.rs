@@ -47,6 +47,7 @@ async fn a_socket_on_one_instance_hears_an_event_applied_by_another() {
         brokers: Some(tansu.brokers()),
         config: config(&prefix, &group, consume),
         log_filter: None,
+        env: Vec::new(),
     };
     let a = ServerProc::start(spec(false)).await;
     let b = ServerProc::start(spec(true)).await;

@@ -73,10 +73,15 @@ pub async fn post_events(
         Ingest::InProcess => {
             let newest = crate::event::newest_ts(&events);
             let now = state.clock.write_time(newest);
-            let out =
-                crate::ingest::apply_events_at(&state.set, state.store.as_ref(), &events, now)
-                    .await
-                    .map_err(|e| ApiError::Unavailable(format!("events not stored: {e}")))?;
+            let out = crate::ingest::apply_events_with(
+                &state.set,
+                state.store.as_ref(),
+                &events,
+                now,
+                Some(&state.triggers),
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("events not stored: {e}")))?;
             state.clock.observe(newest);
             state
                 .seq_check

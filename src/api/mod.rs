@@ -24,6 +24,7 @@ pub mod recommend;
 pub mod rules;
 pub mod storefront;
 pub mod stream;
+pub mod triggers;
 
 use crate::change_feed::ChangeFeed;
 use crate::clock::Clock;
@@ -36,6 +37,7 @@ use crate::ingest::producer::EventProducer;
 use crate::keys::Role;
 use crate::model::Registry;
 use crate::rules::RuleSet;
+use crate::triggers::Triggers;
 pub use access::{Access, AccessError};
 use arc_swap::ArcSwap;
 use auth::{Credentials, Gate};
@@ -82,6 +84,9 @@ pub struct AppState {
     pub seq_check: SeqCheck,
     /// API keys, rate limits and CORS, from `[security]`.
     pub access: Access,
+    /// The trigger files running (`GET /v1/triggers`), their timers'
+    /// hooks on the apply path and the recent fired actions (`GET /v1/actions`).
+    pub triggers: Arc<Triggers>,
 }
 
 /// Builds the router: the [`open`], [`client`] and [`admin`] routes, then
@@ -196,7 +201,8 @@ fn client(state: &AppState) -> Router<Arc<AppState>> {
 }
 
 /// Routes for operators (an admin key once any key is configured): what
-/// serves now (`/v1/models`, `/v1/rules`), catalog and profile writes
+/// serves now (`/v1/models`, `/v1/rules`, `/v1/triggers`), the recent
+/// fired trigger actions (`/v1/actions`: personal data), catalog and profile writes
 /// (`PUT /v1/items/{id}`, `PUT /v1/customers/{id}`), a named customer's
 /// features and offer counts (`GET /v1/features/customer/{id}`: personal
 /// data, so not a client route) and, with `security.metrics_admin`,
@@ -205,6 +211,8 @@ fn admin(state: &AppState) -> Router<Arc<AppState>> {
     let mut routes = Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/rules", get(rules::list))
+        .route("/v1/triggers", get(triggers::list))
+        .route("/v1/actions", get(triggers::actions))
         .route("/v1/items/{id}", put(catalog::put_item))
         .route("/v1/customers/{id}", put(catalog::put_customer))
         .route("/v1/features/customer/{id}", get(features::customer));

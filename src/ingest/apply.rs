@@ -1,5 +1,6 @@
 //! The apply steps shared by the consumer and the in-process paths:
-//! validated events → plans → one store call ([`apply_events`]), and
+//! validated events → plans (with the triggers' timer changes) → one store
+//! call → the triggers' checks ([`apply_events_with`]), and
 //! validated catalog/profile writes → one store call ([`apply_catalog`]),
 //! each with metrics and a span.
 
@@ -7,6 +8,7 @@ use crate::event::Event;
 use crate::features::aggregate::plan_event;
 use crate::features::store::{ApplyOutcome, FeatureStore, Group, GroupWrite, StoreError};
 use crate::features::FeatureSet;
+use crate::triggers::Triggers;
 use std::time::Instant;
 
 /// Errors applying events.
@@ -38,14 +40,30 @@ pub async fn apply_events(
 /// Applies validated events to the store in one call, written at `now`
 /// (the writer's clock: windows and the dedupe memory are pruned relative
 /// to it).
-#[tracing::instrument(name = "apply_events", skip_all, fields(events = events.len()))]
 pub async fn apply_events_at(
     set: &FeatureSet,
     store: &dyn FeatureStore,
     events: &[Event],
     now: i64,
 ) -> Result<ApplyOutcome, ApplyError> {
-    let plans: Vec<_> = events.iter().map(|e| plan_event(set, e)).collect();
+    apply_events_with(set, store, events, now, None).await
+}
+
+/// [`apply_events_at`] with the triggers: their timer changes written in
+/// the same store call as the events' features, and the applied events
+/// handed to their checks afterwards ([`Triggers`]).
+#[tracing::instrument(name = "apply_events", skip_all, fields(events = events.len()))]
+pub async fn apply_events_with(
+    set: &FeatureSet,
+    store: &dyn FeatureStore,
+    events: &[Event],
+    now: i64,
+    triggers: Option<&Triggers>,
+) -> Result<ApplyOutcome, ApplyError> {
+    let mut plans: Vec<_> = events.iter().map(|e| plan_event(set, e)).collect();
+    if let Some(t) = triggers {
+        t.plan_timers(events, &mut plans);
+    }
     let t = Instant::now();
     let out = store.apply(&plans, now).await.inspect_err(|_| {
         metrics::counter!(crate::metrics::STORE_ERRORS, "op" => "apply").increment(1);
@@ -60,6 +78,9 @@ pub async fn apply_events_at(
         metrics::counter!(crate::metrics::EVENTS_APPLIED, "type" => e.kind.as_str()).increment(1);
         metrics::histogram!(crate::metrics::EVENT_FRESHNESS)
             .record(((now - e.ts) as f64 / 1000.0).max(0.0));
+    }
+    if let Some(t) = triggers {
+        t.after_apply(events, &plans, &out);
     }
     Ok(out)
 }

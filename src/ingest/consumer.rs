@@ -54,7 +54,7 @@
 //!
 //! [`StoreError::is_transient`]: crate::features::store::StoreError::is_transient
 
-use super::apply::{apply_catalog, apply_events_at, ApplyError, CatalogVia};
+use super::apply::{apply_catalog, apply_events_with, ApplyError, CatalogVia};
 use super::catalog::{self, CatalogTopics};
 use super::kafka::{client_config, KafkaSetupError, SUBSCRIPTION};
 use super::order::SeqCheck;
@@ -66,6 +66,7 @@ use crate::config::StoreConfig;
 use crate::event::{newest_ts, Event, EventError, TimeBounds};
 use crate::features::store::{FeatureStore, GroupWrite};
 use crate::features::FeatureSet;
+use crate::triggers::Triggers;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
@@ -188,6 +189,8 @@ pub struct EventConsumer {
     /// The server's clock: events are checked against it and written at
     /// it; an event-time clock follows the applied events.
     clock: Clock,
+    /// The triggers: timer changes written with the events, checks after.
+    triggers: Option<Arc<Triggers>>,
 }
 
 impl EventConsumer {
@@ -228,6 +231,7 @@ impl EventConsumer {
             bounds: StoreConfig::default().time_bounds(),
             seq: SeqCheck::default(),
             clock: Clock::System,
+            triggers: None,
         })
     }
 
@@ -243,6 +247,13 @@ impl EventConsumer {
     /// The server's clock (default: the wall clock).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Writes the triggers' timer changes with the events and hands the
+    /// applied events to their checks (`ingest::apply_events_with`).
+    pub fn with_triggers(mut self, triggers: Arc<Triggers>) -> Self {
+        self.triggers = Some(triggers);
         self
     }
 
@@ -373,11 +384,12 @@ impl EventConsumer {
     ) -> Result<Vec<Reject>, Stopped> {
         let (set, store, events) = (&*self.set, self.store.as_ref(), &d.events);
         let clock = &self.clock;
+        let triggers = self.triggers.as_deref();
         let newest = newest_ts(events);
         let iso = isolate_refused(events.len(), move |r| {
             let part = &events[r];
             until_answered("apply events", stop, ApplyError::is_transient, move || {
-                apply_events_at(set, store, part, clock.write_time(newest))
+                apply_events_with(set, store, part, clock.write_time(newest), triggers)
             })
         })
         .await?;

@@ -12,4 +12,6 @@ pub mod order;
 pub mod producer;
 pub mod retry;
 
-pub use apply::{apply_catalog, apply_events, apply_events_at, ApplyError, CatalogVia};
+pub use apply::{
+    apply_catalog, apply_events, apply_events_at, apply_events_with, ApplyError, CatalogVia,
+};

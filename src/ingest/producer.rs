@@ -1,6 +1,7 @@
 //! Producing to Kafka: events from `POST /v1/events` and catalog updates
 //! from `PUT /v1/items/{id}` / `PUT /v1/customers/{id}` (acknowledged by
-//! the broker before the HTTP 202), and dead letters with their reason.
+//! the broker before the HTTP 202), dead letters with their reason, and
+//! fired trigger actions.
 
 use crate::config::KafkaConfig;
 use crate::event::Event;
@@ -27,6 +28,8 @@ pub enum ProduceError {
     Catalog { topic: String, message: String },
     #[error("broker did not acknowledge dead letter on {topic}: {message}")]
     DeadLetter { topic: String, message: String },
+    #[error("broker did not acknowledge the action on {topic}: {message}")]
+    Action { topic: String, message: String },
 }
 
 /// Where a dead letter came from.
@@ -110,6 +113,28 @@ impl EventProducer {
             .await
             .map(|_| ())
             .map_err(|(e, _)| ProduceError::Catalog {
+                topic: topic.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Produces one fired trigger action (JSON) to `topic` keyed by the
+    /// customer id; returns once the broker acknowledged it.
+    #[tracing::instrument(name = "produce_action", skip_all, fields(topic = topic))]
+    pub async fn send_action(
+        &self,
+        topic: &str,
+        customer_id: &str,
+        payload: &[u8],
+    ) -> Result<(), ProduceError> {
+        let record = FutureRecord::to(topic)
+            .key(customer_id.as_bytes())
+            .payload(payload);
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| ProduceError::Action {
                 topic: topic.to_string(),
                 message: e.to_string(),
             })

@@ -282,6 +282,7 @@ pub fn base_config() -> Config {
         ..Config::default()
     };
     cfg.rules.dir = repo().join("rules");
+    cfg.triggers.dir = repo().join("triggers");
     cfg.store.key_prefix = unique("t");
     cfg.kafka.group_id = unique("g");
     cfg.kafka.session_timeout_ms = 6000;

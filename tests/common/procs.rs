@@ -202,6 +202,8 @@ pub struct ServerSpec {
     pub config: String,
     /// `RUST_LOG` (default `info,rdkafka=warn`).
     pub log_filter: Option<String>,
+    /// More environment variables (e.g. `NEXTBEST_CART_ABANDONMENT_AFTER_MS`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The `nextbest` binary running `serve` on a free port, with its stderr
@@ -261,6 +263,8 @@ impl ServerProc {
                 repo().join("feature-store/features.toml"),
             )
             .env("NEXTBEST_RULES_DIR", repo().join("rules"))
+            .env("NEXTBEST_TRIGGERS_DIR", repo().join("triggers"))
+            .env_remove("NEXTBEST_CART_ABANDONMENT_AFTER_MS")
             .env("ORT_DYLIB_PATH", ort)
             .env(
                 "RUST_LOG",
@@ -278,6 +282,9 @@ impl ServerProc {
         }
         if let Some(b) = &self.spec.brokers {
             cmd.env("NEXTBEST_KAFKA_BROKERS", b);
+        }
+        for (k, v) in &self.spec.env {
+            cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("nextbest serve starts"));
         let deadline = Instant::now() + Duration::from_secs(60);

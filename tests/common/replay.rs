@@ -182,6 +182,7 @@ pub async fn crash_replay(redis_url: &str, n: usize, kills: usize, seed: u64) ->
              [model]\nwatch = false\n[rules]\nwatch = false\n"
         ),
         log_filter: None,
+        env: Vec::new(),
     };
     let started = Instant::now();
     let mut server = ServerProc::start(spec).await;
