@@ -9,6 +9,9 @@
 //! | `{p}:{c:<customer>}:s:<session>` (+ `:r:`/`:x:`) | hash | session features (`:` and `%` in the session id written `%3A`, `%25`) |
 //! | `{p}:{c:<customer>}:seen` | zset | event ids applied to the customer group |
 //! | `{p}:{c:<customer>}:o:<action>:<period_ms>` | string | offers of an action in the current contact window (expires with it) |
+//! | `{p}:{c:<customer>}:tm` | hash | trigger timer records: trigger → episode, start, deadline (`timers.rs`) |
+//! | `{p}:{c:<customer>}:s:<session>:t1:<trigger>` | string | a trigger's once-per-session marker |
+//! | `{{p}:timers:<k>}`, `…:gen` | zset, hash | shard `k` of the timers' deadline index, and its write counts |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
 //! | `{p}:items` | set | the ids of items with keys (expired ones swept out, `items.rs`) |
 //! | `{{p}:pop}:g:<b>`, `:c:<b>:<category>` | zset | popularity of bucket `b` (`popular.rs`, `pop_write.lua`) |
