@@ -12,7 +12,7 @@ use crate::decide::Decider;
 use crate::features::store;
 use crate::features::FeatureSet;
 use crate::ingest::consumer::EventConsumer;
-use crate::ingest::kafka::ensure_topics;
+use crate::ingest::kafka::{create_topics, ensure_topics};
 use crate::ingest::order::SeqCheck;
 use crate::ingest::producer::EventProducer;
 use crate::model::registry::Registry;
@@ -28,6 +28,7 @@ use crate::triggers::fire::Firer;
 use crate::triggers::sequence::Progress;
 use crate::triggers::timer_loop::TimerLoop;
 use crate::triggers::watch::Watcher;
+use crate::triggers::webhook::Webhook;
 use crate::triggers::{Overrides, TriggerSet, Triggers, TriggersReloader};
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -203,11 +204,25 @@ impl App {
             )
             .map_err(AppError::Config)?,
         );
+        let producer = match &ingest {
+            Ingest::Kafka(p) => Some(p.clone()),
+            Ingest::InProcess => None,
+        };
+        let webhook = match &cfg.triggers.webhook {
+            Some(w) => {
+                if let (Some(brokers), true) = (&cfg.kafka.brokers, cfg.kafka.create_topics) {
+                    create_topics(brokers, &cfg.kafka, std::slice::from_ref(&w.dlq_topic)).await?;
+                }
+                Some(Arc::new(
+                    Webhook::new(w, producer.clone())
+                        .map_err(|e| AppError::Config(e.to_string()))?,
+                ))
+            }
+            None => None,
+        };
         let sink = Sink {
-            kafka: match &ingest {
-                Ingest::Kafka(p) => Some((p.clone(), cfg.kafka.actions_topic.clone())),
-                Ingest::InProcess => None,
-            },
+            kafka: producer.map(|p| (p, cfg.kafka.actions_topic.clone())),
+            webhook,
             recent,
         };
         let firer = Arc::new(Firer {

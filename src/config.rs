@@ -93,6 +93,67 @@ pub struct TriggersConfig {
     /// Sequence triggers: most (customer, session) progressions held in
     /// memory (the least recently used dropped).
     pub max_sequences: u64,
+    /// Also POST each fired action to a webhook (`[triggers.webhook]`).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// A webhook that receives every fired trigger action (README "Triggers").
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where the action is POSTed (JSON, the message of `nextbest.actions`).
+    pub url: String,
+    /// Key of the `x-nextbest-signature: sha256=<hex HMAC-SHA256 of the
+    /// body>` header (`NEXTBEST_TRIGGERS_WEBHOOK_SECRET` overrides; never logged).
+    #[serde(default)]
+    pub secret: String,
+    /// Longest one attempt may take, in ms.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts in all (a non-2xx answer, a timeout or no connection is a
+    /// failed attempt); after the last, a dead letter on `dlq_topic`.
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: usize,
+    /// Delay before the first retry, in ms; doubled each time, with jitter,
+    /// up to `max_backoff_ms`.
+    #[serde(default = "default_webhook_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_webhook_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Where an action the webhook never took goes, with the reason (Kafka only).
+    #[serde(default = "default_webhook_dlq")]
+    pub dlq_topic: String,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    2_000
+}
+fn default_webhook_attempts() -> usize {
+    4
+}
+fn default_webhook_backoff_ms() -> u64 {
+    200
+}
+fn default_webhook_max_backoff_ms() -> u64 {
+    5_000
+}
+fn default_webhook_dlq() -> String {
+    "nextbest.actions.dlq".into()
+}
+
+impl fmt::Debug for WebhookConfig {
+    /// The secret is never shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &redact_url(&self.url))
+            .field("secret", &if self.secret.is_empty() { "" } else { "***" })
+            .field("timeout_ms", &self.timeout_ms)
+            .field("attempts", &self.attempts)
+            .field("backoff_ms", &self.backoff_ms)
+            .field("max_backoff_ms", &self.max_backoff_ms)
+            .field("dlq_topic", &self.dlq_topic)
+            .finish()
+    }
 }
 
 impl Default for TriggersConfig {
@@ -111,6 +172,7 @@ impl Default for TriggersConfig {
             recent_actions: 1000,
             queue: 10_000,
             max_sequences: 100_000,
+            webhook: None,
         }
     }
 }
@@ -663,6 +725,11 @@ impl Config {
                 message: "not a positive number of milliseconds".into(),
             })?);
         }
+        if let Some(v) = get("NEXTBEST_TRIGGERS_WEBHOOK_SECRET") {
+            if let Some(w) = &mut self.triggers.webhook {
+                w.secret = v;
+            }
+        }
         if let Some(v) = get("ORT_DYLIB_PATH") {
             self.ort_dylib_path = Some(PathBuf::from(v));
         }
@@ -705,6 +772,7 @@ mod tests {
         assert_eq!(cfg.triggers.tick_ms, d.triggers.tick_ms);
         assert_eq!(cfg.triggers.lease_ms, d.triggers.lease_ms);
         assert_eq!(cfg.triggers.cart_abandonment_after_ms, None);
+        assert!(cfg.triggers.webhook.is_none());
         assert_eq!(cfg.store.timer_shards, d.store.timer_shards);
     }
 
@@ -762,6 +830,24 @@ mod tests {
         assert_eq!(cfg.kafka.properties.0["security.protocol"], "SASL_SSL");
         let bad_role = "[[security.keys]]\nname = 'x'\nrole = 'root'\nsha256 = ''";
         assert!(toml::from_str::<Config>(bad_role).is_err());
+    }
+
+    #[test]
+    fn a_webhook_parses_with_defaults_and_its_secret_is_hidden() {
+        let mut cfg: Config = toml::from_str(
+            "[triggers.webhook]\nurl = \"https://crm.example/hook\"\nsecret = \"hook-pw\"\n",
+        )
+        .expect("valid");
+        let w = cfg.triggers.webhook.clone().expect("webhook");
+        assert_eq!((w.attempts, w.timeout_ms), (4, 2_000));
+        assert_eq!(w.dlq_topic, "nextbest.actions.dlq");
+        assert!(!format!("{cfg:?}").contains("hook-pw"));
+        cfg.apply_env(|k| (k == "NEXTBEST_TRIGGERS_WEBHOOK_SECRET").then(|| "env-pw".into()))
+            .expect("env");
+        assert_eq!(
+            cfg.triggers.webhook.map(|w| w.secret).as_deref(),
+            Some("env-pw")
+        );
     }
 
     #[test]

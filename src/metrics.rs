@@ -52,6 +52,8 @@ pub const TRIGGER_DELIVERY_FAILED: &str = "nextbest_trigger_delivery_failed_tota
 pub const TRIGGER_FIRE_LAG: &str = "nextbest_trigger_fire_lag_seconds";
 pub const TRIGGER_TIMERS_PENDING: &str = "nextbest_trigger_timers_pending";
 pub const TRIGGER_CHECKS_SKIPPED: &str = "nextbest_trigger_checks_skipped_total";
+pub const TRIGGER_WEBHOOK_ATTEMPTS: &str = "nextbest_trigger_webhook_attempts_total";
+pub const TRIGGER_WEBHOOK_DEAD_LETTERED: &str = "nextbest_trigger_webhook_dead_lettered_total";
 
 /// Buckets of the fire lag: a timer should fire within 2 s of its deadline.
 const FIRE_LAG_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
@@ -246,6 +248,14 @@ fn describe() {
     describe_gauge!(
         TRIGGER_TIMERS_PENDING,
         "inactivity timers pending in the store's index (all instances)"
+    );
+    describe_counter!(
+        TRIGGER_WEBHOOK_ATTEMPTS,
+        "webhook attempts of trigger actions, by result (ok: answered 2xx; error: no connection, timeout or another status)"
+    );
+    describe_counter!(
+        TRIGGER_WEBHOOK_DEAD_LETTERED,
+        "trigger actions the webhook never took after all its attempts (sent to the dead-letter topic with Kafka)"
     );
     describe_counter!(
         TRIGGER_CHECKS_SKIPPED,

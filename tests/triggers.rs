@@ -592,3 +592,165 @@ async fn a_broken_trigger_file_is_rejected_and_the_previous_triggers_keep_firing
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A webhook receiver: records each request (signature header, body) and
+/// answers 500 to the first two of a `flaky` customer's, 200 after; 503
+/// always to a `down` customer's.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let g = g.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let sig = headers
+                    .get("x-nextbest-signature")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                // the signature is checked against the raw body here
+                let valid = sig == nextbest::triggers::webhook::signature(b"hook-secret", &body);
+                let customer = v["customer_id"].as_str().unwrap_or("").to_string();
+                let mut l = g.lock().expect("requests");
+                let before = l
+                    .iter()
+                    .filter(|(_, x)| x["customer_id"] == customer)
+                    .count();
+                l.push((if valid { "valid".into() } else { sig }, v));
+                if customer.starts_with("down") {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else if before < 2 {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn a_webhook_failing_twice_gets_one_signed_delivery_and_one_never_answering_a_dead_letter() {
+    let (url, got) = webhook_receiver().await;
+    let tansu = TansuProc::start();
+    let (prefix, group) = (unique("tw"), unique("g"));
+    let (redis, brokers) = (redis_url(), tansu.brokers());
+    let mut sp = spec(&redis, &brokers, &prefix, &group, 1_000);
+    sp.config.push_str(&format!(
+        "[triggers.webhook]\nurl = \"{url}\"\nattempts = 3\nbackoff_ms = 50\nmax_backoff_ms = 200\ntimeout_ms = 2000\n"
+    ));
+    sp.env.push((
+        "NEXTBEST_TRIGGERS_WEBHOOK_SECRET".into(),
+        "hook-secret".into(),
+    ));
+    let s = ServerProc::start(sp).await;
+    let tap = ActionsTap::start(&brokers);
+    warm_up(&s).await;
+    let (flaky, down) = (unique("flaky"), unique("down"));
+    let t = now_ms();
+    post(
+        &s,
+        json!([
+            cart(&format!("{flaky}-1"), &flaky, t),
+            cart(&format!("{down}-1"), &down, t)
+        ]),
+    )
+    .await;
+    let on_topic = tap
+        .first("cart_abandonment", &flaky, Duration::from_secs(90))
+        .await;
+    // the dead letter of the one never answered
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique("dlq"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("dlq consumer");
+    let meta = dlq
+        .fetch_metadata(Some("nextbest.actions.dlq"), Duration::from_secs(10))
+        .expect("dlq topic exists");
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset("nextbest.actions.dlq", p.id(), Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    dlq.assign(&tpl).expect("assign");
+    let dead = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let m = dlq.recv().await.expect("dlq message");
+            let v: Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
+            if v["customer_id"] == down.as_str() {
+                use rdkafka::message::Headers;
+                let error = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "error"))
+                    .and_then(|h| h.value)
+                    .map(|b| String::from_utf8_lossy(b).to_string());
+                return (v, error);
+            }
+        }
+    })
+    .await
+    .expect("the never-answered action dead-lettered");
+    assert_eq!(dead.0["trigger"], "cart_abandonment");
+    assert!(
+        dead.1
+            .as_deref()
+            .is_some_and(|e| e.contains("3 times") && e.contains("503")),
+        "{:?}",
+        dead.1
+    );
+    until_no_timers(&redis, &prefix, Duration::from_secs(30)).await;
+    let requests = got.lock().expect("requests").clone();
+    let of = |c: &str| -> Vec<&(String, Value)> {
+        requests
+            .iter()
+            .filter(|(_, v)| v["customer_id"] == c)
+            .collect()
+    };
+    let f = of(&flaky);
+    assert_eq!(f.len(), 3, "two failures, then the one delivery");
+    assert!(
+        f.iter().all(|(sig, _)| sig == "valid"),
+        "every attempt signed: {f:?}"
+    );
+    assert!(
+        f.iter()
+            .all(|(_, v)| v["action_id"] == on_topic["action_id"]),
+        "the same action each time"
+    );
+    assert_eq!(of(&down).len(), 3, "three attempts, then the dead letter");
+    tap.drain().await;
+    assert_eq!(
+        tap.of("cart_abandonment", &flaky).len(),
+        1,
+        "on the topic once"
+    );
+    let m = s.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "nextbest_trigger_webhook_attempts_total",
+            &["result=\"ok\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "nextbest_trigger_webhook_dead_lettered_total", &[]),
+        1.0
+    );
+}

@@ -64,6 +64,15 @@ pub fn contract_topics(cfg: &KafkaConfig) -> Vec<String> {
 
 /// Creates the contract's topics if they do not exist.
 pub async fn ensure_topics(brokers: &str, cfg: &KafkaConfig) -> Result<(), KafkaSetupError> {
+    create_topics(brokers, cfg, &contract_topics(cfg)).await
+}
+
+/// Creates the topics `names` if they do not exist.
+pub async fn create_topics(
+    brokers: &str,
+    cfg: &KafkaConfig,
+    names: &[String],
+) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers, cfg)
             .create()
@@ -71,7 +80,6 @@ pub async fn ensure_topics(brokers: &str, cfg: &KafkaConfig) -> Result<(), Kafka
                 brokers: brokers.into(),
                 source,
             })?;
-    let names = contract_topics(cfg);
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| NewTopic::new(n, cfg.partitions.max(1), TopicReplication::Fixed(1)))

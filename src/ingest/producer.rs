@@ -140,6 +140,33 @@ impl EventProducer {
             })
     }
 
+    /// Produces a trigger action no webhook took to the dead-letter topic
+    /// `topic`, keyed by the customer id, with the reason in header `error`.
+    pub async fn send_dead_action(
+        &self,
+        topic: &str,
+        customer_id: &str,
+        payload: &[u8],
+        reason: &str,
+    ) -> Result<(), ProduceError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "error",
+            value: Some(reason),
+        });
+        let record = FutureRecord::to(topic)
+            .key(customer_id.as_bytes())
+            .payload(payload)
+            .headers(headers);
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| ProduceError::Action {
+                topic: topic.to_string(),
+                message: e.to_string(),
+            })
+    }
+
     /// Sends a message's original bytes to the dead-letter topic with the
     /// reason; a payload over [`MAX_DEAD_LETTER_BYTES`] is cut to that size
     /// (header `truncated_from` = its length), so a message the broker would

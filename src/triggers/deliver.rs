@@ -1,8 +1,9 @@
 //! Where a fired action goes: the actions topic (`kafka.actions_topic`,
 //! `nextbest.actions`; key = customer id), acknowledged by the broker
-//! before the firing counts as delivered; and, with or without Kafka,
-//! this instance's bounded list of recent actions (`GET /v1/actions`,
-//! the embedded mode's way to see them).
+//! before the firing counts as delivered; the webhook if one is configured
+//! (`super::webhook`: delivered, or dead-lettered after its retries); and,
+//! with or without Kafka, this instance's bounded list of recent actions
+//! (`GET /v1/actions`, the embedded mode's way to see them).
 
 use super::action::Action;
 use crate::ingest::producer::{EventProducer, ProduceError};
@@ -61,16 +62,21 @@ impl RecentActions {
 pub struct Sink {
     /// The producer and the topic; None without Kafka.
     pub kafka: Option<(EventProducer, String)>,
+    pub webhook: Option<Arc<super::webhook::Webhook>>,
     pub recent: Arc<RecentActions>,
 }
 
 impl Sink {
-    /// Sends `a`; Ok once the broker acknowledged it (without Kafka: once
-    /// it is in the recent list).
+    /// Sends `a`; Ok once the broker acknowledged it and the webhook took
+    /// it or its dead letter was acknowledged (without either: once it is
+    /// in the recent list).
     pub async fn deliver(&self, a: Action) -> Result<(), DeliverError> {
+        let payload = serde_json::to_vec(&a)?;
         if let Some((p, topic)) = &self.kafka {
-            let payload = serde_json::to_vec(&a)?;
             p.send_action(topic, &a.customer_id, &payload).await?;
+        }
+        if let Some(w) = &self.webhook {
+            w.deliver(&a.action_id, &a.customer_id, &payload).await?;
         }
         self.recent.push(Arc::new(a));
         Ok(())

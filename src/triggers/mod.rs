@@ -9,7 +9,8 @@
 //!   event's features (`features::store::timers` has the timers' design);
 //! - [`sequence`]: the ordered patterns of `sequence` triggers;
 //! - [`action`]: the message a firing sends;
-//! - [`deliver`]: where it goes (the actions topic, the recent list);
+//! - [`deliver`]: where it goes (the actions topic, the webhook, the
+//!   recent list); [`webhook`]: signed, retried, dead-lettered;
 //! - [`fire`]: one firing decided (`when`, `cancel_when`, contact cap,
 //!   `recommend`) and delivered;
 //! - [`timer_loop`]: the background task that claims due timers;
@@ -30,6 +31,7 @@ pub mod sequence;
 pub mod timer_loop;
 pub mod trigger;
 pub mod watch;
+pub mod webhook;
 
 use crate::features::FeatureSet;
 use crate::rules::file::FileError;
