@@ -210,6 +210,17 @@ impl App {
         };
         let webhook = match &cfg.triggers.webhook {
             Some(w) => {
+                // a firing holds its claim while the webhook retries: past
+                // the lease another instance would claim and send it again
+                let worst_ms = w.attempts as u64 * w.timeout_ms
+                    + w.attempts.saturating_sub(1) as u64 * 2 * w.max_backoff_ms;
+                if worst_ms >= cfg.triggers.lease_ms {
+                    tracing::warn!(
+                        worst_ms,
+                        lease_ms = cfg.triggers.lease_ms,
+                        "triggers.webhook may retry for longer than triggers.lease_ms: a slow webhook's actions can be sent twice (same action_id); raise the lease or lower attempts/timeouts"
+                    );
+                }
                 if let (Some(brokers), true) = (&cfg.kafka.brokers, cfg.kafka.create_topics) {
                     create_topics(brokers, &cfg.kafka, std::slice::from_ref(&w.dlq_topic)).await?;
                 }
