@@ -127,17 +127,8 @@ impl EventProducer {
         customer_id: &str,
         payload: &[u8],
     ) -> Result<(), ProduceError> {
-        let record = FutureRecord::to(topic)
-            .key(customer_id.as_bytes())
-            .payload(payload);
-        self.producer
-            .send(record, self.timeout)
+        self.send_keyed_action(topic, customer_id, payload, None)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| ProduceError::Action {
-                topic: topic.to_string(),
-                message: e.to_string(),
-            })
     }
 
     /// Produces a trigger action no webhook took to the dead-letter topic
@@ -153,10 +144,24 @@ impl EventProducer {
             key: "error",
             value: Some(reason),
         });
-        let record = FutureRecord::to(topic)
+        self.send_keyed_action(topic, customer_id, payload, Some(headers))
+            .await
+    }
+
+    /// One action message keyed by the customer id, acknowledged by the broker.
+    async fn send_keyed_action(
+        &self,
+        topic: &str,
+        customer_id: &str,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), ProduceError> {
+        let mut record = FutureRecord::to(topic)
             .key(customer_id.as_bytes())
-            .payload(payload)
-            .headers(headers);
+            .payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
         self.producer
             .send(record, self.timeout)
             .await

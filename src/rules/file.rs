@@ -222,17 +222,29 @@ pub fn located(s: Spanned<String>) -> Located<String> {
     }
 }
 
-/// Parses one rule file's text.
-pub fn parse(file: &str, text: &str) -> Result<Vec<RuleSpec>, FileError> {
-    let err = |offset: usize, message: String| FileError {
+/// The error maker of one file's text: a byte offset and a message become
+/// a [`FileError`] placed at that `line:column`.
+pub fn error_at<'a>(file: &'a str, text: &'a str) -> impl Fn(usize, String) -> FileError + 'a {
+    move |offset, message| FileError {
         file: file.to_string(),
         pos: position(text, offset),
         message,
-    };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
+    }
+}
+
+/// A definition file's text as TOML, a syntax or shape error placed where
+/// the TOML parser found it.
+pub fn from_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, FileError> {
+    toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
-        err(at, e.message().trim().to_string())
-    })?;
+        error_at(file, text)(at, e.message().trim().to_string())
+    })
+}
+
+/// Parses one rule file's text.
+pub fn parse(file: &str, text: &str) -> Result<Vec<RuleSpec>, FileError> {
+    let err = error_at(file, text);
+    let raw: RawFile = from_toml(file, text)?;
     let mut out = Vec::with_capacity(raw.rule.len());
     for r in raw.rule {
         let start = r.span().start;

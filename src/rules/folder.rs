@@ -41,6 +41,27 @@ pub struct FileStatus {
     pub serving_previous: bool,
 }
 
+/// The files of a load that were rejected.
+pub fn rejected(files: &[FileStatus]) -> impl Iterator<Item = &FileStatus> {
+    files.iter().filter(|f| f.status == "rejected")
+}
+
+/// A load in one line: `<n> <what> from <files> files in <dir>`, and how
+/// many files were rejected if any.
+pub fn summary(what: &str, serving: usize, files: &[FileStatus], dir: &str) -> String {
+    let rejected = rejected(files).count();
+    format!(
+        "{serving} {what} from {} files in {}{}",
+        files.len() - rejected,
+        if dir.is_empty() { "-" } else { dir },
+        if rejected > 0 {
+            format!(", {rejected} files rejected")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// The `*.toml` files of `dir` (a missing folder has none; another read
 /// error is logged, naming `what` the folder holds).
 pub fn toml_paths(dir: &Path, what: &str) -> Vec<PathBuf> {

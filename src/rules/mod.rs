@@ -182,23 +182,12 @@ impl RuleSet {
 
     /// The files rejected.
     pub fn errors(&self) -> impl Iterator<Item = &FileStatus> {
-        self.files.iter().filter(|f| f.status == "rejected")
+        folder::rejected(&self.files)
     }
 
     /// A one-line summary: rules serving, files rejected.
     pub fn summary(&self) -> String {
-        let rejected = self.errors().count();
-        format!(
-            "{} rules from {} files in {}{}",
-            self.rules.len(),
-            self.files.len() - rejected,
-            if self.dir.is_empty() { "-" } else { &self.dir },
-            if rejected > 0 {
-                format!(", {rejected} files rejected")
-            } else {
-                String::new()
-            }
-        )
+        folder::summary("rules", self.rules.len(), &self.files, &self.dir)
     }
 
     fn publish_metrics(&self) {

@@ -8,7 +8,8 @@
 
 use crate::event::EventType;
 use crate::rules::file::{
-    located, parse_period, position, valid_name, ContactCap, FileError, Located, Pos,
+    error_at, from_toml, located, parse_period, position, valid_name, ContactCap, FileError,
+    Located, Pos,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -123,15 +124,8 @@ struct RawTrigger {
 
 /// Parses one trigger file's text.
 pub fn parse(file: &str, text: &str) -> Result<Vec<TriggerSpec>, FileError> {
-    let err = |offset: usize, message: String| FileError {
-        file: file.to_string(),
-        pos: position(text, offset),
-        message,
-    };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let at = e.span().map_or(0, |s| s.start);
-        err(at, e.message().trim().to_string())
-    })?;
+    let err = error_at(file, text);
+    let raw: RawFile = from_toml(file, text)?;
     let mut out = Vec::with_capacity(raw.trigger.len());
     for t in raw.trigger {
         let start = t.span().start;

@@ -176,23 +176,12 @@ impl TriggerSet {
 
     /// The files rejected.
     pub fn errors(&self) -> impl Iterator<Item = &FileStatus> {
-        self.files.iter().filter(|f| f.status == "rejected")
+        folder::rejected(&self.files)
     }
 
     /// A one-line summary: triggers running, files rejected.
     pub fn summary(&self) -> String {
-        let rejected = self.errors().count();
-        format!(
-            "{} triggers from {} files in {}{}",
-            self.triggers.len(),
-            self.files.len() - rejected,
-            if self.dir.is_empty() { "-" } else { &self.dir },
-            if rejected > 0 {
-                format!(", {rejected} files rejected")
-            } else {
-                String::new()
-            }
-        )
+        folder::summary("triggers", self.triggers.len(), &self.files, &self.dir)
     }
 
     fn publish_metrics(&self) {
