@@ -593,12 +593,9 @@ async fn broker_paused_events_get_503_then_202_and_the_consumer_resumes_from_its
             body["error"].as_str().is_some_and(|e| e.contains("broker")),
             "{body}"
         );
-        // librdkafka checks message timeouts once a second: 503 comes
-        // between the produce timeout and about a second and a half after
-        assert!(
-            took < produce_timeout + Duration::from_secs(1) + SLACK,
-            "503 after {took:?}"
-        );
+        // bounded by the produce timeout itself (librdkafka's own check,
+        // about once a second, answered up to ~3.7 s for a 2 s timeout)
+        assert!(took < produce_timeout + SLACK, "503 after {took:?}");
     }
     let outage = paused.elapsed();
     tansu.resume();

@@ -26,6 +26,8 @@ pub enum ProduceError {
     },
     #[error("broker did not acknowledge the update on {topic}: {message}")]
     Catalog { topic: String, message: String },
+    #[error("broker did not acknowledge {what} within the produce timeout ({ms} ms)")]
+    Timeout { what: String, ms: u64 },
     #[error("broker did not acknowledge dead letter on {topic}: {message}")]
     DeadLetter { topic: String, message: String },
     #[error("broker did not acknowledge the action on {topic}: {message}")]
@@ -92,7 +94,17 @@ impl EventProducer {
                 }),
             }
         });
-        for r in futures::future::join_all(sends).await {
+        // librdkafka checks message timeouts about once a second, so its
+        // own failure can come well after `produce_timeout_ms`: the answer
+        // is bounded here (a message still delivered later is deduped by
+        // its event id when the client retries)
+        let results = tokio::time::timeout(self.timeout, futures::future::join_all(sends))
+            .await
+            .map_err(|_| ProduceError::Timeout {
+                what: format!("{} events", events.len()),
+                ms: self.timeout.as_millis() as u64,
+            })?;
+        for r in results {
             r?;
         }
         Ok(())
@@ -108,9 +120,12 @@ impl EventProducer {
         payload: &[u8],
     ) -> Result<(), ProduceError> {
         let record = FutureRecord::to(topic).key(id.as_bytes()).payload(payload);
-        self.producer
-            .send(record, self.timeout)
+        tokio::time::timeout(self.timeout, self.producer.send(record, self.timeout))
             .await
+            .map_err(|_| ProduceError::Timeout {
+                what: format!("the update on {topic}"),
+                ms: self.timeout.as_millis() as u64,
+            })?
             .map(|_| ())
             .map_err(|(e, _)| ProduceError::Catalog {
                 topic: topic.to_string(),
