@@ -39,24 +39,6 @@ fn pct(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn pending(redis_url: &str, prefix: &str) -> i64 {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let mut n = 0;
-    for k in 0..16 {
-        let z: i64 = redis::cmd("ZCARD")
-            .arg(format!("{{{prefix}:timers:{k}}}"))
-            .query_async(&mut c)
-            .await
-            .expect("zcard");
-        n += z;
-    }
-    n
-}
-
 #[tokio::main]
 async fn main() {
     let n = knob("NEXTBEST_BENCH_TIMERS", 10_000) as i64;
@@ -121,7 +103,7 @@ async fn main() {
     );
     let first_due = Duration::from_millis((t0 + window - common::now_ms()).max(0) as u64);
     tokio::time::sleep(first_due.saturating_sub(Duration::from_millis(200))).await;
-    let at_first = pending(&redis.url(), &prefix).await;
+    let at_first = common::pending_timers(&redis.url(), &prefix).await;
     println!("timers pending at the first deadline: {at_first} (of {n})");
 
     let mut lags: Vec<i64> = Vec::with_capacity(n as usize);

@@ -153,25 +153,6 @@ impl Drop for ActionsTap {
     }
 }
 
-/// Index entries (pending timers) under `prefix`, over all 16 shards.
-async fn pending_timers(redis_url: &str, prefix: &str) -> i64 {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
-    let mut n = 0;
-    for k in 0..16 {
-        let z: i64 = redis::cmd("ZCARD")
-            .arg(format!("{{{prefix}:timers:{k}}}"))
-            .query_async(&mut c)
-            .await
-            .expect("zcard");
-        n += z;
-    }
-    n
-}
-
 /// Waits until no timer under `prefix` is pending (nothing more can fire).
 async fn until_no_timers(redis_url: &str, prefix: &str, within: Duration) {
     eventually(within, "no timer pending", || async {

@@ -264,6 +264,25 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// Index entries (pending timers) under `prefix`, over all 16 shards.
+pub async fn pending_timers(redis_url: &str, prefix: &str) -> i64 {
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let mut n = 0;
+    for k in 0..16 {
+        let z: i64 = redis::cmd("ZCARD")
+            .arg(format!("{{{prefix}:timers:{k}}}"))
+            .query_async(&mut c)
+            .await
+            .expect("zcard");
+        n += z;
+    }
+    n
+}
+
 /// The newest version in the shipped `models/ranker/` (the one that serves).
 pub fn shipped_ranker_version() -> u64 {
     std::fs::read_dir(repo().join("models/ranker"))
