@@ -44,7 +44,7 @@ use crate::rules::RuleSet;
 use arc_swap::ArcSwap;
 use baselines::{CoVisitation, RecentItems};
 use labels::LabelRows;
-use ranking::Tally;
+use ranking::{rank_of, Tally};
 use report::{LabelSummary, Report, SourceShare};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -259,50 +259,49 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
             let rec = decider.recommend(&req).await;
             if label {
                 labels.add(e, &rec);
-                recent.observe(e);
-                history.observe(e);
-                covisit.observe(e);
-                continue;
+            } else {
+                if rec.fallback {
+                    fallbacks += 1;
+                }
+                let ranked: Vec<&str> = rec.items.iter().map(|x| x.item_id.as_str()).collect();
+                let excluded_by = rec
+                    .excluded
+                    .iter()
+                    .flatten()
+                    .find(|x| x.item_id == target)
+                    .map(|x| format!("excluded by {}", x.rule));
+                let source = rec
+                    .items
+                    .iter()
+                    .find(|x| x.item_id == target)
+                    .map(|x| source_of(x).to_string())
+                    .or(excluded_by);
+                for x in rec.items.iter().take(job.k) {
+                    *slots.entry(source_of(x).to_string()).or_default() += 1;
+                }
+                served.add(&ranked, target, source.is_some());
+                if let Some(s) = source {
+                    *sources.entry(s).or_default() += 1;
+                }
+                // a baseline's candidates are its list
+                let recent_list = recent.of(&e.customer_id);
+                let recent_hit = rank_of(&recent_list, target).is_some();
+                recent_tally.add(&recent_list, target, recent_hit);
+                let co = covisit.recommend(&recent_list, job.k);
+                covisit_tally.add(&co, target, rank_of(&co, target).is_some());
+                let pop = decider.popularity.load();
+                let pop_list: Vec<&str> = pop
+                    .global
+                    .iter()
+                    .take(job.k)
+                    .map(|(id, _)| id.as_str())
+                    .collect();
+                popular_tally.add(&pop_list, target, rank_of(&pop_list, target).is_some());
+                if history.contains(&e.customer_id, target) {
+                    in_history += 1;
+                }
+                *by_kind.entry(e.kind.as_str()).or_default() += 1;
             }
-            if rec.fallback {
-                fallbacks += 1;
-            }
-            let ranked: Vec<&str> = rec.items.iter().map(|x| x.item_id.as_str()).collect();
-            let excluded_by = rec
-                .excluded
-                .iter()
-                .flatten()
-                .find(|x| x.item_id == target)
-                .map(|x| format!("excluded by {}", x.rule));
-            let source = rec
-                .items
-                .iter()
-                .find(|x| x.item_id == target)
-                .map(|x| source_of(x).to_string())
-                .or(excluded_by);
-            for x in rec.items.iter().take(job.k) {
-                *slots.entry(source_of(x).to_string()).or_default() += 1;
-            }
-            served.add(&ranked, target, source.is_some());
-            if let Some(s) = source {
-                *sources.entry(s).or_default() += 1;
-            }
-            let recent_list = recent.of(&e.customer_id);
-            recent_tally.add(&recent_list, target, false);
-            let co = covisit.recommend(&recent_list, job.k);
-            covisit_tally.add(&co, target, false);
-            let pop = decider.popularity.load();
-            let pop_list: Vec<&str> = pop
-                .global
-                .iter()
-                .take(job.k)
-                .map(|(id, _)| id.as_str())
-                .collect();
-            popular_tally.add(&pop_list, target, false);
-            if history.contains(&e.customer_id, target) {
-                in_history += 1;
-            }
-            *by_kind.entry(e.kind.as_str()).or_default() += 1;
         }
         recent.observe(e);
         history.observe(e);
@@ -331,12 +330,8 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
     };
 
     let n = catalog.len();
-    let d = served.figures(n).decisions.max(1) as f64;
-    let baseline = |t: &Tally| {
-        let mut f = t.figures(n);
-        f.candidate_recall = f.hr; // a baseline's candidates are its list
-        f
-    };
+    let served = served.figures(n);
+    let d = served.decisions.max(1) as f64;
     Ok(Report {
         k: job.k,
         events: events.len(),
@@ -354,7 +349,7 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
         model,
         rules: decider.rules.load().summary(),
         candidates: full_k.min(cfg.recommend.generated_candidates),
-        served: served.figures(n),
+        served,
         fallbacks,
         target_in_history: in_history as f64 / d,
         sources: sources
@@ -375,9 +370,9 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
                 .collect()
         },
         baselines: vec![
-            ("recently_viewed".into(), baseline(&recent_tally)),
-            ("co_visitation".into(), baseline(&covisit_tally)),
-            ("popularity".into(), baseline(&popular_tally)),
+            ("recently_viewed".into(), recent_tally.figures(n)),
+            ("co_visitation".into(), covisit_tally.figures(n)),
+            ("popularity".into(), popular_tally.figures(n)),
         ],
         labels: label_summary,
         seconds: started.elapsed().as_secs_f64(),
