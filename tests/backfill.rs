@@ -490,6 +490,19 @@ impl FeatureStore for FailingAfter {
     ) -> Result<nextbest::features::store::popularity::PopularLists, StoreError> {
         self.inner.popular(now_ms, top, top_per_category).await
     }
+    async fn file_covisits(
+        &self,
+        filings: &[nextbest::features::store::covisit::Filing<'_>],
+    ) -> Result<(), StoreError> {
+        self.inner.file_covisits(filings).await
+    }
+    async fn neighbours(
+        &self,
+        item_ids: &[String],
+        top: usize,
+    ) -> Result<Vec<Vec<(String, f64)>>, StoreError> {
+        self.inner.neighbours(item_ids, top).await
+    }
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
         self.inner.read_items(ids).await
     }

@@ -29,6 +29,10 @@
 //!    within the dedupe window of their group's newest event (older ones
 //!    are counted in the summary: `beyond_dedupe_window`).
 //!
+//! 6. `covisit`: the events' co-visits, replayed in event-time order
+//!    against each customer's recent items, filed into the items'
+//!    neighbour lists (the events a customer had applied before file none).
+//!
 //! Static enrichment (`--items`, `--customers`) writes the `static` features
 //! of features.toml; a load overwrites the previous value, so loading the
 //! same file twice is also a no-op.
@@ -186,6 +190,7 @@ pub async fn aggregate_and_write(
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<PendingGroup>(batch * in_flight * HANDOFF_BATCHES);
     progress.add_total(statics.len() as u64);
+    let selected = idx.clone();
     let fold = {
         let (set, events, progress) = (set.clone(), events.clone(), progress.clone());
         tokio::task::spawn_blocking(move || {
@@ -214,8 +219,11 @@ pub async fn aggregate_and_write(
     let aggregate_secs = fold
         .await
         .map_err(|e| BackfillError::Invalid(format!("aggregation failed: {e}")))?;
+    let totals = written?;
+    let applied_before = &totals.customer_applied_before;
+    super::covisit::file(&set, store, &events, &selected, applied_before).await?;
     Ok(Pipelined {
-        totals: written?,
+        totals,
         beyond_dedupe_window: beyond,
         aggregate_secs,
         secs: t.elapsed().as_secs_f64(),

@@ -12,6 +12,7 @@
 //! fold; [`progress`] reports on long jobs. Nothing here
 //! knows Redis keys (that is `features::store`).
 
+pub mod covisit;
 pub mod export;
 pub mod fold;
 pub mod input;

@@ -12,6 +12,7 @@ use crate::features::definition::FeatureSet;
 use crate::features::merge::FoldLayout;
 use crate::features::store::{FeatureStore, Group, GroupWrite, StoreError};
 use futures::{StreamExt, TryStreamExt};
+use std::collections::HashSet;
 
 /// A group not written: the group, its events, the ids already applied.
 type Conflict = (Group, Vec<u32>, Vec<String>);
@@ -23,6 +24,9 @@ pub struct WriteTotals {
     pub keys: usize,
     pub conflicts: usize,
     pub already_applied: usize,
+    /// Ids of the events a customer group had applied before (they file no
+    /// co-visits, `backfill::covisit`).
+    pub customer_applied_before: HashSet<String>,
 }
 
 /// Writes the aggregated groups (and static rows) to the store, batched and
@@ -74,6 +78,9 @@ pub async fn write_stream(
         for (group, idx, seen) in conflicts {
             totals.conflicts += 1;
             totals.already_applied += seen.len();
+            if matches!(group, Group::Customer(_)) {
+                totals.customer_applied_before.extend(seen.iter().cloned());
+            }
             if let Some(again) = refold(set, &layout, events, &group, idx, &seen) {
                 retry.push(again);
             }

@@ -1,7 +1,9 @@
 //! The candidates stage: which items are considered. A request either lists
 //! them, or they are generated from the customer's state (what they carted
-//! and viewed recently, popular items of their recent categories, then the
-//! globally popular items); rules inject more from their sources
+//! and viewed recently, the items other shoppers co-visited with their
+//! latest ones ([`seeds`], read from the store's `covisit` lists), popular
+//! items of their recent categories, then the globally popular items);
+//! rules inject more from their sources
 //! ([`from_source`], [`inject`]). Each candidate carries where it came from, which becomes a
 //! reason in the answer.
 
@@ -17,6 +19,8 @@ pub enum Source {
     Requested,
     Carted,
     Viewed,
+    /// Co-visited with the customer's latest items by other shoppers.
+    CoVisited,
     CategoryPopular,
     Popular,
     /// Added by a rule; the label is the reason it gives.
@@ -30,6 +34,7 @@ impl Source {
             Source::Requested => "requested".into(),
             Source::Carted => "carted_recently".into(),
             Source::Viewed => "viewed_recently".into(),
+            Source::CoVisited => "co_visited".into(),
             Source::CategoryPopular => "popular_in_category".into(),
             Source::Popular => "popular".into(),
             Source::Injected(reason) => reason.clone(),
@@ -50,6 +55,26 @@ pub const VIEW_LIST: &str = "recent_items";
 pub const CATEGORY_LIST: &str = "recent_categories";
 pub const PURCHASED_LIST: &str = "purchased_recent";
 
+/// How many of the customer's latest items seed co-visited candidates.
+pub const COVISIT_SEEDS: usize = 5;
+/// Neighbours read per seed.
+pub const COVISIT_PER_SEED: usize = 20;
+
+/// The customer's latest items whose neighbours are read (up to
+/// [`COVISIT_SEEDS`] of [`VIEW_LIST`], newest first).
+pub fn seeds(customer: &EntityState) -> Vec<String> {
+    customer
+        .recent
+        .get(VIEW_LIST)
+        .map(|l| {
+            l.iter()
+                .take(COVISIT_SEEDS)
+                .map(|(m, _)| m.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The request's own list, in its order (already deduplicated by the API).
 pub fn requested(ids: &[String]) -> Vec<Candidate> {
     ids.iter()
@@ -60,8 +85,16 @@ pub fn requested(ids: &[String]) -> Vec<Candidate> {
         .collect()
 }
 
-/// Up to `n` candidates for a customer.
-pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<Candidate> {
+/// Up to `n` candidates for a customer: the cart, up to `n/4` of the
+/// recently viewed, up to `n/4` of `covisited` (best first), the popular
+/// items of the recent categories (`n/2` shared among them), then the
+/// popular items.
+pub fn generate(
+    customer: &EntityState,
+    covisited: &[(String, f64)],
+    pop: &Popularity,
+    n: usize,
+) -> Vec<Candidate> {
     let mut out = Vec::with_capacity(n);
     let mut seen = HashSet::new();
     let list = |name: &str| {
@@ -84,6 +117,13 @@ pub fn generate(customer: &EntityState, pop: &Popularity, n: usize) -> Vec<Candi
     }
     for id in list(VIEW_LIST).into_iter().take(n / 4) {
         push(id, Source::Viewed, &mut out);
+    }
+    let quota = out.len() + n / 4;
+    for (id, _) in covisited {
+        if out.len() >= quota {
+            break;
+        }
+        push(id, Source::CoVisited, &mut out);
     }
     let cats = list(CATEGORY_LIST);
     if !cats.is_empty() {

@@ -4,7 +4,8 @@
 //! 1. [`candidates`] and [`fetch`]: the customer's, the session's and the
 //!    request's items' states in one store round trip ([`item_cache`] for
 //!    item states); candidates are the request's list, or generated from
-//!    the customer's state and the [`popularity`] lists; the rules that
+//!    the customer's state, the items co-visited with their latest ones
+//!    (a round trip of its own) and the [`popularity`] lists; the rules that
 //!    hold for the customer inject more; the items not read yet come in a
 //!    second round trip;
 //! 2. [`rules`]: each candidate judged by the rule files: excluded or not,
@@ -343,7 +344,11 @@ impl Decider {
         let pop = self.popularity.load();
         let mut cands = match &req.candidates {
             Some(list) => candidates::requested(list),
-            None => candidates::generate(&fetched.customer, &pop, self.cfg.generated_candidates),
+            None => {
+                let covisited = self.covisited(&fetched.customer).await?;
+                let n = self.cfg.generated_candidates;
+                candidates::generate(&fetched.customer, &covisited, &pop, n)
+            }
         };
         let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
         // the `when`s, once per request
@@ -360,6 +365,28 @@ impl Decider {
             fetched.items.extend(more);
         }
         Ok((cands, fetched, active, injections.sourced))
+    }
+
+    /// The items co-visited with the customer's latest ones, best first
+    /// (one store round trip; none for a customer with no recent items).
+    async fn covisited(
+        &self,
+        customer: &crate::features::aggregate::EntityState,
+    ) -> Result<Vec<(String, f64)>, DecideError> {
+        let seeds = candidates::seeds(customer);
+        if seeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lists = self
+            .store
+            .neighbours(&seeds, candidates::COVISIT_PER_SEED)
+            .await?;
+        let skip: Vec<&str> = seeds.iter().map(String::as_str).collect();
+        Ok(crate::features::store::covisit::rank(
+            &lists,
+            &skip,
+            self.cfg.generated_candidates,
+        ))
     }
 
     /// Hands the shadow models (if any) the same states, off the request path.

@@ -32,6 +32,10 @@
 //! (duplicates too) is filed once from its state. An item dropped by the bound keeps what it
 //! filed until its buckets leave the window.
 //!
+//! Co-visitation ([`super::covisit`]) likewise: each chunk's new events
+//! file their co-visits, summed per item, into the items' neighbour lists
+//! (kept in the item group, dropped with it by the bound).
+//!
 //! [`MemoryStore`] applies a batch in chunks of [`APPLY_CHUNK`] events,
 //! taking the write lock (a fair one: a waiting reader goes before the next
 //! chunk) once per chunk and yielding between chunks, so a read waits for
@@ -39,6 +43,7 @@
 //! and updates happen under one hold, so every event still counts once; a
 //! read may see a batch partly applied (as on Redis).
 
+use super::covisit::{self, Neighbours};
 use super::popularity::{Book, PopularLists, PopularitySpec};
 use super::timers::{self, Claim, MemoryIndex, TimerOp, TimerRecord, TimerStore};
 use super::{
@@ -235,6 +240,8 @@ struct CustomerGroup {
 struct ItemGroup {
     state: EntityState,
     seen: Seen,
+    /// The items co-visited with it (`covisit`).
+    neighbours: Neighbours,
     /// The number of its last write in [`WriteOrder`].
     written: u64,
 }
@@ -252,6 +259,9 @@ pub struct MemoryState {
     order: WriteOrder,
     /// The popularity lists, when kept ([`MemoryState::keep_popularity`]).
     popularity: Option<(PopularitySpec, Book)>,
+    /// Whether events file co-visits (`covisit::kept`, and the store's
+    /// own choice: the training export keeps none).
+    covisit: bool,
     /// The trigger timers' deadline index (`timers`).
     timer_index: MemoryIndex,
 }
@@ -275,15 +285,26 @@ impl MemoryState {
             items: HashMap::new(),
             order: WriteOrder::new(limits.max_entities != usize::MAX),
             popularity: None,
+            covisit: false,
             timer_index: MemoryIndex::default(),
         }
     }
 
-    /// Keeps the popularity lists from now on (`store::popularity`; the
-    /// store does, the training export does not need them).
+    /// Keeps the popularity lists (`store::popularity`) and co-visitation
+    /// (`store::covisit`) from now on (the store does; the training export
+    /// does not need them).
     pub fn keep_popularity(mut self) -> Self {
         self.popularity = PopularitySpec::of(&self.set).map(|s| (s, Book::default()));
+        self.covisit = covisit::kept(&self.set);
         self
+    }
+
+    /// The best `top` neighbours of `item` (`covisit`).
+    pub fn neighbours(&self, item: &str, top: usize) -> Vec<(String, f64)> {
+        self.items
+            .get(item)
+            .map(|g| g.neighbours.top(top))
+            .unwrap_or_default()
     }
 
     /// Files items for popularity as `redis/popular.rs` does: each item of
@@ -371,6 +392,9 @@ impl MemoryState {
         let mut out = ApplyOutcome::default();
         let window = self.dedupe_window_ms;
         let max_sessions = self.limits.max_sessions;
+        let covisits = self.covisit;
+        // (item, neighbour, weight) of the new events, in order
+        let mut pairs: Vec<(String, String, f64)> = Vec::new();
         for p in plans {
             let mut dup = true;
             let one = [(p.event_id.as_str(), p.ts)];
@@ -385,6 +409,13 @@ impl MemoryState {
             if !c.seen.contains(&p.event_id) {
                 c.seen.record(&one, now, window);
                 dup = false;
+                if covisits {
+                    pairs.extend(
+                        covisit::pairs_of(p, covisit::list_of(&c.state))
+                            .into_iter()
+                            .map(|(i, n, w)| (i.to_string(), n.to_string(), w)),
+                    );
+                }
                 p.customer
                     .iter()
                     .for_each(|u| apply_update(&mut c.state, u, now));
@@ -422,6 +453,9 @@ impl MemoryState {
         }
         out.changed_customers.sort();
         out.changed_customers.dedup();
+        for f in covisit::merge(pairs.iter().map(|(i, n, w)| (i.as_str(), n.as_str(), *w))) {
+            self.item_mut(f.item).neighbours.file(&f.add);
+        }
         if let Some((spec, _)) = &self.popularity {
             // every item written (duplicates too) that adds to a live
             // bucket, each once, with those buckets
@@ -727,6 +761,24 @@ impl FeatureStore for MemoryStore {
             .read()
             .await
             .popular(now_ms, top, top_per_category))
+    }
+
+    async fn neighbours(
+        &self,
+        item_ids: &[String],
+        top: usize,
+    ) -> Result<Vec<Vec<(String, f64)>>, StoreError> {
+        let st = self.state.read().await;
+        Ok(item_ids.iter().map(|i| st.neighbours(i, top)).collect())
+    }
+
+    async fn file_covisits(&self, filings: &[covisit::Filing<'_>]) -> Result<(), StoreError> {
+        let mut st = self.state.write().await;
+        for f in filings {
+            st.item_mut(f.item).neighbours.file(&f.add);
+        }
+        st.evict_over_limit();
+        Ok(())
     }
 
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {

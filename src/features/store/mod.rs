@@ -10,11 +10,12 @@
 //! earlier, are forgotten), and read a customer, its session and any number
 //! of items in one round trip. Both keep the popularity lists as part of
 //! applying item writes ([`popularity`]: the rule, and the memory store's
-//! implementation), and the durable timers of the triggers ([`timers`]:
+//! implementation), the items co-visited with each item ([`covisit`]), and the durable timers of the triggers ([`timers`]:
 //! records written with the customer's features, a sharded index of
 //! deadlines claimed with a lease). Only this module knows Redis keys.
 //! [`open`] builds the one the config asks for.
 
+pub mod covisit;
 pub mod dump;
 pub mod memory;
 pub mod popularity;
@@ -266,6 +267,17 @@ pub trait FeatureStore: Send + Sync + 'static {
         top: usize,
         top_per_category: usize,
     ) -> Result<popularity::PopularLists, StoreError>;
+    /// The best `top` co-visited neighbours of each of `item_ids` (in
+    /// order; best first, with their scores), kept by the store as it
+    /// applies events ([`covisit`]). One round trip.
+    async fn neighbours(
+        &self,
+        item_ids: &[String],
+        top: usize,
+    ) -> Result<Vec<Vec<(String, f64)>>, StoreError>;
+    /// Adds `filings` to the items' neighbours, as applying their events
+    /// would have (the backfill's co-visits, [`covisit`]).
+    async fn file_covisits(&self, filings: &[covisit::Filing<'_>]) -> Result<(), StoreError>;
     /// Reads item states only.
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError>;
     /// Checks the store answers.

@@ -197,11 +197,15 @@ pub(super) fn event_outcome(
     plans: &[Plan],
     shape: Vec<(bool, bool)>,
     replies: Vec<Value>,
-) -> ApplyOutcome {
+) -> (ApplyOutcome, Vec<Option<Value>>) {
     let mut it = replies.into_iter();
     let mut out = ApplyOutcome::default();
-    for (p, (_, has_item)) in plans.iter().zip(shape) {
+    let mut lists = Vec::with_capacity(plans.len());
+    for (p, (list_read, has_item)) in plans.iter().zip(shape) {
+        let list = if list_read { it.next() } else { None };
         let c = matches!(it.next(), Some(Value::Int(1)));
+        // only a new event co-visits
+        lists.push(list.filter(|_| c));
         let i = has_item && matches!(it.next(), Some(Value::Int(1)));
         out.applied += usize::from(c) + usize::from(i);
         if c {
@@ -214,7 +218,7 @@ pub(super) fn event_outcome(
     }
     out.changed_customers.sort();
     out.changed_customers.dedup();
-    out
+    (out, lists)
 }
 
 pub(super) fn protocol(msg: &str) -> StoreError {

@@ -12,7 +12,9 @@ use crate::features::store::timers::TimerOp;
 
 impl RedisStore {
     /// The pipeline applying each event's plan: one `update.lua` call per
-    /// entity group it changes, and whether each plan has an item call.
+    /// entity group it changes (the customer's list read before it when the
+    /// event co-visits), and per plan whether it has that read and an item
+    /// call.
     pub(super) fn event_pipeline(
         &self,
         plans: &[Plan],
@@ -24,6 +26,8 @@ impl RedisStore {
             let cbase = self.customer_key(&p.customer_id);
             // the timers' index entries first (`store::timers`)
             self.push_timer_hints(&mut pipe, &p.customer_id, &p.timers);
+            // the customer's list as this event finds it (`covisit`)
+            let list_read = self.push_previous_read(&mut pipe, p);
             let mut call = GroupCall::new(format!("{cbase}:seen"));
             call.push(&cbase, &p.customer, now);
             if let Some(sid) = &p.session_id {
@@ -48,7 +52,7 @@ impl RedisStore {
                 call.invoke(&mut pipe, &self.update_sha, ids, &self.settings, now);
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
             }
-            shape.push((true, has_item));
+            shape.push((list_read, has_item));
         }
         (pipe, shape)
     }

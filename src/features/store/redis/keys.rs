@@ -13,6 +13,7 @@
 //! | `{p}:{c:<customer>}:s:<session>:t1:<trigger>` | string | a trigger's once-per-session marker |
 //! | `{{p}:timers:<k>}`, `…:gen` | zset, hash | shard `k` of the timers' deadline index, and its write counts |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
+//! | `{p}:{i:<item>}:cv` | zset | co-visited neighbours (`covisit.rs`) |
 //! | `{p}:items` | set | the ids of items with keys (expired ones swept out, `items.rs`) |
 //! | `{{p}:pop}:g:<b>`, `:c:<b>:<category>` | zset | popularity of bucket `b` (`popular.rs`, `pop_write.lua`) |
 //! | `{{p}:pop}:k:<b>` | set | a bucket's categories |

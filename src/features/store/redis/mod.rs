@@ -20,6 +20,9 @@
 //! - `popular` keeps the popularity lists (`store::popularity`): each
 //!   write's pipeline reads back the items it wrote, and `pop_write.lua`
 //!   files them in the popularity slot; `pop_read.lua` lists them.
+//! - `covisit` keeps each item's co-visited neighbours (`store::covisit`):
+//!   the event pipeline reads the customer's list before each visiting
+//!   event, a second pipeline files the new events' pairs.
 //!
 //! Two connections: [`Lane::Request`] for what a request waits on (reads,
 //! contact counters) and [`Lane::Background`] for the rest (the stream's
@@ -30,6 +33,7 @@
 //! chunks.
 
 mod bulk;
+mod covisit;
 mod decode;
 mod encode;
 mod items;
@@ -95,6 +99,8 @@ pub struct RedisStore {
     items_swept_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// What popularity counts (`popular`); `None`: nothing kept.
     popularity: Option<PopularitySpec>,
+    /// Whether events file co-visits (`covisit`).
+    covisit: bool,
 }
 
 impl RedisStore {
@@ -131,6 +137,7 @@ impl RedisStore {
             session: Layout::of(&set, Entity::Session),
             item: Layout::of(&set, Entity::Item),
             popularity: PopularitySpec::of(&set),
+            covisit: super::covisit::kept(&set),
             set,
             settings,
             update_sha: redis::Script::new(UPDATE_LUA).get_hash().to_string(),
@@ -220,8 +227,9 @@ impl FeatureStore for RedisStore {
             .checked_sub(reads.len())
             .ok_or_else(|| decode::protocol("apply: fewer replies than calls"))?;
         let pop = replies.split_off(at);
-        let out = decode::event_outcome(plans, shape, replies);
+        let (out, lists) = decode::event_outcome(plans, shape, replies);
         self.file_popularity(&reads, pop, now_ms).await?;
+        self.file_covisits(plans, lists).await?;
         Ok(out)
     }
 
@@ -301,6 +309,21 @@ impl FeatureStore for RedisStore {
         top_per_category: usize,
     ) -> Result<PopularLists, StoreError> {
         self.read_popular(now_ms, top, top_per_category).await
+    }
+
+    async fn neighbours(
+        &self,
+        item_ids: &[String],
+        top: usize,
+    ) -> Result<Vec<Vec<(String, f64)>>, StoreError> {
+        self.read_neighbours(item_ids, top).await
+    }
+
+    async fn file_covisits(
+        &self,
+        filings: &[super::covisit::Filing<'_>],
+    ) -> Result<(), StoreError> {
+        self.file_neighbours(filings).await
     }
 
     async fn read_items(&self, ids: &[String]) -> Result<Vec<EntityState>, StoreError> {
