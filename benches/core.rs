@@ -169,6 +169,52 @@ fn bench(c: &mut Criterion) {
             active.judge(&rule_inputs, &cands, &sourced, true).len()
         })
     });
+    // what the rules add to a request: the rules stage and the model's
+    // matrix (which takes the item values the rules computed) against the
+    // matrix alone, both as `ranked` builds them (request row once, then
+    // the item columns per row)
+    let row_inputs = RowInputs {
+        customer: rule_inputs.customer,
+        session: rule_inputs.session,
+        context: &ctx,
+        now,
+    };
+    g.bench_function("matrix_alone_100_rows", |b| {
+        b.iter(|| {
+            let req = model.plan.request_row(&set, &row_inputs);
+            let mut data = Vec::with_capacity(100 * model.plan.width());
+            for (id, st) in &cands {
+                model
+                    .plan
+                    .push_item_row(&set, &row_inputs, &req, id, st, &mut data);
+            }
+            data.len()
+        })
+    });
+    g.bench_function("rules_and_matrix_20_rules_x_100_candidates", |b| {
+        b.iter(|| {
+            let active = rules.begin(&rule_inputs, &[]);
+            let cells = active.item_cells(&rule_inputs, &cands);
+            let verdicts = active.judge_cells(&cells, &cands, &sourced, false);
+            let known = nextbest::decide::rows::Known::new(&rules, &model.plan, &cells);
+            let req = model.plan.request_row(&set, &row_inputs);
+            let mut data = Vec::with_capacity(100 * model.plan.width());
+            for (i, (id, st)) in cands.iter().enumerate() {
+                if verdicts[i].excluded_by.is_none() {
+                    model.plan.push_item_row_with(
+                        &set,
+                        &row_inputs,
+                        &req,
+                        id,
+                        st,
+                        |c| known.get(i, c),
+                        &mut data,
+                    );
+                }
+            }
+            data.len()
+        })
+    });
     // the shipped rules (rules/*.toml) on the same candidates
     let shipped = nextbest::rules::RuleSet::load(&repo.join("rules"), &set, None);
     assert!(shipped.errors().next().is_none(), "shipped rules load");

@@ -194,13 +194,15 @@ impl Decider {
 
         let t = Instant::now();
         let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
-        let verdicts = rules::judge(&active, &inputs, &cands, &fetched, &sourced, req.explain);
+        let (verdicts, cells) =
+            rules::judge(&active, &inputs, &cands, &fetched, &sourced, req.explain);
         let eligible: Vec<usize> = (0..cands.len())
             .filter(|&i| verdicts[i].excluded_by.is_none())
             .collect();
         stage(timings, "rules", t);
 
         let t = Instant::now();
+        let known = rows::Known::new(&rules, &model.plan, &cells);
         let matrix = rows::build(
             &self.set,
             &model.plan,
@@ -209,7 +211,10 @@ impl Decider {
             req.now_ms,
             &cands,
             &eligible,
+            Some(&known),
         );
+        drop(known);
+        drop(cells);
         stage(timings, "matrix", t);
 
         let t = Instant::now();

@@ -12,7 +12,7 @@ use super::request::Label;
 use crate::features::aggregate::EntityState;
 use crate::features::vector::ContextValues;
 use crate::features::FeatureSet;
-use crate::rules::eval::{Active, Sourced, Verdict};
+use crate::rules::eval::{Active, ItemCells, Sourced, Verdict};
 use crate::rules::schema::Inputs;
 
 /// The action an item gets when no rule gives it one.
@@ -54,19 +54,22 @@ pub fn inputs<'a>(
     }
 }
 
-/// Every candidate's verdict (in candidate order).
-pub fn judge(
+/// Every candidate's verdict (in candidate order), and the item fields the
+/// rules computed for them (which the model's rows reuse).
+pub fn judge<'a>(
     active: &Active<'_>,
-    inputs: &Inputs<'_>,
-    cands: &[Candidate],
-    fetched: &Fetched,
+    inputs: &Inputs<'a>,
+    cands: &'a [Candidate],
+    fetched: &'a Fetched,
     sourced: &Sourced,
     explain: bool,
-) -> Vec<Verdict> {
+) -> (Vec<Verdict>, ItemCells<'a>) {
     let items: Vec<(&str, &EntityState)> = cands
         .iter()
         .zip(&fetched.items)
         .map(|(c, st)| (c.item_id.as_str(), st.as_ref()))
         .collect();
-    active.judge(inputs, &items, sourced, explain)
+    let cells = active.item_cells(inputs, &items);
+    let verdicts = active.judge_cells(&cells, &items, sourced, explain);
+    (verdicts, cells)
 }

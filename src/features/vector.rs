@@ -322,11 +322,38 @@ impl RowPlan {
         item: &EntityState,
         out: &mut Vec<f32>,
     ) {
+        self.push_item_row_with(set, inp, request, item_id, item, |_| None, out)
+    }
+
+    /// [`Self::push_item_row`] with some item columns already computed
+    /// elsewhere: `known(col)` is column `col`'s value in full precision if
+    /// another stage computed it from the same definitions (the rules read
+    /// the same features, see [`Self::value`]), else `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_item_row_with(
+        &self,
+        set: &FeatureSet,
+        inp: &RowInputs<'_>,
+        request: &RequestRow,
+        item_id: &str,
+        item: &EntityState,
+        known: impl Fn(usize) -> Option<f64>,
+        out: &mut Vec<f32>,
+    ) {
         let start = out.len();
         out.extend_from_slice(&request.values);
         for &c in &self.item_columns {
-            out[start + c] = column(set, &self.sources[c], inp, item_id, item) as f32;
+            let x = match known(c) {
+                Some(x) => x,
+                None => column(set, &self.sources[c], inp, item_id, item),
+            };
+            out[start + c] = x as f32;
         }
+    }
+
+    /// The item columns (those that depend on the item), by index.
+    pub fn item_columns(&self) -> &[usize] {
+        &self.item_columns
     }
 
     /// Appends one row, computing every column (for one-off rows, e.g. the

@@ -121,6 +121,11 @@ impl Condition {
         })
     }
 
+    /// The expression cel parsed.
+    pub fn expression(&self) -> &IdedExpr {
+        self.program.expression()
+    }
+
     /// Evaluates against `ctx`: true, false, or why it could not be decided.
     pub fn eval(&self, ctx: &Context<'_, '_>) -> Result<bool, ExecutionError> {
         match self.program.execute(ctx)? {

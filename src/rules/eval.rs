@@ -6,20 +6,25 @@
 //!    contact cap the customer has reached are not.
 //! 2. [`Active::injections`]: what the active rules want injected (the
 //!    decide stage turns sources into item ids).
-//! 3. [`Active::judge`]: each candidate against each active rule's
+//! 3. [`Active::item_cells`]: every candidate's item fields the active
+//!    rules read, computed once (the model's rows reuse the numbers);
+//! 4. [`Active::judge_cells`]: each candidate against each active rule's
 //!    `item_when` → a [`Verdict`]: excluded or not, the product of the
 //!    weights, the winning action (highest priority; on a tie the rule
 //!    first in file order), the reasons, and (for `explain`) what each rule
 //!    did. A rule with `inject` matches only the items its source gave.
-//!    A condition is a pure function of the fields it reads, so its result
-//!    is kept per combination of its item fields within the request: a
-//!    rule on `item.in_stock` runs at most twice per request, however many
-//!    candidates there are.
+//!    A condition of the common shapes is evaluated on the cells directly
+//!    ([`super::fast`]); any other runs in cel, and as it is a pure
+//!    function of the fields it reads, its result is kept per combination
+//!    of its item fields within the request: a rule on `has(item.x)` runs
+//!    at most twice per request, however many candidates there are.
+//!    ([`Active::judge`] is 3 then 4.)
 //!
 //! A condition that fails at run time (say a feature missing from a
 //! stored state in a way the checks could not foresee) skips that rule for
 //! that item and is counted; it never fails the request.
 
+use super::fast::Scope;
 use super::file::Inject;
 use super::schema::{Bound, Cell, Inputs, ItemVars, Resolver};
 use super::RuleSet;
@@ -92,6 +97,27 @@ impl Default for Verdict {
     }
 }
 
+/// Every candidate's item fields for the rules: one row of `stride`
+/// cells per candidate, in candidate order.
+pub struct ItemCells<'a> {
+    stride: usize,
+    cells: Vec<Cell<'a>>,
+}
+
+impl ItemCells<'_> {
+    /// Item field `field` (of the plan's [`super::schema::Plan::item_fields`])
+    /// of candidate `item`, if it is a number the rules computed.
+    pub fn number(&self, item: usize, field: usize) -> Option<f64> {
+        if field >= self.stride {
+            return None;
+        }
+        match self.cells.get(item * self.stride + field)? {
+            Cell::Number(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
 /// Which items each injecting rule's source gave, by rule index.
 pub type Sourced = HashMap<usize, HashSet<String>>;
 
@@ -119,10 +145,16 @@ impl RuleSet {
         let ctx = context(self, &resolver);
         let mut active = Vec::with_capacity(self.rules.len());
         let mut left_out = Vec::new();
+        let scope = Scope {
+            request: &request.values,
+            item: &[],
+        };
         for (i, r) in self.rules.iter().enumerate() {
-            let holds = match &r.when {
-                None => true,
-                Some(c) => match c.eval(&ctx) {
+            let fast = self.fast[i].0.as_ref().and_then(|f| f.eval(&scope));
+            let holds = match (&r.when, fast) {
+                (None, _) => true,
+                (Some(_), Some(b)) => b,
+                (Some(c), None) => match c.eval(&ctx) {
                     Ok(b) => b,
                     Err(e) => {
                         rule_error(&r.name, &e);
@@ -171,10 +203,53 @@ impl Active<'_> {
     }
 
     /// Judges each candidate `(id, state)`; `sourced` says which items the
-    /// injecting rules' sources gave.
+    /// injecting rules' sources gave. [`Self::item_cells`] then
+    /// [`Self::judge_cells`].
     pub fn judge(
         &self,
         inp: &Inputs<'_>,
+        items: &[(&str, &EntityState)],
+        sourced: &Sourced,
+        explain: bool,
+    ) -> Vec<Verdict> {
+        let cells = self.item_cells(inp, items);
+        self.judge_cells(&cells, items, sourced, explain)
+    }
+
+    /// Every candidate's item fields that the active rules read (the
+    /// others are [`Cell::Null`]), borrowed from the states: nothing is
+    /// allocated per field. The model's rows reuse the numbers
+    /// ([`ItemCells::number`]).
+    pub fn item_cells<'a>(
+        &self,
+        inp: &Inputs<'a>,
+        items: &[(&'a str, &'a EntityState)],
+    ) -> ItemCells<'a> {
+        let plan = &self.set.plan;
+        let stride = plan.item_fields().count();
+        let mut cells: Vec<Cell<'a>> = Vec::new();
+        if self.rules.is_empty() {
+            return ItemCells { stride, cells };
+        }
+        // only the item fields the active rules read are computed
+        let mut needed = vec![false; stride];
+        for &ri in &self.rules {
+            for &k in &self.set.memo_keys[ri] {
+                needed[k] = true;
+            }
+        }
+        cells.reserve(stride * items.len());
+        for (id, state) in items {
+            plan.item_cells(inp, id, state, &needed, &mut cells);
+        }
+        ItemCells { stride, cells }
+    }
+
+    /// Judges each candidate on its cells (of [`Self::item_cells`], in the
+    /// same order as `items`).
+    pub fn judge_cells(
+        &self,
+        cells: &ItemCells<'_>,
         items: &[(&str, &EntityState)],
         sourced: &Sourced,
         explain: bool,
@@ -184,30 +259,24 @@ impl Active<'_> {
             let name = self.set.rules[ri].name.clone();
             metrics::counter!(crate::metrics::CONTACT_SUPPRESSED, "rule" => name).increment(1);
         }
-        if self.rules.is_empty() {
+        if self.rules.is_empty() || cells.cells.len() < cells.stride * items.len() {
             return out;
         }
         let plan = &self.set.plan;
         let mut matches = vec![0u64; self.rules.len()];
-        // only the item fields the active rules read are computed
-        let stride = plan.item_fields().count();
-        let mut needed = vec![false; stride];
-        for &ri in &self.rules {
-            for &k in &self.set.memo_keys[ri] {
-                needed[k] = true;
-            }
-        }
-        // every item's fields, one row of `stride` cells each (borrowed
-        // from the states: nothing allocated per field)
-        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(stride * items.len());
-        for (id, state) in items {
-            plan.item_cells(inp, id, state, &needed, &mut cells);
-        }
+        let stride = cells.stride;
+        let cells = &cells.cells;
         // a condition is a pure function of the fields it reads: per rule,
         // the hash of its fields' values → (the first item that had them,
-        // the result)
-        let mut memo: Vec<FxHashMap<u64, (usize, bool)>> = (0..self.rules.len())
-            .map(|_| FxHashMap::with_capacity_and_hasher(items.len(), Default::default()))
+        // the result); none for a condition of the fast form, which costs
+        // less than a lookup
+        let mut memo: Vec<FxHashMap<u64, (usize, bool)>> = self
+            .rules
+            .iter()
+            .map(|&ri| match self.set.fast[ri].1 {
+                Some(_) => FxHashMap::default(),
+                None => FxHashMap::with_capacity_and_hasher(items.len(), Default::default()),
+            })
             .collect();
         let row = |n: usize| &cells[n * stride..(n + 1) * stride];
         for (n, (verdict, (id, _))) in out.iter_mut().zip(items).enumerate() {
@@ -223,9 +292,16 @@ impl Active<'_> {
                 if injected && !sourced.get(&ri).is_some_and(|s| s.contains(*id)) {
                     continue;
                 }
-                let holds = match &r.item_when {
-                    None => true,
-                    Some(c) => {
+                let fast = self.set.fast[ri].1.as_ref().and_then(|f| {
+                    f.eval(&Scope {
+                        request: &self.request.values,
+                        item: values,
+                    })
+                });
+                let holds = match (&r.item_when, fast) {
+                    (None, _) => true,
+                    (Some(_), Some(b)) => b,
+                    (Some(c), None) => {
                         let keys = &self.set.memo_keys[ri];
                         let h = hash_cells(keys.iter().map(|&k| &values[k]));
                         match memo[slot].get(&h) {
@@ -254,31 +330,16 @@ impl Active<'_> {
                     continue;
                 }
                 matches[slot] += 1;
-                let mut did = Vec::new();
-                if r.effects.exclude {
-                    if verdict.excluded_by.is_none() {
-                        verdict.excluded_by = Some(ri);
-                    }
-                    did.push(Did::Excluded);
-                }
-                if injected {
-                    did.push(Did::Injected);
+                if r.effects.exclude && verdict.excluded_by.is_none() {
+                    verdict.excluded_by = Some(ri);
                 }
                 if r.effects.weight != 1.0 {
                     verdict.weight *= r.effects.weight;
-                    did.push(Did::Weight {
-                        weight: r.effects.weight,
-                    });
                 }
-                if let Some((priority, action)) = &r.effects.action {
+                if let Some((priority, _)) = &r.effects.action {
                     if best.is_none_or(|(p, _)| *priority > p) {
                         best = Some((*priority, ri));
                     }
-                    did.push(Did::Action {
-                        action: action.clone(),
-                        priority: *priority,
-                        chosen: false,
-                    });
                 }
                 if !r.effects.exclude && (injected || r.effects.weight != 1.0) {
                     push_reason(&mut verdict.reasons, &r.reason);
@@ -288,7 +349,7 @@ impl Active<'_> {
                     verdict.explained.push(Explained {
                         rule: r.name.clone(),
                         file: r.file.clone(),
-                        did,
+                        did: did(r, injected),
                     });
                 }
             }
@@ -317,6 +378,30 @@ impl Active<'_> {
         }
         out
     }
+}
+
+/// What matching rule `r` did (for `explain`).
+fn did(r: &super::rule::Rule, injected: bool) -> Vec<Did> {
+    let mut did = Vec::new();
+    if r.effects.exclude {
+        did.push(Did::Excluded);
+    }
+    if injected {
+        did.push(Did::Injected);
+    }
+    if r.effects.weight != 1.0 {
+        did.push(Did::Weight {
+            weight: r.effects.weight,
+        });
+    }
+    if let Some((priority, action)) = &r.effects.action {
+        did.push(Did::Action {
+            action: action.clone(),
+            priority: *priority,
+            chosen: false,
+        });
+    }
+    did
 }
 
 /// A hash of the values a condition reads.
@@ -398,7 +483,7 @@ mod tests {
         let rules = rules(
             &set,
             "[[rule]]\nname = \"oos\"\nitem_when = \"item.in_stock == 0.0\"\nexclude = true\n\
-             [[rule]]\nname = \"dear\"\nitem_when = \"item.price > 50.0\"\nweight = 2.0\n\
+             [[rule]]\nname = \"dear\"\nitem_when = \"item.price > 50.0 && size(item.category) == 0\"\nweight = 2.0\n\
              [[rule]]\nname = \"pick\"\nitem_when = \"item.id == 'c' || customer.cart_value > 1000.0\"\naction = \"pick\"\n",
         );
         let states = [
@@ -418,6 +503,8 @@ mod tests {
             context: &ctx,
             now: 10,
         };
+        // "dear" is no shape of the fast form: it runs in cel, its results kept
+        assert!(rules.fast[1].1.is_none() && rules.fast[0].1.is_some());
         let items: Vec<(&str, &EntityState)> = ids.iter().copied().zip(states.iter()).collect();
         let v = rules
             .begin(&inp, &[])

@@ -6,6 +6,8 @@
 //! - [`condition`]: CEL compiled with the `cel` crate and checked (names,
 //!   features, types) once, at load;
 //! - [`rule`]: a compiled rule;
+//! - [`fast`]: the common condition shapes, recognised in cel's parsed
+//!   expression, evaluated without cel's interpreter (same results);
 //! - [`eval`]: one request's evaluation (eligibility, levers, actions,
 //!   injections), synchronous, on the features already read;
 //! - [`folder`]: a folder of definition files loaded, each file whole or
@@ -19,6 +21,7 @@
 
 pub mod condition;
 pub mod eval;
+pub mod fast;
 pub mod file;
 pub mod folder;
 pub mod reload;
@@ -28,6 +31,7 @@ pub mod schema;
 use crate::features::store::OfferKey;
 use crate::features::FeatureSet;
 use cel::Env;
+use fast::Fast;
 use file::FileError;
 pub use folder::FileStatus;
 use rule::Rule;
@@ -51,6 +55,9 @@ pub struct RuleSet {
     /// Per rule: the positions (in the plan's item fields) of the item
     /// fields its `item_when` reads (the key its results are kept under).
     pub memo_keys: Vec<Vec<usize>>,
+    /// Per rule: its `when` and `item_when` in the form evaluated without
+    /// cel, where their shape allows ([`fast`]).
+    pub fast: Vec<(Option<Fast>, Option<Fast>)>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -108,7 +115,18 @@ impl RuleSet {
                 })
             })
             .collect();
+        let fast = rules
+            .iter()
+            .map(|r| {
+                let f = |c: &Option<condition::Condition>| {
+                    c.as_ref()
+                        .and_then(|c| Fast::compile(c.expression(), &plan))
+                };
+                (f(&r.when), f(&r.item_when))
+            })
+            .collect();
         RuleSet {
+            fast,
             memo_keys,
             plan,
             has_caps: rules.iter().any(|r| r.effects.cap.is_some()),

@@ -300,7 +300,32 @@ pub struct Inputs<'a> {
 /// per plan field, filled by [`Plan::bind_request`]; the per-item ones stay
 /// empty (they are an [`ItemVars`]).
 #[derive(Debug)]
-pub struct Bound(Vec<Option<Box<dyn Val>>>);
+pub struct Bound {
+    vals: Vec<Option<Box<dyn Val>>>,
+    /// The same values as plain data, for [`super::fast`].
+    pub(crate) values: Vec<RequestValue>,
+}
+
+/// A request field's value as plain data (what [`super::fast`] reads).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestValue {
+    /// A per-item field (not bound with the request).
+    Null,
+    Number(f64),
+    Text(String),
+    List(Vec<String>),
+}
+
+impl From<Cell<'_>> for RequestValue {
+    fn from(c: Cell<'_>) -> Self {
+        match c {
+            Cell::Null => RequestValue::Null,
+            Cell::Number(x) => RequestValue::Number(x),
+            Cell::Text(t) => RequestValue::Text(t.to_string()),
+            Cell::List(l) => RequestValue::List(l.iter().map(|(m, _)| m.clone()).collect()),
+        }
+    }
+}
 
 /// One per-item field's value as read from the states, borrowed: nothing
 /// is allocated to read it, compare it or hash it. It is the key under
@@ -373,7 +398,7 @@ impl VariableResolver for Resolver<'_> {
         };
         match self.plan.item_slot[i] {
             Some(j) => self.item?.get(j).map(CowVal::Borrowed),
-            None => self.request.0.get(i)?.as_deref().map(CowVal::Borrowed),
+            None => self.request.vals.get(i)?.as_deref().map(CowVal::Borrowed),
         }
     }
 }
@@ -389,7 +414,7 @@ impl Resolver<'_> {
             .filter_map(|(i, f)| {
                 let v = match self.plan.item_slot[i] {
                     Some(j) => self.item?.get(j)?,
-                    None => self.request.0.get(i)?.as_deref()?,
+                    None => self.request.vals.get(i)?.as_deref()?,
                 };
                 Some((f.key.clone(), Value::try_from(v).ok()?))
             })
@@ -402,16 +427,77 @@ impl Plan {
     /// The request's fields bound (customer, session, context).
     pub fn bind_request(&self, inp: &Inputs<'_>) -> Bound {
         let empty = EntityState::default();
-        Bound(
-            self.fields
+        let cells: Vec<Cell<'_>> = self
+            .fields
+            .iter()
+            .map(|f| {
+                if f.ns.per_item() {
+                    Cell::Null
+                } else {
+                    self.cell(f, inp, "", &empty)
+                }
+            })
+            .collect();
+        Bound {
+            vals: cells
                 .iter()
-                .map(|f| {
-                    (!f.ns.per_item())
-                        .then(|| self.cell(f, inp, "", &empty).to_val())
-                        .flatten()
-                })
+                .map(|c| (!matches!(c, Cell::Null)).then(|| c.to_val()).flatten())
                 .collect(),
-        )
+            values: cells.into_iter().map(RequestValue::from).collect(),
+        }
+    }
+
+    /// Request variables of the values `value` gives each request field
+    /// (for tests that bind values directly).
+    #[cfg(test)]
+    pub(crate) fn bind_values(
+        &self,
+        mut value: impl FnMut(Namespace, &str, FieldType) -> RequestValue,
+    ) -> Bound {
+        let values: Vec<RequestValue> = self
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match self.place(f.ns, key_str(&f.key)) {
+                Some((_, ty)) if self.item_slot[i].is_none() => value(f.ns, key_str(&f.key), ty),
+                _ => RequestValue::Null,
+            })
+            .collect();
+        let vals = values
+            .iter()
+            .map(|v| {
+                let text = |s: &str| Value::String(Arc::new(s.to_string()));
+                let v = match v {
+                    RequestValue::Null => return None,
+                    RequestValue::Number(x) => Value::Float(*x),
+                    RequestValue::Text(t) => text(t),
+                    RequestValue::List(l) => {
+                        Value::List(Arc::new(l.iter().map(|m| text(m)).collect()))
+                    }
+                };
+                v.try_into().ok()
+            })
+            .collect();
+        Bound { vals, values }
+    }
+
+    /// Where `ns.name` is (an item cell or a request value) and its type,
+    /// if this plan reads it.
+    pub fn place(&self, ns: Namespace, name: &str) -> Option<(super::fast::Var, FieldType)> {
+        let i = self
+            .fields
+            .iter()
+            .position(|f| f.ns == ns && key_str(&f.key) == name)?;
+        let ty = match self.fields[i].slot {
+            Slot::Column(_) => FieldType::Number,
+            Slot::Text(_) | Slot::ItemId | Slot::ContextText(_) => FieldType::Text,
+            Slot::List(_) => FieldType::List,
+        };
+        let var = match self.item_slot[i] {
+            Some(j) => super::fast::Var::Item(j),
+            None => super::fast::Var::Request(i),
+        };
+        Some((var, ty))
     }
 
     /// The per-item fields read, in [`Self::item_fields`] order, appended
@@ -433,6 +519,20 @@ impl Plan {
                 Cell::Null
             });
         }
+    }
+
+    /// The per-item field (its position in [`Self::item_fields`]) whose
+    /// value is the numeric model input `name` (`item.price`,
+    /// `cross.viewed_recently`): computed from the same definitions as a
+    /// model's column of that name, so the same number.
+    pub fn item_field_of_input(&self, name: &str) -> Option<usize> {
+        self.fields
+            .iter()
+            .filter(|f| f.ns.per_item())
+            .position(|f| match f.slot {
+                Slot::Column(c) => self.numeric.names().get(c).is_some_and(|n| n == name),
+                _ => false,
+            })
     }
 
     /// The per-item fields read, in order.
@@ -480,6 +580,12 @@ impl Plan {
             Slot::ItemId => Cell::Text(item_id),
             Slot::ContextText(k) => Cell::Text(inp.context.text(*k)),
         }
+    }
+}
+
+impl super::fast::Fields for Plan {
+    fn field(&self, ns: Namespace, name: &str) -> Option<(super::fast::Var, FieldType)> {
+        self.place(ns, name)
     }
 }
 
