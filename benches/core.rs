@@ -179,6 +179,16 @@ fn bench(c: &mut Criterion) {
         context: &ctx,
         now,
     };
+    let eligible = rules
+        .begin(&rule_inputs, &[])
+        .judge(&rule_inputs, &cands, &sourced, false)
+        .iter()
+        .filter(|v| v.excluded_by.is_none())
+        .count();
+    eprintln!(
+        "rules bench: {eligible} of {} candidates eligible",
+        cands.len()
+    );
     g.bench_function("matrix_alone_100_rows", |b| {
         b.iter(|| {
             let req = model.plan.request_row(&set, &row_inputs);
