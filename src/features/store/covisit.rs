@@ -172,15 +172,12 @@ impl Neighbours {
             .map(|(m, s)| (m.clone(), *s))
             .collect()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.scores.is_empty()
-    }
 }
 
 /// Candidates from the neighbours of the customer's latest items: each
-/// item's scores summed over the lists (one per seed), the seeds
-/// themselves and `skip` left out, best first, ties by id.
+/// item's scores, divided by its list's total, summed over the lists (one
+/// per seed); the items of `skip` (the caller passes the seeds) left out;
+/// the best `n`, best first, ties by id.
 pub fn rank(lists: &[Vec<(String, f64)>], skip: &[&str], n: usize) -> Vec<(String, f64)> {
     let mut sum: HashMap<&str, f64> = HashMap::new();
     for l in lists {

@@ -37,7 +37,7 @@ impl RedisStore {
 
     /// Files the co-visits of the new events among `plans`, given each
     /// one's list read (`None`: not read, or a duplicate).
-    pub(super) async fn file_covisits(
+    pub(super) async fn file_event_covisits(
         &self,
         plans: &[Plan],
         lists: Vec<Option<Value>>,

@@ -229,7 +229,7 @@ impl FeatureStore for RedisStore {
         let pop = replies.split_off(at);
         let (out, lists) = decode::event_outcome(plans, shape, replies);
         self.file_popularity(&reads, pop, now_ms).await?;
-        self.file_covisits(plans, lists).await?;
+        self.file_event_covisits(plans, lists).await?;
         Ok(out)
     }
 
