@@ -167,7 +167,7 @@ fn describe() {
     );
     describe_counter!(
         RULE_ERRORS,
-        "rule evaluations that failed at run time (the rule was skipped for that item), by rule"
+        "rule skips because a condition failed at run time, by rule: an item_when once per item it failed on, a when once per request"
     );
     describe_counter!(ACTIONS_OFFERED, "items returned, by action");
     describe_counter!(

@@ -213,6 +213,79 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename rule file");
 }
 
+/// A fresh rules folder holding `text` as `rules.toml`.
+fn rules_dir(tag: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&dir).expect("rules dir");
+    write(&dir.join("rules.toml"), text);
+    dir
+}
+
+/// The embedded server on the shipped features and model with the rules
+/// of `dir`.
+async fn serve_rules(dir: &Path) -> TestApp {
+    let mut cfg = base_config();
+    cfg.rules.dir = dir.to_path_buf();
+    TestApp::spawn(cfg).await
+}
+
+#[tokio::test]
+async fn a_rule_failing_at_run_time_is_skipped_for_the_item_and_counted() {
+    // `recent_items[0]` fails on a customer with no recent items (the
+    // checks cannot foresee an empty list); for p1 only, as `&&` stops at
+    // a false left side
+    let dir = rules_dir(
+        "errrules",
+        "[[rule]]\nname = \"boost_p1\"\nitem_when = \"item.id == 'p1'\"\nweight = 2.0\n\
+         [[rule]]\nname = \"last_seen_boost\"\nitem_when = \"item.id == 'p1' && customer.recent_items[0] == item.id\"\nweight = 5.0\n",
+    );
+    let app = serve_rules(&dir).await;
+    let errors = |m: &str| {
+        metric_sum(
+            m,
+            "nextbest_rule_errors_total",
+            &["rule=\"last_seen_boost\""],
+        )
+    };
+    let before = errors(&app.metrics().await);
+    let c = unique("c");
+    let ask = json!({"customer_id": c, "k": 2, "candidates": ["p1", "p2"]});
+    let (s, rec) = app.post("/v1/recommend", ask.clone()).await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(rec["fallback"], false, "{rec}");
+    let p1 = item(&rec, "p1").expect("p1 still answered");
+    assert_eq!(
+        p1["weight"], 2.0,
+        "boost_p1 applied, the failing rule skipped: {p1}"
+    );
+    assert!(
+        p1["reasons"].as_array().is_some_and(
+            |r| r.contains(&json!("boost_p1")) && !r.contains(&json!("last_seen_boost"))
+        ),
+        "{p1}"
+    );
+    assert!(item(&rec, "p2").is_some(), "{rec}");
+    let after = errors(&app.metrics().await);
+    assert!(
+        after >= before + 1.0,
+        "the failure counted: {before} → {after}"
+    );
+
+    // positive control: with p1 the customer's latest item the rule holds
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            event(&unique("e"), "page_view", &c, Some("p1"), now_ms()),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (_, rec) = app.post("/v1/recommend", ask).await;
+    let p1 = item(&rec, "p1").expect("p1");
+    assert_eq!(p1["weight"], 10.0, "both rules apply: {p1}");
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const RULES_V1: &str = r#"[[rule]]
 name = "boost_p2"
 description = "p2 is on promotion"

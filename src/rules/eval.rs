@@ -20,9 +20,14 @@
 //!    at most twice per request, however many candidates there are.
 //!    ([`Active::judge`] is 3 then 4.)
 //!
-//! A condition that fails at run time (say a feature missing from a
-//! stored state in a way the checks could not foresee) skips that rule for
-//! that item and is counted; it never fails the request.
+//! A condition that fails at run time (an index past the end of a list
+//! that is empty for this customer, `customer.recent_items[0]`; a
+//! conversion the data does not allow, `int(item.brand)`) skips that rule
+//! for that item and never fails the request. Each skip is counted
+//! (`nextbest_rule_errors_total`): a `when` once per request, an
+//! `item_when` once per item, also for an item whose values were already
+//! met in the request (the kept result remembers it failed); the reason is
+//! logged (debug) once per distinct set of values.
 
 use super::fast::Scope;
 use super::file::Inject;
@@ -45,6 +50,10 @@ pub struct Active<'r> {
     /// Rules left out because their cap is reached.
     pub capped: Vec<usize>,
 }
+
+/// A condition's result kept within a request: the first item that had
+/// the values it reads, and the result (`None`: the condition failed).
+type Kept = (usize, Option<bool>);
 
 /// What a rule did to an item (for `explain`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -158,6 +167,7 @@ impl RuleSet {
                     Ok(b) => b,
                     Err(e) => {
                         rule_error(&r.name, &e);
+                        count_errors(&r.name, 1);
                         false
                     }
                 },
@@ -182,9 +192,14 @@ fn context<'a>(set: &RuleSet, resolver: &'a Resolver<'a>) -> Context<'a, 'a> {
     ctx
 }
 
+/// Logs why a rule's condition failed (once per distinct set of values).
 fn rule_error(rule: &str, e: &cel::ExecutionError) {
     tracing::debug!(rule, error = %e, "rule skipped: its condition failed");
-    metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => rule.to_string()).increment(1);
+}
+
+/// Counts `n` skips of `rule` (one metric call per rule per stage).
+fn count_errors(rule: &str, n: u64) {
+    metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => rule.to_string()).increment(n);
 }
 
 impl Active<'_> {
@@ -264,13 +279,13 @@ impl Active<'_> {
         }
         let plan = &self.set.plan;
         let mut matches = vec![0u64; self.rules.len()];
+        let mut errors = vec![0u64; self.rules.len()];
         let stride = cells.stride;
         let cells = &cells.cells;
         // a condition is a pure function of the fields it reads: per rule,
-        // the hash of its fields' values → (the first item that had them,
-        // the result); none for a condition of the fast form, which costs
-        // less than a lookup
-        let mut memo: Vec<FxHashMap<u64, (usize, bool)>> = self
+        // the hash of its fields' values → a kept result; none for a
+        // condition of the fast form, which costs less than a lookup
+        let mut memo: Vec<FxHashMap<u64, Kept>> = self
             .rules
             .iter()
             .map(|&ri| match self.set.fast[ri].1 {
@@ -304,7 +319,7 @@ impl Active<'_> {
                     (Some(c), None) => {
                         let keys = &self.set.memo_keys[ri];
                         let h = hash_cells(keys.iter().map(|&k| &values[k]));
-                        match memo[slot].get(&h) {
+                        let kept = match memo[slot].get(&h) {
                             Some(&(seen, b)) if same(row(seen), values, keys) => b,
                             _ => {
                                 let item = &*vars.get_or_insert_with(|| ItemVars::new(values));
@@ -313,17 +328,19 @@ impl Active<'_> {
                                     request: &self.request,
                                     item: Some(item),
                                 };
-                                let b = match c.eval(&context(self.set, &resolver)) {
-                                    Ok(b) => b,
-                                    Err(e) => {
-                                        rule_error(&r.name, &e);
-                                        false
-                                    }
-                                };
+                                let b = c
+                                    .eval(&context(self.set, &resolver))
+                                    .map_err(|e| rule_error(&r.name, &e))
+                                    .ok();
                                 memo[slot].entry(h).or_insert((n, b));
                                 b
                             }
-                        }
+                        };
+                        // a failed condition: the rule skipped for this item
+                        kept.unwrap_or_else(|| {
+                            errors[slot] += 1;
+                            false
+                        })
                     }
                 };
                 if !holds {
@@ -374,6 +391,11 @@ impl Active<'_> {
             if n > 0 {
                 let name = self.set.rules[self.rules[slot]].name.clone();
                 metrics::counter!(crate::metrics::RULE_MATCHES, "rule" => name).increment(n);
+            }
+        }
+        for (slot, n) in errors.into_iter().enumerate() {
+            if n > 0 {
+                count_errors(&self.set.rules[self.rules[slot]].name, n);
             }
         }
         out
@@ -475,6 +497,85 @@ mod tests {
             );
         }
         st
+    }
+
+    #[test]
+    fn a_failing_condition_skips_its_rule_for_that_item_and_counts_each_item() {
+        let set = set();
+        let rules = rules(
+            &set,
+            // on a customer with no recent items, `recent_items[0]` fails:
+            // for the dear items only (`&&` stops at a false left side)
+            "[[rule]]\nname = \"latest\"\nitem_when = \"item.price > 50.0 && customer.recent_items[0] == 'p7'\"\nweight = 5.0\n\
+             [[rule]]\nname = \"coded\"\nitem_when = \"int(item.brand) > 2\"\nweight = 3.0\n\
+             [[rule]]\nname = \"dear\"\nitem_when = \"item.price > 50.0\"\nweight = 2.0\n\
+             [[rule]]\nname = \"returning\"\nwhen = \"customer.recent_items[0] == 'p7'\"\nweight = 7.0\n",
+        );
+        let mut states = [
+            item("1", "10"),
+            item("1", "99"),
+            item("1", "99"),
+            item("1", "10"),
+        ];
+        // only d has a brand `int()` can read; a, b and c have none ("")
+        states[3].lasts.insert(
+            "brand".into(),
+            LastValue {
+                ts: 1,
+                seq: 0,
+                value: "7".into(),
+            },
+        );
+        let ids = ["a", "b", "c", "d"];
+        let customer = EntityState::default();
+        let ctx = ContextValues::defaults(&set);
+        let inp = Inputs {
+            set: &set,
+            customer: &customer,
+            session: &customer,
+            context: &ctx,
+            now: 10,
+        };
+        assert!(rules.fast[0].1.is_none() && rules.fast[1].1.is_none());
+        let items: Vec<(&str, &EntityState)> = ids.iter().copied().zip(states.iter()).collect();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let v = metrics::with_local_recorder(&recorder, || {
+            rules
+                .begin(&inp, &[])
+                .judge(&inp, &items, &Sourced::new(), false)
+        });
+        // no item is lost and the rules that could be decided still apply:
+        // b and c get dear's ×2 without latest's ×5, d coded's ×3, and no
+        // item returning's ×7 (its `when` failed)
+        assert!(v.iter().all(|v| v.excluded_by.is_none()), "{v:?}");
+        let weights: Vec<f64> = v.iter().map(|v| v.weight).collect();
+        assert_eq!(weights, [1.0, 2.0, 2.0, 3.0]);
+        let reasons: Vec<Vec<&str>> = v
+            .iter()
+            .map(|v| v.reasons.iter().map(|r| r.as_ref()).collect())
+            .collect();
+        assert_eq!(reasons, [vec![], vec!["dear"], vec!["dear"], vec!["coded"]]);
+        // counted per item, c too although its values were b's (kept
+        // result); the failed `when` once for the request; dear never
+        let text = metrics.render();
+        let count = |rule: &str| {
+            let series = format!("nextbest_rule_errors_total{{rule=\"{rule}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            (
+                count("latest"),
+                count("coded"),
+                count("returning"),
+                count("dear")
+            ),
+            (2, 3, 1, 0),
+            "{text}"
+        );
     }
 
     #[test]
