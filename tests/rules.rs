@@ -410,60 +410,122 @@ async fn rules_exclude_boost_act_explain_and_reload() {
     );
     assert_eq!(ids(&rec).len(), 3);
 
-    // a good new version swaps in within seconds while requests keep coming
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (client, url, body) = (
-            app.client.clone(),
-            format!("{}/v1/recommend", app.base),
-            ask.clone(),
-        );
-        let (stop, answered) = (stop.clone(), answered.clone());
-        tokio::spawn(async move {
-            let mut bad = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.post(&url).json(&body).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let v: Value = r.json().await.unwrap_or(Value::Null);
-                        if v["fallback"] != false || ids(&v).len() != 3 {
-                            bad.push(v.to_string());
-                        }
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => bad.push(format!("{other:?}")),
-                }
-            }
-            bad
-        })
-    };
-    write(&file, &RULES_V1.replace("'p3'", "'p4'"));
-    eventually(
-        Duration::from_secs(20),
-        "the new rules to exclude p4",
-        || {
-            let (app, ask) = (&app, ask.clone());
-            async move {
-                let (_, r) = app.post("/v1/recommend", ask).await;
-                (item(&r, "p4").is_none() && item(&r, "p3").is_some()).then_some(())
-            }
-        },
-    )
+    // a good new version swaps in within seconds while requests keep
+    // coming: every answer is the old rule set or the new one, whole
+    hot_reload_under_load(&app, &ask, || {
+        write(&file, &RULES_V1.replace("'p3'", "'p4'"))
+    })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let bad = load.await.expect("load task");
-    assert!(
-        answered.load(Ordering::Relaxed) > 0,
-        "requests ran during the reload"
-    );
-    assert!(
-        bad.is_empty(),
-        "every request during the reload answered fully: {bad:?}"
-    );
     let (_, listed) = app.get("/v1/rules").await;
     assert_eq!(listed["files"][0]["status"], "active", "{listed}");
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Which rule set an answer of `rules_exclude_boost_act_explain_and_reload`
+/// reflects: the old one hides p3, the new one p4; anything else is a mix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    Old,
+    New,
+}
+
+fn seen(v: &Value) -> Result<Seen, String> {
+    let whole = v["fallback"] == false && ids(v).len() == 3;
+    match (item(v, "p3").is_none(), item(v, "p4").is_none()) {
+        (true, false) if whole => Ok(Seen::Old),
+        (false, true) if whole => Ok(Seen::New),
+        _ => Err(v.to_string()),
+    }
+}
+
+/// Concurrent request loops while `change` swaps the rule file: each loop
+/// answers with the old rules first, every loop sees the new ones within
+/// a liveness bound, and no answer is non-200, partial, a mix of both rule
+/// sets, or the old rules after the new ones (the swap is one pointer).
+async fn hot_reload_under_load(app: &TestApp, ask: &Value, change: impl FnOnce()) {
+    const LOOPS: usize = 8;
+    const BOUND: Duration = Duration::from_secs(10);
+    let stop = Arc::new(AtomicBool::new(false));
+    // per loop: answers with the old rules, with the new ones
+    let counts: Arc<Vec<[AtomicUsize; 2]>> = Arc::new(
+        (0..LOOPS)
+            .map(|_| [AtomicUsize::new(0), AtomicUsize::new(0)])
+            .collect(),
+    );
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|n| {
+            let (client, url, body) = (
+                app.client.clone(),
+                format!("{}/v1/recommend", app.base),
+                ask.clone(),
+            );
+            let (stop, counts) = (stop.clone(), counts.clone());
+            tokio::spawn(async move {
+                let mut bad = Vec::new();
+                let mut first_new: Option<std::time::Instant> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = match client.post(&url).json(&body).send().await {
+                        Ok(r) if r.status() == 200 => seen(&r.json().await.unwrap_or(Value::Null)),
+                        other => Err(format!("{other:?}")),
+                    };
+                    match answer {
+                        Ok(Seen::Old) if first_new.is_some() => {
+                            bad.push(format!("loop {n}: the old rules after the new ones"))
+                        }
+                        Ok(Seen::Old) => {
+                            counts[n][0].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Seen::New) => {
+                            first_new.get_or_insert_with(std::time::Instant::now);
+                            counts[n][1].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => bad.push(format!("loop {n}: {e}")),
+                    }
+                }
+                (first_new, bad)
+            })
+        })
+        .collect();
+    let each = |i: usize| {
+        let counts = counts.clone();
+        move || {
+            let counts = counts.clone();
+            async move {
+                counts
+                    .iter()
+                    .all(|c| c[i].load(Ordering::Relaxed) > 0)
+                    .then_some(())
+            }
+        }
+    };
+    eventually(BOUND, "every loop to answer with the old rules", each(0)).await;
+    let changed = std::time::Instant::now();
+    change();
+    eventually(BOUND, "every loop to answer with the new rules", each(1)).await;
+    let all_new = changed.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut first, mut bad) = (None::<std::time::Instant>, Vec::new());
+    for l in loops {
+        let (f, b) = l.await.expect("request loop");
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        bad.extend(b);
+    }
+    let answered: usize = counts
+        .iter()
+        .map(|c| c[0].load(Ordering::Relaxed) + c[1].load(Ordering::Relaxed))
+        .sum();
+    eprintln!(
+        "hot reload under {LOOPS} request loops: first answer with the new rules {:?} after the rename, every loop {all_new:?}; {answered} answers",
+        first.map(|f| f.saturating_duration_since(changed))
+    );
+    assert!(
+        bad.is_empty(),
+        "every answer during the reload was whole and one rule set: {bad:?}"
+    );
 }
 
 #[test]
