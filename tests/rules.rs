@@ -286,6 +286,67 @@ async fn a_rule_failing_at_run_time_is_skipped_for_the_item_and_counted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn priority_is_propensity_times_the_configured_value_times_the_weight() {
+    let dir = rules_dir(
+        "valuerules",
+        "[[rule]]\nname = \"boost_m1\"\nitem_when = \"item.id == 'm1'\"\nweight = 1.5\n",
+    );
+    let mut cfg = base_config();
+    cfg.rules.dir = dir.clone();
+    cfg.recommend.value = Some("item.margin".into());
+    let app = TestApp::spawn(cfg).await;
+    // m1: a margin (and a catalog price); e1: no margin, a price seen in
+    // events; l1: only a catalog price (item.list_price, not item.price)
+    for (id, body) in [
+        ("m1", r#"{"margin": 12, "price": 80}"#),
+        ("l1", r#"{"price": 55}"#),
+    ] {
+        let (s, r) = app.put(&format!("/v1/items/{id}"), body).await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let viewer = unique("viewer");
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            event(&unique("e"), "page_view", &viewer, Some("e1"), now_ms()),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (s, rec) = app
+        .post(
+            "/v1/recommend",
+            json!({"customer_id": unique("c"), "k": 4, "candidates": ["m1", "e1", "l1", "n1"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(rec["fallback"], false, "{rec}");
+    for (id, value, weight) in [
+        ("m1", 12.0, 1.5),
+        ("e1", 25.0, 1.0),
+        ("l1", 1.0, 1.0),
+        ("n1", 1.0, 1.0),
+    ] {
+        let i = item(&rec, id).unwrap_or_else(|| panic!("{id} in {rec}"));
+        assert_eq!(
+            (i["value"].as_f64(), i["weight"].as_f64()),
+            (Some(value), Some(weight)),
+            "{i}"
+        );
+        let (score, propensity) = (
+            i["score"].as_f64().expect("score"),
+            i["propensity"].as_f64().expect("propensity"),
+        );
+        let want = propensity * value * weight;
+        assert!(
+            propensity != 0.0 && (score - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{i}"
+        );
+    }
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const RULES_V1: &str = r#"[[rule]]
 name = "boost_p2"
 description = "p2 is on promotion"

@@ -101,9 +101,56 @@ fn last_interaction(customer: &EntityState) -> HashMap<&str, i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::features::aggregate::LastValue;
 
     fn item(id: &str, score: f32) -> RankedItem {
         RankedItem::plain(id.into(), score, Vec::new())
+    }
+
+    fn shipped() -> FeatureSet {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        FeatureSet::load(&path).expect("shipped definitions")
+    }
+
+    /// An item state with these recorded `last`/static values.
+    fn state(fields: &[(&str, &str)]) -> EntityState {
+        let mut st = EntityState::default();
+        for (k, v) in fields {
+            st.lasts.insert(
+                (*k).into(),
+                LastValue {
+                    ts: 1,
+                    seq: 0,
+                    value: (*v).into(),
+                },
+            );
+        }
+        st
+    }
+
+    #[test]
+    fn the_value_is_the_configured_feature_then_the_price_then_one() {
+        let set = shipped();
+        let margin = ValueSource::new(&set, Some("item.margin")).expect("a numeric item feature");
+        let value = |fields: &[(&str, &str)]| margin.value(&set, &state(fields), 10);
+        assert_eq!(value(&[("margin", "12"), ("price", "40")]), 12.0);
+        // a margin of 0 is recorded: it is the value, not a gap
+        assert_eq!(value(&[("margin", "0"), ("price", "40")]), 0.0);
+        assert_eq!(value(&[("price", "40")]), 40.0, "no margin: item.price");
+        assert_eq!(value(&[]), 1.0, "neither: 1");
+        // the catalog's `price` column is item.list_price, not item.price
+        assert_eq!(value(&[("list_price", "55")]), 1.0);
+        // unset: every value is 1
+        let unset = ValueSource::new(&set, None).expect("unset");
+        assert_eq!(unset.value(&set, &state(&[("margin", "12")]), 10), 1.0);
+        // the list price when configured as the value
+        let list = ValueSource::new(&set, Some("item.list_price")).expect("numeric");
+        assert_eq!(list.value(&set, &state(&[("list_price", "55")]), 10), 55.0);
+        for bad in ["item.brand", "customer.cart_value", "margin", "item.nope"] {
+            let e = ValueSource::new(&set, Some(bad)).expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
     }
 
     #[test]
