@@ -46,6 +46,14 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
     cfg.kafka.brokers = Some(kafka_brokers());
     cfg.kafka.batch_linger_ms = 5;
     let app = TestApp::spawn(cfg).await;
+    let upsell_matches = |m: &str| {
+        metric_sum(
+            m,
+            "nextbest_rule_matches_total",
+            &["rule=\"upsell_over_100\""],
+        )
+    };
+    let matches_before = upsell_matches(&app.metrics().await);
     let (rich, modest, other) = (unique("rich"), unique("modest"), unique("other"));
     // the shared broker's catalog topic keeps this test's out-of-stock
     // write from earlier runs: a fresh id for the item it sets
@@ -151,6 +159,11 @@ async fn a_cart_over_100_gets_upsells_through_kafka_and_redis() {
         lux["propensity"].as_f64().expect("propensity"),
     );
     assert!((score - propensity * 1.2).abs() < 1e-5, "{lux}");
+    let matches_after = upsell_matches(&app.metrics().await);
+    assert!(
+        matches_after > matches_before,
+        "upsell_over_100's matches counted: {matches_before} → {matches_after}"
+    );
     // priced below the cart's average item: not an upsell
     if let Some(cheap) = item(&rec, "cheap1") {
         assert_ne!(cheap["action"], "upsell", "{cheap}");
@@ -649,6 +662,11 @@ async fn a_contact_cap_holds_after_n_offers_and_resets_after_the_period() {
     cfg.rules.dir = dir.clone();
     cfg.store.redis_url = Some(redis_url());
     let app = TestApp::spawn(cfg).await;
+    let offered = |m: &str| metric_sum(m, "nextbest_actions_offered_total", &["action=\"teaser\""]);
+    let suppressed =
+        |m: &str| metric_sum(m, "nextbest_contact_suppressed_total", &["rule=\"teaser\""]);
+    let m = app.metrics().await;
+    let (offered_before, suppressed_before) = (offered(&m), suppressed(&m));
     let c = unique("c");
     let ask = json!({"customer_id": c, "k": 2, "candidates": ["p1", "p2"]});
     let action = |r: &Value| {
@@ -672,6 +690,17 @@ async fn a_contact_cap_holds_after_n_offers_and_resets_after_the_period() {
         offers(&app, &c, "teaser").await,
         2,
         "a capped answer is no offer"
+    );
+    let m = app.metrics().await;
+    assert!(
+        offered(&m) >= offered_before + 2.0,
+        "two teasers offered: {offered_before} → {}",
+        offered(&m)
+    );
+    assert!(
+        suppressed(&m) >= suppressed_before + 1.0,
+        "the capped answer counted as suppressed: {suppressed_before} → {}",
+        suppressed(&m)
     );
     // the window expires: the counter is gone and the action comes back
     eventually(Duration::from_secs(15), "the cap to reset", || {
