@@ -1,8 +1,11 @@
 //! Business rules from outside: the shipped upsell example through Kafka
 //! and Redis (and an item the catalog topic marks out of stock leaving the
-//! answer), exclusions, levers and `explain` as written, a broken file
+//! answer), exclusions, levers and `explain` as written, the shipped page
+//! category boost, priority = propensity × value × weight with a configured
+//! value, a rule failing at run time skipped and counted, a broken file
 //! rejected with `file:line` while the old rules answer, a hot reload under
-//! concurrent requests, and `nextbest rules check`.
+//! concurrent requests, the contact cap (with the rule metrics), and
+//! `nextbest rules check`.
 
 mod common;
 use common::*;
@@ -358,6 +361,68 @@ async fn priority_is_propensity_times_the_configured_value_times_the_weight() {
     }
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_shipped_page_category_boost_lifts_the_pages_category_only() {
+    // the shipped rules; s1's category comes from an event (item.category),
+    // h1's from the catalog (item.catalog_category), b1 is of another one
+    let app = TestApp::spawn(base_config()).await;
+    let viewer = unique("viewer");
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            event(&unique("e"), "page_view", &viewer, Some("s1"), now_ms()),
+        )
+        .await;
+    assert_eq!(s, 202);
+    for (id, category) in [("h1", "shoes"), ("b1", "bags")] {
+        let body = json!({ "category": category }).to_string();
+        let (s, r) = app.put(&format!("/v1/items/{id}"), body).await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let ask = |context: Value| json!({"customer_id": unique("c"), "k": 3, "candidates": ["s1", "h1", "b1"], "context": context});
+    let boosted = |rec: &Value, id: &str| {
+        let i = item(rec, id).unwrap_or_else(|| panic!("{id} in {rec}"));
+        let reason = i["reasons"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("page_category_boost")));
+        match (i["weight"].as_f64(), reason) {
+            (Some(1.5), true) => true,
+            (Some(1.0), false) => false,
+            _ => panic!("weight and reason disagree: {i}"),
+        }
+    };
+    let (s, rec) = app
+        .post("/v1/recommend", ask(json!({"page_category": "shoes"})))
+        .await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(
+        (
+            boosted(&rec, "s1"),
+            boosted(&rec, "h1"),
+            boosted(&rec, "b1")
+        ),
+        (true, true, false),
+        "{rec}"
+    );
+    // no page category: none boosted; another one: its items only
+    for (context, want) in [
+        (json!({}), (false, false, false)),
+        (json!({"page_category": "bags"}), (false, false, true)),
+    ] {
+        let (_, rec) = app.post("/v1/recommend", ask(context.clone())).await;
+        assert_eq!(
+            (
+                boosted(&rec, "s1"),
+                boosted(&rec, "h1"),
+                boosted(&rec, "b1")
+            ),
+            want,
+            "{context}: {rec}"
+        );
+    }
+    app.stop().await;
 }
 
 const RULES_V1: &str = r#"[[rule]]
