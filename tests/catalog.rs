@@ -170,8 +170,11 @@ async fn item_feature(app: &TestApp, id: &str, name: &str) -> Value {
     app.get(&format!("/v1/features/item/{id}")).await.1["features"][name].clone()
 }
 
-/// The first message on the DLQ keyed `key`: its payload and headers.
-async fn dead_letter(key: &str) -> (String, Vec<(String, String)>) {
+/// A dead letter: its payload and headers.
+type DeadLetter = (String, Vec<(String, String)>);
+
+/// The first message on the DLQ keyed by each of `keys` (one reader).
+async fn dead_letters(keys: &[&str]) -> Vec<DeadLetter> {
     let dlq: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("group.id", unique("dlq-reader"))
@@ -179,14 +182,22 @@ async fn dead_letter(key: &str) -> (String, Vec<(String, String)>) {
         .create()
         .expect("dlq consumer");
     dlq.subscribe(&["events.dlq"]).expect("subscribe");
+    let mut found: Vec<Option<DeadLetter>> = vec![None; keys.len()];
     let deadline = tokio::time::Instant::now() + JOIN;
     while tokio::time::Instant::now() < deadline {
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().flatten().collect();
+        }
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await else {
             continue;
         };
-        if m.key() != Some(key.as_bytes()) {
+        let Some(slot) = keys
+            .iter()
+            .position(|k| m.key() == Some(k.as_bytes()))
+            .filter(|&i| found[i].is_none())
+        else {
             continue;
-        }
+        };
         let headers = m
             .headers()
             .map(|h| {
@@ -199,9 +210,19 @@ async fn dead_letter(key: &str) -> (String, Vec<(String, String)>) {
             })
             .unwrap_or_default();
         let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
-        return (payload, headers);
+        found[slot] = Some((payload, headers));
     }
-    panic!("no dead letter keyed {key} within {JOIN:?}");
+    panic!("not every dead letter of {keys:?} within {JOIN:?}: {found:?}");
+}
+
+/// A dead letter's header `key` (empty if absent).
+fn header(letter: &DeadLetter, key: &str) -> String {
+    letter
+        .1
+        .iter()
+        .find(|(h, _)| h == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,6 +252,17 @@ async fn catalog_topics_change_features_and_bad_messages_go_to_the_dlq() {
         r#"{"in_stock": 0, "brand": "acme"}"#,
     )
     .await;
+    // the same for a customer profile on catalog.customers
+    let bad_customer = unique("c");
+    let bad_profile = r#"{"lifetime_value": "lots"}"#;
+    produce(&kafka, "catalog.customers", &bad_customer, bad_profile).await;
+    produce(
+        &kafka,
+        "catalog.customers",
+        &bad_customer,
+        r#"{"segment": "gold"}"#,
+    )
+    .await;
     eventually(JOIN, "the good catalog message to be applied", || {
         let app = &app;
         let p = p.clone();
@@ -252,17 +284,32 @@ async fn catalog_topics_change_features_and_bad_messages_go_to_the_dlq() {
     let fresh = cached(&app, &p).expect("cached again");
     assert_eq!(stored(&fresh, "in_stock").as_deref(), Some("0"));
 
-    let (payload, headers) = dead_letter(&p).await;
-    assert_eq!(payload, bad, "the original bytes");
-    let header = |k: &str| {
-        headers
-            .iter()
-            .find(|(h, _)| h == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    assert!(header("error").contains("in_stock"), "{headers:?}");
-    assert_eq!(header("source_topic"), "catalog.items", "{headers:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the good profile message to be applied",
+        || {
+            let app = &app;
+            let c = bad_customer.clone();
+            async move { (app.customer_feature(&c, "segment").await == "gold").then_some(()) }
+        },
+    )
+    .await;
+    let ltv = app.customer_feature(&bad_customer, "lifetime_value").await;
+    assert_eq!(
+        ltv.as_f64().unwrap_or(0.0),
+        0.0,
+        "the bad profile message set nothing: {ltv}"
+    );
+
+    let letters = dead_letters(&[&p, &bad_customer]).await;
+    for (letter, (payload, field, topic)) in letters.iter().zip([
+        (bad, "in_stock", "catalog.items"),
+        (bad_profile, "lifetime_value", "catalog.customers"),
+    ]) {
+        assert_eq!(letter.0, payload, "the original bytes");
+        assert!(header(letter, "error").contains(field), "{letter:?}");
+        assert_eq!(header(letter, "source_topic"), topic, "{letter:?}");
+    }
 
     // a PUT with Kafka configured goes through the topic: 202, then applied
     let c = unique("c");
@@ -291,9 +338,13 @@ async fn catalog_topics_change_features_and_bad_messages_go_to_the_dlq() {
         metric_sum(&m, "nextbest_catalog_updates_total", &["via=\"kafka\""]) >= 2.0,
         "{m}"
     );
-    assert!(
-        metric_sum(&m, "nextbest_catalog_rejected_total", &["via=\"kafka\""]) >= 1.0,
-        "{m}"
-    );
+    for entity in ["item", "customer"] {
+        let labels = ["via=\"kafka\"".to_string(), format!("entity=\"{entity}\"")];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert!(
+            metric_sum(&m, "nextbest_catalog_rejected_total", &labels) >= 1.0,
+            "{entity}: {m}"
+        );
+    }
     app.stop().await;
 }
