@@ -172,7 +172,7 @@ fn describe() {
     describe_counter!(ACTIONS_OFFERED, "items returned, by action");
     describe_counter!(
         CONTACT_SUPPRESSED,
-        "offers withheld because the customer reached the rule's contact cap, by rule"
+        "answers in which a rule was left out because the customer reached its action's contact cap (counted once per answer, when its `when` held), by rule"
     );
     describe_gauge!(RULES_ACTIVE, "rules serving");
     describe_gauge!(RULE_FILES_REJECTED, "rule files rejected by the last load");
