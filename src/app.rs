@@ -81,7 +81,7 @@ pub struct App {
     rules_reloader: Option<RulesReloader>,
     triggers_reloader: Option<TriggersReloader>,
     /// The threshold and sequence checks, and their queue.
-    watcher: (Watcher, tokio::sync::mpsc::Receiver<AppliedBatch>),
+    watcher: (Watcher, tokio::sync::mpsc::UnboundedReceiver<AppliedBatch>),
     timer_loop: TimerLoop,
 }
 
