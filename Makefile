@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/nextbest-target
 BIN := $(CARGO_TARGET_DIR)/release/nextbest
 export ORT_DYLIB_PATH ?= $(CURDIR)/.deps/lib/libonnxruntime.so.1.31.1
 
-.PHONY: setup build build-all run test lint unit bench model clean-services
+.PHONY: setup build build-all run test lint unit bench soak model clean-services
 
 setup:
 	@scripts/setup.sh
@@ -52,6 +52,15 @@ bench: build
 	@scripts/services.sh start
 	@source .deps/services.env && cargo bench --locked --bench load; \
 	  status=$$?; scripts/services.sh stop; exit $$status
+
+# The 10-minute soak (benches/soak.rs; NEXTBEST_SOAK_SECONDS to change it):
+# its own Redis, server and a Tansu on its SQLite engine, built once by
+# scripts/tansu-sqlite.sh (the wheel's in-memory engine slows down as its
+# topics grow: benches/RESULTS.md, "Soak").
+soak: build
+	@scripts/tansu-sqlite.sh
+	NEXTBEST_TANSU=$(CURDIR)/.deps/tansu-sqlite/bin/tansu NEXTBEST_SOAK_TANSU_STORAGE=sqlite://tansu.db \
+	  cargo bench --locked --bench soak
 
 # Train the next ranker version (see training/README.md): on synthetic
 # history, or on yours with `make model EVENTS=history.jsonl [ITEMS=items.csv]

@@ -105,7 +105,13 @@ async fn main() {
     let run = common::unique("soak");
 
     let mut redis = RedisProc::start_with_aof("everysec");
-    let tansu = TansuProc::start();
+    // NEXTBEST_SOAK_TANSU_STORAGE: the broker's storage engine (memory by
+    // default; `sqlite://tansu.db` with a Tansu built with libsql,
+    // NEXTBEST_TANSU: see benches/RESULTS.md, "Soak")
+    let tansu = match std::env::var("NEXTBEST_SOAK_TANSU_STORAGE") {
+        Ok(storage) => TansuProc::start_with_storage(&storage),
+        Err(_) => TansuProc::start(),
+    };
     let group = format!("{run}-group");
     // NEXTBEST_SOAK_SERVER_TOML: more of the server's config (appended)
     let config = format!(
@@ -270,10 +276,19 @@ async fn main() {
     let mut rss = Vec::new();
     let mut rss_after_warmup = None;
     let mut max_lag = 0f64;
+    let mut lag_now = 0f64;
     let mut outage_window = (f64::INFINITY, f64::INFINITY);
     let mut recovery = None;
     let mut sample = tokio::time::interval(Duration::from_secs(5));
     let mut killed = false;
+    // the broker's and the server's CPU (share of one core) per minute line
+    let cpu_of = |pid: u32| common::cpu_seconds(pid).unwrap_or(0.0);
+    let mut cpu_mark = (
+        Instant::now(),
+        cpu_of(tansu.pid()),
+        cpu_of(server.pid()),
+        cpu_of(redis.pid()),
+    );
     while Instant::now() < end {
         sample.tick().await;
         if let Some(kb) = server.rss_kb() {
@@ -295,14 +310,33 @@ async fn main() {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
             max_lag = max_lag.max(lag);
+            lag_now = lag;
         }
         let t = start.elapsed().as_secs();
         if t % 60 < 5 && t >= 60 {
-            eprintln!(
-                "  {t} s: {} events produced, RSS {} MB, consumer lag {max_lag:.0} (highest so far)",
-                produced.load(Ordering::Relaxed),
-                rss.last().copied().unwrap_or(0) / 1024
+            let (at, broker, srv, store) = (
+                Instant::now(),
+                cpu_of(tansu.pid()),
+                cpu_of(server.pid()),
+                cpu_of(redis.pid()),
             );
+            let span = at.duration_since(cpu_mark.0).as_secs_f64().max(1e-3);
+            // a restarted Redis counts from its start
+            let store_used = if store >= cpu_mark.3 {
+                store - cpu_mark.3
+            } else {
+                store
+            };
+            eprintln!(
+                "  {t} s: {} events produced, RSS {} MB, consumer lag {lag_now:.0} ({max_lag:.0} highest so far), \
+                 CPU broker {:.0} %, server {:.0} %, Redis {:.0} %",
+                produced.load(Ordering::Relaxed),
+                rss.last().copied().unwrap_or(0) / 1024,
+                (broker - cpu_mark.1) / span * 100.0,
+                (srv - cpu_mark.2) / span * 100.0,
+                store_used / span * 100.0,
+            );
+            cpu_mark = (at, broker, srv, store);
         }
         if !killed && Instant::now() >= kill_at {
             killed = true;
@@ -441,6 +475,27 @@ async fn main() {
             total(&probe.committed()),
             total(&ends)
         ),
+    }
+    // what the server says it dropped or skipped under the load
+    if let Ok(r) = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+    {
+        let text = r.text().await.unwrap_or_default();
+        for name in [
+            "nextbest_trigger_checks_skipped_total",
+            "nextbest_events_dead_lettered_total",
+            "nextbest_trigger_fired_total",
+        ] {
+            let n: f64 = text
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            println!("{name}: {n:.0}");
+        }
     }
     // stop what it started (exit skips destructors), then exit at once
     // (the producer's and client's background threads need not wind down)

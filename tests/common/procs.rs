@@ -2,7 +2,7 @@
 //! serve` process it may SIGKILL or SIGTERM, and what the broker says of a
 //! consumer group (committed and end offsets).
 
-use super::{free_port, repo, wait_port};
+use super::{free_port, repo, unique, wait_port};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -38,11 +38,29 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 pub struct TansuProc {
     pub port: u16,
     child: Child,
+    /// The working directory of a file-backed engine (`sqlite://`), removed
+    /// on drop.
+    dir: Option<PathBuf>,
 }
 
 impl TansuProc {
+    /// The broker on its in-memory engine (`memory://tansu/`, what the
+    /// tests use).
     pub fn start() -> TansuProc {
+        TansuProc::start_with_storage("memory://tansu/")
+    }
+
+    /// The broker on the given storage engine (`--storage-engine`); a
+    /// `sqlite://<file>` engine (a Tansu built with the `libsql` feature,
+    /// `scripts/tansu-sqlite.sh`) keeps its file in a fresh directory of
+    /// its own.
+    pub fn start_with_storage(storage: &str) -> TansuProc {
         let port = free_port();
+        let dir = storage.starts_with("sqlite:").then(|| {
+            let d = std::env::temp_dir().join(format!("{}-{port}", unique("tansu")));
+            std::fs::create_dir_all(&d).expect("tansu's directory");
+            d
+        });
         let bin = std::env::var("NEXTBEST_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|_| repo().join(".deps/bin/tansu"));
@@ -55,8 +73,9 @@ impl TansuProc {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ])
+            .current_dir(dir.clone().unwrap_or_else(std::env::temp_dir))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -70,7 +89,7 @@ impl TansuProc {
             wait_port(port, Duration::from_secs(20)),
             "tansu did not listen on {port}"
         );
-        TansuProc { port, child }
+        TansuProc { port, child, dir }
     }
 
     pub fn brokers(&self) -> String {
@@ -95,6 +114,9 @@ impl Drop for TansuProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
