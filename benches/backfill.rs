@@ -36,8 +36,9 @@ use std::time::Instant;
 const T_END: i64 = 1_793_491_200_000;
 const DAY: i64 = 24 * 3_600_000;
 
-/// `n` events of `customers` customers over 7 days, a realistic type mix.
-fn generate(n: usize, customers: u64, items: u64) -> Vec<Event> {
+/// `n` events of `customers` customers over `span_ms` (7 days unless
+/// NEXTBEST_BENCH_SPAN_HOURS says), a realistic type mix.
+fn generate(n: usize, customers: u64, items: u64, span_ms: i64) -> Vec<Event> {
     let mut r = Rng(0x5EED_1234_ABCD_0001);
     let kinds = [
         (EventType::PageView, 60),
@@ -71,7 +72,7 @@ fn generate(n: usize, customers: u64, items: u64) -> Vec<Event> {
             event_id: format!("b{i}"),
             kind,
             customer_id: format!("c{c}"),
-            ts: T_END - r.below(7 * DAY as u64) as i64,
+            ts: T_END - r.below(span_ms as u64) as i64,
             session_id: Some(format!("s{c}-{}", r.below(4))),
             item_id: item,
             seq: Some(i as i64),
@@ -122,7 +123,13 @@ fn main() {
             .expect("features load"),
     );
     let t = Instant::now();
-    let events = Arc::new(generate(n, customers, items));
+    // NEXTBEST_BENCH_SPAN_HOURS: how far back the events go (168, a week;
+    // 24 puts every event in a live popularity bucket, as on a live stream)
+    let span_ms: i64 = std::env::var("NEXTBEST_BENCH_SPAN_HOURS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(7 * DAY, |h| h.max(1) * 3_600_000);
+    let events = Arc::new(generate(n, customers, items, span_ms));
     println!(
         "generated {n} events ({customers} customers, {items} items) in {:.1} s",
         t.elapsed().as_secs_f64()

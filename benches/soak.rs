@@ -422,6 +422,16 @@ async fn main() {
         &inside,
     );
     report("all", &|_| true);
+    // when the fallbacks and errors outside the outage came (s since start)
+    let odd: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !inside(o) && o.kind != Kind::Ranked)
+        .take(20)
+        .map(|o| format!("{:.1} s ({:?}, {:.0} ms)", o.at_s, o.kind, o.ms))
+        .collect();
+    if !odd.is_empty() {
+        println!("\nnot ranked outside the outage (first 20): {}", odd.join(", "));
+    }
     // where the time of the ranked answers outside the outage went
     let mut stages: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for o in outcomes
