@@ -272,13 +272,13 @@ impl App {
             claim_batch: cfg.triggers.claim_batch,
             retry_ms: cfg.triggers.retry_ms.min(i64::MAX as u64) as i64,
         };
-        // with Redis, a change applied by any instance reaches every socket
+        // with Redis, a change applied by any instance reaches every socket,
+        // and a catalog write every instance's item cache
+        let item_cache = decider.item_cache.clone();
         let changes = match (&cfg.store.redis_url, cfg.stream.redis_feed) {
-            (Some(url), true) => {
-                ChangeFeed::redis(url, format!("{}:changes", cfg.store.key_prefix))
-                    .map_err(|e| AppError::Config(e.to_string()))?
-            }
-            _ => ChangeFeed::in_process(),
+            (Some(url), true) => ChangeFeed::redis(url, &cfg.store.key_prefix, item_cache)
+                .map_err(|e| AppError::Config(e.to_string()))?,
+            _ => ChangeFeed::in_process(item_cache),
         };
         let listener = TcpListener::bind(cfg.http_addr)
             .await
@@ -412,14 +412,11 @@ impl App {
         tasks.push(tokio::spawn(self.timer_loop.run(stop_rx.clone())));
         if let Some(consumer) = self.consumer {
             let changes = self.state.changes.clone();
-            let decider = self.state.decider.clone();
             tasks.push(tokio::spawn(consumer.run(stop_rx.clone(), move |out| {
                 changes.publish(&out.changed_customers);
-                // catalog writes take effect at once on this instance; other
-                // instances' caches expire within `recommend.item_cache_ms`
-                if let Some(cache) = &decider.item_cache {
-                    cache.invalidate(&out.changed_items);
-                }
+                // catalog writes take effect at once here, and on the other
+                // instances as the feed's notice reaches them
+                changes.publish_items(&out.changed_items);
             })));
         }
         let router = api::router(self.state.clone());

@@ -1,26 +1,44 @@
-//! Which customers' features just changed: the apply step publishes
-//! ([`ChangeFeed::publish`], after the store acknowledged), and each
-//! `/v1/stream` socket watches its one customer ([`ChangeFeed::watch`]) and
-//! pushes a fresh recommendation.
+//! What just changed, for whoever holds a copy: which customers' features
+//! changed (each `/v1/stream` socket watches its one customer and pushes a
+//! fresh recommendation) and which items' catalog fields were written (each
+//! instance's item cache drops them). The apply step publishes, after the
+//! store acknowledged: [`ChangeFeed::publish`] for customers,
+//! [`ChangeFeed::publish_items`] for catalog writes of items.
 //!
 //! Locally a watch is a per-customer `tokio::sync::watch` (a version
 //! counter), so a burst of changes collapses into one wake-up and a slow
 //! socket never holds more than "something changed": memory per connection
-//! is bounded whatever the event rate, and a publisher never waits.
+//! is bounded whatever the event rate, and a publisher never waits. An item
+//! notice drops the items from this instance's item cache at once.
 //!
 //! Across instances ([`ChangeFeed::redis`]): every publish also goes, batched
-//! (one `PUBLISH` for what queued up meanwhile, no added delay), to the
-//! Redis channel `<store.key_prefix>:changes`, and every instance
-//! subscribes to it, so a socket on instance A hears a change that instance
-//! B's consumer (or embedded apply) made. A message is the publisher's
-//! instance id, then one customer id a line (ids hold no control
-//! characters); an instance ignores its own. The publish queue is bounded:
-//! past it, notices are dropped and counted, never waited for. When the
-//! subscription breaks, it reconnects with backoff and then wakes every
-//! watch (notices may have been missed), so clients refresh. Redis
-//! Cluster delivers `PUBLISH` to every node's subscribers, so this holds
-//! there too.
+//! (one `PUBLISH` for what queued up meanwhile, no added delay), to a Redis
+//! channel, and every instance subscribes to both on one connection, so a
+//! socket on instance A hears a change that instance B's consumer (or
+//! embedded apply) made, and a catalog write B applied drops the item from
+//! A's cache too:
+//! - `<store.key_prefix>:changes`: changed customers;
+//! - `<store.key_prefix>:item-changes`: items whose catalog fields were
+//!   written.
+//!
+//! A message is the publisher's instance id, then one id a line (ids hold
+//! no control characters); an instance ignores its own. Each kind has its
+//! own bounded publish queue (a flood of customer notices never crowds out
+//! item notices): past it, notices are dropped and counted
+//! (`nextbest_change_feed_dropped_total{kind}`), never waited for; a dropped
+//! item notice leaves the other instances' copy until its
+//! `recommend.item_cache_ms` runs out. When the subscription breaks, it
+//! reconnects with backoff; every subscription clears the whole item cache
+//! and, after a break, wakes every watch (notices may have been missed), so
+//! caches read again and clients refresh. Redis Cluster delivers `PUBLISH`
+//! to every node's subscribers, so this holds there too.
+//!
+//! The feed does not order a notice against the store: a request on another
+//! instance whose store read raced the write may cache the old state again
+//! after the notice, for at most one `item_cache_ms` (as on the instance
+//! that applied it).
 
+use crate::decide::item_cache::ItemCache;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -28,9 +46,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// Batches of changed customers waiting for the Redis publisher.
+/// Batches of changed ids waiting for the Redis publisher, per kind.
 const PUBLISH_QUEUE: usize = 1024;
-/// Most customer ids in one Redis message.
+/// Most ids in one Redis message.
 const MAX_IDS_PER_MESSAGE: usize = 2000;
 /// How often the subscriber pings Redis, and how long it waits for the answer.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -50,6 +68,52 @@ pub enum FeedError {
     },
 }
 
+/// What a notice names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Customers whose features changed.
+    Customers,
+    /// Items whose catalog fields were written.
+    Items,
+}
+
+impl Kind {
+    /// The metric label.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Customers => "customers",
+            Kind::Items => "items",
+        }
+    }
+}
+
+/// The Redis channels of the feed under a key prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Channels {
+    customers: String,
+    items: String,
+}
+
+impl Channels {
+    fn under(key_prefix: &str) -> Channels {
+        Channels {
+            customers: format!("{key_prefix}:changes"),
+            items: format!("{key_prefix}:item-changes"),
+        }
+    }
+
+    /// What the messages of channel `name` name (None: not ours).
+    fn kind(&self, name: &str) -> Option<Kind> {
+        if name == self.customers {
+            Some(Kind::Customers)
+        } else if name == self.items {
+            Some(Kind::Items)
+        } else {
+            None
+        }
+    }
+}
+
 /// The publishing and watching side; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
@@ -60,12 +124,21 @@ pub struct ChangeFeed {
 struct Inner {
     /// One version counter per watched customer.
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
-    /// To the Redis publisher, when the feed spans instances.
-    remote: Option<mpsc::Sender<Vec<String>>>,
+    /// This instance's item cache, which item notices drop items from.
+    items: Option<Arc<ItemCache>>,
+    /// To the Redis publishers, when the feed spans instances.
+    remote: Option<Remote>,
     /// This process's id in Redis messages.
     instance: String,
     /// Dropped with the feed: the background tasks stop.
     _stop: watch::Sender<()>,
+}
+
+/// The queues to the Redis publishers, one per kind.
+#[derive(Debug)]
+struct Remote {
+    customers: mpsc::Sender<Vec<String>>,
+    items: mpsc::Sender<Vec<String>>,
 }
 
 /// One customer's changes, for one socket. Dropping it unregisters.
@@ -77,12 +150,14 @@ pub struct CustomerWatch {
 }
 
 impl ChangeFeed {
-    /// A feed within this process only.
-    pub fn in_process() -> ChangeFeed {
+    /// A feed within this process only; item notices drop items from
+    /// `items`, this instance's item cache (if it has one).
+    pub fn in_process(items: Option<Arc<ItemCache>>) -> ChangeFeed {
         let (stop, _) = watch::channel(());
         ChangeFeed {
             inner: Arc::new(Inner {
                 watchers: Mutex::new(HashMap::new()),
+                items,
                 remote: None,
                 instance: uuid::Uuid::new_v4().simple().to_string(),
                 _stop: stop,
@@ -91,30 +166,48 @@ impl ChangeFeed {
     }
 
     /// A feed shared by every instance on the Redis at `url` through the
-    /// channel `channel`. Connects in the background (and reconnects);
-    /// only a malformed URL fails here. Needs a tokio runtime.
-    pub fn redis(url: &str, channel: String) -> Result<ChangeFeed, FeedError> {
+    /// channels `<key_prefix>:changes` and `<key_prefix>:item-changes`;
+    /// item notices, this instance's and the others', drop items from
+    /// `items`. Connects in the background (and reconnects); only a
+    /// malformed URL fails here. Needs a tokio runtime.
+    pub fn redis(
+        url: &str,
+        key_prefix: &str,
+        items: Option<Arc<ItemCache>>,
+    ) -> Result<ChangeFeed, FeedError> {
         let client = redis::Client::open(url).map_err(|source| FeedError::Url {
             url: crate::config::redact_url(url),
             source,
         })?;
+        let channels = Channels::under(key_prefix);
         let (stop, stop_rx) = watch::channel(());
-        let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (customers_tx, customers_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (items_tx, items_rx) = mpsc::channel(PUBLISH_QUEUE);
         let inner = Arc::new(Inner {
             watchers: Mutex::new(HashMap::new()),
-            remote: Some(tx),
+            items,
+            remote: Some(Remote {
+                customers: customers_tx,
+                items: items_tx,
+            }),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             _stop: stop,
         });
-        tokio::spawn(publish_loop(
-            client.clone(),
-            channel.clone(),
-            inner.instance.clone(),
-            rx,
-        ));
+        for (kind, channel, rx) in [
+            (Kind::Customers, channels.customers.clone(), customers_rx),
+            (Kind::Items, channels.items.clone(), items_rx),
+        ] {
+            tokio::spawn(publish_loop(
+                client.clone(),
+                channel,
+                kind,
+                inner.instance.clone(),
+                rx,
+            ));
+        }
         tokio::spawn(subscribe_loop(
             client,
-            channel,
+            channels,
             Arc::downgrade(&inner),
             stop_rx,
         ));
@@ -129,11 +222,22 @@ impl ChangeFeed {
             return;
         }
         self.inner.wake(customers.iter().map(|c| c.as_str()));
-        if let Some(tx) = &self.inner.remote {
-            let batch = customers.into_iter().cloned().collect();
-            if tx.try_send(batch).is_err() {
-                metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED).increment(1);
-            }
+        if let Some(remote) = &self.inner.remote {
+            remote.send(Kind::Customers, customers.into_iter().cloned().collect());
+        }
+    }
+
+    /// Announces that these items' catalog fields were written: drops them
+    /// from this instance's item cache at once and (across instances)
+    /// queues them for Redis, so every instance's next request reads them
+    /// fresh. Never waits.
+    pub fn publish_items(&self, items: &[String]) {
+        if items.is_empty() {
+            return;
+        }
+        self.inner.drop_items(items.iter().map(String::as_str));
+        if let Some(remote) = &self.inner.remote {
+            remote.send(Kind::Items, items.to_vec());
         }
     }
 
@@ -154,6 +258,20 @@ impl ChangeFeed {
     /// Customers watched on this instance now (for tests and metrics).
     pub fn watched(&self) -> usize {
         self.inner.lock().len()
+    }
+}
+
+impl Remote {
+    /// Queues a batch for the publisher of `kind`; a full queue drops it.
+    fn send(&self, kind: Kind, ids: Vec<String>) {
+        let tx = match kind {
+            Kind::Customers => &self.customers,
+            Kind::Items => &self.items,
+        };
+        if tx.try_send(ids).is_err() {
+            metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED, "kind" => kind.label())
+                .increment(1);
+        }
     }
 }
 
@@ -182,6 +300,45 @@ impl Inner {
     fn wake_all(&self) {
         for tx in self.lock().values() {
             tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Drops `items` from the item cache.
+    fn drop_items<'a>(&self, items: impl Iterator<Item = &'a str>) {
+        if let Some(cache) = &self.items {
+            cache.invalidate(items);
+        }
+    }
+
+    /// A message heard on the channel of `kind`: wakes the customers' watches
+    /// or drops the items, unless this instance sent it (it did that when
+    /// publishing). A payload that is not text is ignored.
+    fn receive(&self, kind: Kind, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let Some((from, ids)) = decode(text) else {
+            return;
+        };
+        if from == self.instance {
+            return;
+        }
+        match kind {
+            Kind::Customers => self.wake(ids),
+            Kind::Items => self.drop_items(ids),
+        }
+    }
+
+    /// A subscription began: what was published while not subscribed is
+    /// lost, so the item cache is cleared, and after a break (not at the
+    /// first subscription, before which no socket missed anything it had
+    /// not read yet) every watch is woken.
+    fn subscribed(&self, after_break: bool) {
+        if let Some(cache) = &self.items {
+            cache.clear();
+        }
+        if after_break {
+            self.wake_all();
         }
     }
 }
@@ -216,18 +373,18 @@ impl Drop for CustomerWatch {
     }
 }
 
-/// The message for `customers` from `instance`.
-fn encode(instance: &str, customers: &[String]) -> String {
-    let mut m = String::with_capacity(instance.len() + customers.len() * 16);
+/// The message for `ids` from `instance`.
+fn encode(instance: &str, ids: &[String]) -> String {
+    let mut m = String::with_capacity(instance.len() + ids.len() * 16);
     m.push_str(instance);
-    for c in customers {
+    for id in ids {
         m.push('\n');
-        m.push_str(c);
+        m.push_str(id);
     }
     m
 }
 
-/// The sender and customers of a message.
+/// The sender and ids of a message.
 fn decode(message: &str) -> Option<(&str, impl Iterator<Item = &str>)> {
     let mut lines = message.split('\n');
     let instance = lines.next()?;
@@ -244,13 +401,14 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Sends queued batches to Redis, what queued up meanwhile in one
-/// `PUBLISH` (at most [`MAX_IDS_PER_MESSAGE`] ids). Ends when the feed is
-/// dropped. While Redis is unreachable, batches are dropped (and counted):
-/// a stale notice is worth nothing later.
+/// Sends queued batches of one kind to its channel, what queued up
+/// meanwhile in one `PUBLISH` (at most [`MAX_IDS_PER_MESSAGE`] ids). Ends
+/// when the feed is dropped. While Redis is unreachable, batches are
+/// dropped (and counted): a stale notice is worth nothing later.
 async fn publish_loop(
     client: redis::Client,
     channel: String,
+    kind: Kind,
     instance: String,
     mut rx: mpsc::Receiver<Vec<String>>,
 ) {
@@ -273,8 +431,9 @@ async fn publish_loop(
                     delays = reconnect_delays();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "change feed: cannot connect to Redis to publish; notices dropped");
-                    metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED).increment(1);
+                    tracing::warn!(error = %e, kind = kind.label(), "change feed: cannot connect to Redis to publish; notices dropped");
+                    metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED, "kind" => kind.label())
+                        .increment(1);
                     tokio::time::sleep(delays.next().unwrap_or(BACKOFF_MAX)).await;
                     continue;
                 }
@@ -288,22 +447,27 @@ async fn publish_loop(
             .query_async(c)
             .await;
         match sent {
-            Ok(_) => metrics::counter!(crate::metrics::CHANGE_FEED_PUBLISHED).increment(1),
+            Ok(_) => {
+                metrics::counter!(crate::metrics::CHANGE_FEED_PUBLISHED, "kind" => kind.label())
+                    .increment(1)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "change feed: publish failed; notices dropped");
-                metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED).increment(1);
+                tracing::warn!(error = %e, kind = kind.label(), "change feed: publish failed; notices dropped");
+                metrics::counter!(crate::metrics::CHANGE_FEED_DROPPED, "kind" => kind.label())
+                    .increment(1);
                 conn = None;
             }
         }
     }
 }
 
-/// Subscribes to the channel and wakes local watches for other instances'
-/// notices; reconnects with backoff, waking every watch after a break.
-/// Ends when the feed is dropped.
+/// Subscribes to both channels on one connection and applies other
+/// instances' notices; reconnects with backoff, clearing the item cache on
+/// every subscription and waking every watch after a break. Ends when the
+/// feed is dropped.
 async fn subscribe_loop(
     client: redis::Client,
-    channel: String,
+    channels: Channels,
     feed: Weak<Inner>,
     mut stop: watch::Receiver<()>,
 ) {
@@ -312,7 +476,9 @@ async fn subscribe_loop(
     loop {
         let session = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub
+                .subscribe(&[channels.customers.as_str(), channels.items.as_str()])
+                .await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = tokio::select! {
@@ -323,13 +489,10 @@ async fn subscribe_loop(
             Ok(pubsub) => {
                 delays = reconnect_delays();
                 metrics::gauge!(crate::metrics::CHANGE_FEED_SUBSCRIBED).set(1.0);
-                tracing::debug!(channel = %channel, "change feed: subscribed");
-                if connected_before {
-                    // what was published during the break is lost
-                    match feed.upgrade() {
-                        Some(inner) => inner.wake_all(),
-                        None => return,
-                    }
+                tracing::debug!(channel = %channels.customers, items = %channels.items, "change feed: subscribed");
+                match feed.upgrade() {
+                    Some(inner) => inner.subscribed(connected_before),
+                    None => return,
                 }
                 connected_before = true;
                 let (mut sink, mut stream) = pubsub.split();
@@ -340,12 +503,8 @@ async fn subscribe_loop(
                         msg = stream.next() => {
                             let Some(msg) = msg else { break };
                             let Some(inner) = feed.upgrade() else { return };
-                            if let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) {
-                                if let Some((from, customers)) = decode(text) {
-                                    if from != inner.instance {
-                                        inner.wake(customers);
-                                    }
-                                }
+                            if let Some(kind) = channels.kind(msg.get_channel_name()) {
+                                inner.receive(kind, msg.get_payload_bytes());
                             }
                         }
                         _ = ping.tick() => {
@@ -358,7 +517,7 @@ async fn subscribe_loop(
                     }
                 }
                 metrics::gauge!(crate::metrics::CHANGE_FEED_SUBSCRIBED).set(0.0);
-                tracing::warn!(channel = %channel, "change feed: subscription lost; reconnecting");
+                tracing::warn!(channel = %channels.customers, items = %channels.items, "change feed: subscription lost; reconnecting");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "change feed: cannot subscribe to Redis; retrying");
@@ -378,7 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_hears_its_customer_and_bursts_collapse() {
-        let feed = ChangeFeed::in_process();
+        let feed = ChangeFeed::in_process(None);
         feed.publish(&["before".to_string()]); // nobody watches: nothing kept
         assert_eq!(feed.watched(), 0);
         let mut w = feed.watch("c1");
@@ -418,11 +577,104 @@ mod tests {
     fn messages_round_trip() {
         let ids = vec!["c1".to_string(), "anon-9f".to_string()];
         let m = encode("inst", &ids);
+        assert_eq!(m, "inst\nc1\nanon-9f");
         let (from, got) = decode(&m).expect("decodes");
         assert_eq!(from, "inst");
         assert_eq!(got.collect::<Vec<_>>(), ["c1", "anon-9f"]);
         let (_, none) = decode("inst").expect("decodes");
         assert_eq!(none.count(), 0);
+    }
+
+    #[test]
+    fn each_kind_has_its_channel_under_the_prefix() {
+        let ch = Channels::under("shop");
+        assert_eq!(ch.customers, "shop:changes");
+        assert_eq!(ch.items, "shop:item-changes");
+        assert_eq!(ch.kind("shop:changes"), Some(Kind::Customers));
+        assert_eq!(ch.kind("shop:item-changes"), Some(Kind::Items));
+        assert_eq!(ch.kind("other:item-changes"), None);
+    }
+
+    fn cache_with(ids: &[&str]) -> Arc<ItemCache> {
+        let cache = Arc::new(ItemCache::new(Duration::from_secs(60)));
+        cache.put_many(ids.iter().map(|id| {
+            (
+                id.to_string(),
+                Arc::new(crate::features::EntityState::default()),
+            )
+        }));
+        cache
+    }
+
+    fn is_cached(cache: &ItemCache, id: &str) -> bool {
+        cache.get_many(&[id.to_string()])[0].is_some()
+    }
+
+    #[tokio::test]
+    async fn item_notices_drop_items_from_the_cache_but_not_our_own_echo() {
+        let cache = cache_with(&["a", "b", "c", "d"]);
+        let feed = ChangeFeed::in_process(Some(cache.clone()));
+        let inner = &feed.inner;
+        assert!(["a", "b", "c", "d"].iter().all(|id| is_cached(&cache, id)));
+        feed.publish_items(&["a".to_string()]);
+        assert!(
+            !is_cached(&cache, "a"),
+            "a local write drops the item at once"
+        );
+
+        let other = |ids: &[&str]| {
+            let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            encode("other-instance", &ids)
+        };
+        inner.receive(Kind::Items, other(&["b"]).as_bytes());
+        assert!(
+            !is_cached(&cache, "b"),
+            "another instance's notice drops it"
+        );
+        // our own message comes back from Redis: already done, ignored
+        let own = encode(&inner.instance, &["c".to_string()]);
+        inner.receive(Kind::Items, own.as_bytes());
+        assert!(is_cached(&cache, "c"), "our own echo is ignored");
+
+        // a customer notice wakes that customer and drops no item
+        let mut w = feed.watch("d");
+        inner.receive(Kind::Customers, other(&["d"]).as_bytes());
+        assert!(is_cached(&cache, "d"), "a customer id is not an item");
+        tokio::time::timeout(Duration::from_secs(1), w.changed())
+            .await
+            .expect("the customer's watch is woken");
+        // and an item notice wakes no watch of the same id
+        inner.receive(Kind::Items, other(&["d"]).as_bytes());
+        assert!(!is_cached(&cache, "d"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), w.changed())
+                .await
+                .is_err(),
+            "an item notice is not a customer change"
+        );
+        // not text: ignored
+        inner.receive(Kind::Items, &[0xff, 0xfe]);
+        assert!(is_cached(&cache, "c"));
+    }
+
+    #[tokio::test]
+    async fn a_subscription_clears_the_item_cache_and_one_after_a_break_wakes_watches() {
+        let cache = cache_with(&["a", "b"]);
+        let feed = ChangeFeed::in_process(Some(cache.clone()));
+        let mut w = feed.watch("c1");
+        assert!(is_cached(&cache, "a") && is_cached(&cache, "b"));
+        feed.inner.subscribed(false);
+        assert!(!is_cached(&cache, "a") && !is_cached(&cache, "b"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), w.changed())
+                .await
+                .is_err(),
+            "the first subscription wakes nobody"
+        );
+        feed.inner.subscribed(true);
+        tokio::time::timeout(Duration::from_secs(1), w.changed())
+            .await
+            .expect("after a break every watch is woken");
     }
 
     #[test]

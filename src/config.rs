@@ -190,8 +190,11 @@ pub struct StreamConfig {
     /// Most bytes queued for one socket beyond what the OS buffers.
     pub max_write_buffer_bytes: usize,
     /// With Redis configured, share changes between instances by Redis
-    /// pub/sub (channel `<store.key_prefix>:changes`), so a socket hears
-    /// changes whichever instance applied them. Off: this instance only.
+    /// pub/sub (channels `<store.key_prefix>:changes` and
+    /// `<store.key_prefix>:item-changes`), so a socket hears changes
+    /// whichever instance applied them, and a catalog write drops the item
+    /// from every instance's item cache. Off: this instance only (other
+    /// instances see a catalog write within `recommend.item_cache_ms`).
     pub redis_feed: bool,
 }
 
@@ -494,8 +497,9 @@ pub struct RecommendConfig {
     pub popularity_refresh_secs: u64,
     /// How long item states read from Redis are reused by requests, in ms
     /// (0 = always read). Customer features are never cached. A catalog
-    /// write drops the item at once on the instance that applied it; other
-    /// instances see it within this time.
+    /// write drops the item at once on the instance that applied it, and on
+    /// the others as the change feed's notice arrives (`stream.redis_feed`);
+    /// a notice lost on the way leaves the old state for at most this time.
     pub item_cache_ms: u64,
 }
 

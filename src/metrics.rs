@@ -205,11 +205,11 @@ fn describe() {
     );
     describe_counter!(
         CHANGE_FEED_PUBLISHED,
-        "messages of changed customers published to the cross-instance change feed (Redis)"
+        "messages of change notices published to the cross-instance change feed (Redis), by kind (customers, items)"
     );
     describe_counter!(
         CHANGE_FEED_DROPPED,
-        "batches of change notices not published (queue full or Redis unreachable)"
+        "batches of change notices not published (queue full or Redis unreachable), by kind (customers, items)"
     );
     describe_gauge!(
         CHANGE_FEED_SUBSCRIBED,

@@ -11,7 +11,9 @@
 //! Where it goes:
 //! - no Kafka configured: applied to the store in-process, then `200` with
 //!   the entity's current features (the body of `GET /v1/features/...`);
-//!   the item is dropped from this instance's item cache at once;
+//!   the item is dropped from this instance's item cache at once, and from
+//!   the other instances' as the change feed's notice reaches them
+//!   (`ChangeFeed::publish_items`);
 //! - Kafka configured: produced to `catalog.items` / `catalog.customers`
 //!   (key = id, value = the body) and `202 {"accepted": 1, "topic": ...}`
 //!   once the broker acknowledged it; the consumer group applies it like
@@ -64,9 +66,8 @@ async fn put(
             let out = apply_catalog(state.store.as_ref(), &[write], CatalogVia::Http)
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("update not stored: {e}")))?;
-            if let Some(cache) = &state.decider.item_cache {
-                cache.invalidate(&out.items);
-            }
+            // drops the items from every instance's item cache
+            state.changes.publish_items(&out.items);
             state.changes.publish(&out.customers);
             let current = match entity {
                 Entity::Item => item_features(state, id).await?,

@@ -74,7 +74,8 @@ pub struct AppState {
     pub registry: Arc<ArcSwap<Registry>>,
     pub ingest: Ingest,
     pub metrics: PrometheusHandle,
-    /// Customers whose features changed (feeds `/v1/stream`).
+    /// Customers whose features changed (feeds `/v1/stream`) and items whose
+    /// catalog fields were written (drops them from every item cache).
     pub changes: ChangeFeed,
     /// "Now" for reads and requests.
     pub clock: Clock,

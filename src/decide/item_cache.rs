@@ -11,12 +11,17 @@
 //! TinyLFU admission and LRU order), so a full cache keeps serving the items
 //! it holds instead of every request missing at once.
 //!
-//! A catalog write applied by this instance (`PUT /v1/items/{id}`, or a
-//! `catalog.items` message its consumer applied) [`ItemCache::invalidate`]s
-//! the item, so this instance's next request reads it fresh. Other
-//! instances keep their copy until its `ttl` runs out; and a request whose
-//! store read raced the write may put the old state back, again for at most
-//! one `ttl`.
+//! A catalog write (`PUT /v1/items/{id}`, or a `catalog.items` message a
+//! consumer applied) is announced on the change feed
+//! (`ChangeFeed::publish_items`, `change_feed.rs`), which
+//! [`ItemCache::invalidate`]s the item on the instance that applied it at
+//! once and, with Redis, on every other instance as its notice arrives, so
+//! their next requests read it fresh. When the feed's subscription
+//! (re)starts, notices may have been missed, and the whole cache is
+//! [`ItemCache::clear`]ed. A notice lost on its way (queue full, Redis
+//! unreachable) leaves a copy until its `ttl` runs out; and a request whose
+//! store read raced the write may put the old state back, again for at
+//! most one `ttl`.
 
 use crate::features::aggregate::EntityState;
 use moka::sync::Cache;
@@ -32,6 +37,15 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 pub struct ItemCache {
     cache: Cache<String, Arc<EntityState>>,
+}
+
+impl std::fmt::Debug for ItemCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the states themselves are too many to print
+        f.debug_struct("ItemCache")
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ItemCache {
@@ -54,10 +68,16 @@ impl ItemCache {
     }
 
     /// Forgets `ids`, so the next request reads them from the store.
-    pub fn invalidate(&self, ids: &[String]) {
+    pub fn invalidate<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         for id in ids {
-            self.cache.invalidate(id.as_str());
+            self.cache.invalidate(id);
         }
+    }
+
+    /// Forgets every item (notices of catalog writes may have been missed).
+    /// Entries stored before the call are never served after it.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
     }
 
     /// Stores freshly read states.
@@ -114,10 +134,32 @@ mod tests {
         let a = ids(0..3);
         put(&cache, &a);
         assert!(cache.get_many(&a).iter().all(Option::is_some), "all cached");
-        cache.invalidate(&a[1..2]);
+        cache.invalidate(["item-1"]);
         let got = cache.get_many(&a);
         assert!(got[1].is_none(), "the invalidated item is missing");
         assert!(got[0].is_some() && got[2].is_some(), "the others are kept");
+    }
+
+    #[test]
+    fn a_cleared_cache_serves_nothing_stored_before_and_caches_again() {
+        let cache = ItemCache::new(Duration::from_secs(60));
+        let a = ids(0..3);
+        put(&cache, &a);
+        assert!(cache.get_many(&a).iter().all(Option::is_some), "all cached");
+        cache.clear();
+        assert!(cache.get_many(&a).iter().all(Option::is_none), "all gone");
+        // an entry stored after the clear is served: one stored within the
+        // clear's clock tick counts as before it, so store until one is
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            put(&cache, &a[..1]);
+            if cache.get_many(&a[..1])[0].is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nothing cached after a clear");
+        }
+        let got = cache.get_many(&a);
+        assert!(got[1].is_none() && got[2].is_none(), "the others stay gone");
     }
 
     #[test]

@@ -92,8 +92,9 @@ pub struct Decider {
     pub routing: Routing,
     /// Micro-batching window across concurrent requests (None = off).
     pub micro_batch: Option<Duration>,
-    /// Item states cache (`None` reads every item every time).
-    pub item_cache: Option<item_cache::ItemCache>,
+    /// Item states cache (`None` reads every item every time); shared with
+    /// the change feed, whose item notices drop items from it.
+    pub item_cache: Option<Arc<item_cache::ItemCache>>,
     /// The rule files serving (swapped on reload).
     pub rules: Arc<ArcSwap<RuleSet>>,
     /// Where an item's value in arbitration comes from.
@@ -131,7 +132,11 @@ impl Decider {
             micro_batch: (cfg.model.micro_batch_us > 0)
                 .then(|| Duration::from_micros(cfg.model.micro_batch_us)),
             item_cache: (cfg.store.redis_url.is_some() && cfg.recommend.item_cache_ms > 0).then(
-                || item_cache::ItemCache::new(Duration::from_millis(cfg.recommend.item_cache_ms)),
+                || {
+                    Arc::new(item_cache::ItemCache::new(Duration::from_millis(
+                        cfg.recommend.item_cache_ms,
+                    )))
+                },
             ),
             admission: Admission::new(sessions, cfg.model.max_waiting),
             shadows: Shadows::new(sessions),
@@ -337,7 +342,7 @@ impl Decider {
     ) -> Result<(Vec<Candidate>, Fetched, Active<'r>, Sourced), DecideError> {
         let fetcher = Fetcher {
             store: self.store.as_ref(),
-            cache: self.item_cache.as_ref(),
+            cache: self.item_cache.as_deref(),
         };
         let session = req.session_id.as_deref();
         let listed: &[String] = req.candidates.as_deref().unwrap_or(&[]);
