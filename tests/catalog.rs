@@ -1,7 +1,9 @@
 //! Catalog and profile changes while serving: `PUT /v1/items/{id}` and
 //! `PUT /v1/customers/{id}` (embedded, and on a real Redis with the item
 //! cache on), and the topics `catalog.items` / `catalog.customers` through a
-//! real Kafka-protocol broker (Tansu), bad messages to the DLQ.
+//! real Kafka-protocol broker (Tansu), bad messages to the DLQ; and across
+//! two `nextbest serve` processes, an item set out of stock through one
+//! leaves the other's next answer (its item cache told by the change feed).
 
 mod common;
 use common::*;
@@ -347,4 +349,140 @@ async fn catalog_topics_change_features_and_bad_messages_go_to_the_dlq() {
         );
     }
     app.stop().await;
+}
+
+/// The ids in an answer of `/v1/recommend`, in order.
+fn answered(r: &Value) -> Vec<String> {
+    r["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["item_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn recommend_on(server: &ServerProc, body: &Value) -> Vec<String> {
+    let r = server.post("/v1/recommend", body).await;
+    assert_eq!(r.status().as_u16(), 200);
+    answered(&r.json().await.expect("recommend JSON"))
+}
+
+/// Writes an item's catalog fields straight into the store under `prefix`,
+/// as an apply would, but announcing nothing on the change feed.
+async fn write_unannounced(prefix: &str, id: &str, body: &str) {
+    let set = Arc::new(
+        nextbest::features::FeatureSet::load(&repo().join("feature-store/features.toml"))
+            .expect("features load"),
+    );
+    let cfg = nextbest::config::StoreConfig {
+        redis_url: Some(redis_url()),
+        key_prefix: prefix.to_string(),
+        ..Default::default()
+    };
+    let store = nextbest::features::store::open(&cfg, set.clone())
+        .await
+        .expect("store opens");
+    let write =
+        nextbest::features::catalog::StaticColumns::of(&set, nextbest::features::Entity::Item)
+            .parse_update(id, body.as_bytes())
+            .expect("a valid update");
+    nextbest::ingest::apply_catalog(store.as_ref(), &[write], nextbest::ingest::CatalogVia::Http)
+        .await
+        .expect("stored");
+}
+
+/// Two `nextbest serve` processes on one Redis and one broker: A consumes,
+/// B only serves (`kafka.consume = false`), its item cache kept for 10
+/// minutes (longer than any group join), so only the change feed can make
+/// it read an item again within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_set_out_of_stock_through_one_instance_leaves_anothers_next_answer() {
+    let (prefix, group) = (unique("t"), unique("g"));
+    let spec = |consume: bool| {
+        ServerSpec {
+        redis_url: Some(redis_url()),
+        brokers: Some(kafka_brokers()),
+        config: format!(
+            "[store]\nkey_prefix = \"{prefix}\"\n\
+             [kafka]\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\nbatch_linger_ms = 5\nconsume = {consume}\n\
+             [recommend]\nitem_cache_ms = 600000\npopularity_refresh_secs = 1\n\
+             [model]\nwatch = false\n[rules]\nwatch = false\n"
+        ),
+        log_filter: None,
+        env: Vec::new(),
+    }
+    };
+    let a = ServerProc::start(spec(true)).await;
+    let b = ServerProc::start(spec(false)).await;
+    eventually(
+        Duration::from_secs(20),
+        "B subscribed to the change feed",
+        || async {
+            (metric_sum(&b.metrics().await, "nextbest_change_feed_subscribed", &[]) == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    let (x, y) = (unique("px"), unique("py"));
+    for id in [&x, &y] {
+        write_unannounced(&prefix, id, r#"{"in_stock": 1}"#).await;
+    }
+    let ask = json!({"customer_id": unique("c"), "candidates": [x, y], "k": 2});
+    let first = recommend_on(&b, &ask).await;
+    assert!(first.contains(&x) && first.contains(&y), "{first:?}");
+
+    // the positive control: y out of stock in the store, unannounced, is
+    // still in B's answer, served from B's cache
+    write_unannounced(&prefix, &y, r#"{"in_stock": 0}"#).await;
+    let (_, stored_y) = b.get(&format!("/v1/features/item/{y}")).await;
+    assert_eq!(stored_y["features"]["in_stock"], 0.0, "{stored_y}");
+    let cached = recommend_on(&b, &ask).await;
+    assert!(
+        cached.contains(&y),
+        "B answers from its cache, not the store: {cached:?}"
+    );
+
+    // x out of stock through A: produced to catalog.items, applied by A
+    let r = a
+        .client
+        .put(format!("{}{}", a.base, item_path(&x)))
+        .body(r#"{"in_stock": 0}"#)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status().as_u16(), 202);
+    eventually(JOIN, "A's consumer to apply the write", || async {
+        let (_, f) = b.get(&format!("/v1/features/item/{x}")).await;
+        (f["features"]["in_stock"] == 0.0).then_some(())
+    })
+    .await;
+    // the notice follows the store's ack: B drops x from its next answers
+    let after = eventually(Duration::from_secs(10), "x to leave B's answer", || async {
+        let got = recommend_on(&b, &ask).await;
+        (!got.contains(&x)).then_some(got)
+    })
+    .await;
+    assert!(
+        after.contains(&y),
+        "only the announced item was read again (B's cache still holds y): {after:?}"
+    );
+
+    let am = a.metrics().await;
+    assert!(
+        metric_sum(
+            &am,
+            "nextbest_change_feed_published_total",
+            &["kind=\"items\""]
+        ) >= 1.0,
+        "{am}"
+    );
+    let bm = b.metrics().await;
+    assert_eq!(
+        metric_sum(&bm, "nextbest_catalog_updates_total", &[]),
+        0.0,
+        "B applied nothing itself: the drop came through Redis"
+    );
 }
