@@ -330,9 +330,9 @@ impl Inner {
     }
 
     /// A subscription began: what was published while not subscribed is
-    /// lost, so the item cache is cleared, and after a break (not at the
-    /// first subscription, before which no socket missed anything it had
-    /// not read yet) every watch is woken.
+    /// lost, so the item cache is cleared (even at the first subscription:
+    /// requests may have cached items since the start), and after a break
+    /// every watch is woken.
     fn subscribed(&self, after_break: bool) {
         if let Some(cache) = &self.items {
             cache.clear();
