@@ -19,6 +19,7 @@ use crate::features::store::{ReadQuery, ReadResult};
 use crate::features::vector::ContextValues;
 use crate::rules::schema::Inputs;
 use arc_swap::ArcSwap;
+use futures::StreamExt;
 use serde_json::{json, Map};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Most reads in flight for one batch's threshold checks.
 const READS_IN_FLIGHT: usize = 32;
+/// Most markers set or actions fired at once by one check.
+const FIRES_IN_FLIGHT: usize = 32;
 /// The batches queued meanwhile are checked together, up to this many
 /// events: under a fast stream the consumer's batches are small, and one
 /// check per batch (a store round trip per 32 customers, each batch after
@@ -96,9 +99,16 @@ impl Watcher {
             }
         }
         due.extend(self.thresholds(&set, events).await);
-        for (t, e, read) in due {
-            self.fire_once(&set, &t, e, read).await;
-        }
+        // each holds: its marker set (a store call), then, if this call set
+        // it, the firing; several at once (a condition that keeps holding
+        // marks every event of the session, each a round trip: one after
+        // the other, they held the checks to ~300 events/s in the soak)
+        let set = &set;
+        futures::stream::iter(due)
+            .for_each_concurrent(FIRES_IN_FLIGHT, |(t, e, read)| async move {
+                self.fire_once(set, &t, e, read).await;
+            })
+            .await;
     }
 
     /// The threshold triggers that hold after `events`, with the state read.
