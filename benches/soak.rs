@@ -430,7 +430,10 @@ async fn main() {
         .map(|o| format!("{:.1} s ({:?}, {:.0} ms)", o.at_s, o.kind, o.ms))
         .collect();
     if !odd.is_empty() {
-        println!("\nnot ranked outside the outage (first 20): {}", odd.join(", "));
+        println!(
+            "\nnot ranked outside the outage (first 20): {}",
+            odd.join(", ")
+        );
     }
     // where the time of the ranked answers outside the outage went
     let mut stages: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();

@@ -27,7 +27,7 @@ use crate::triggers::engine::AppliedBatch;
 use crate::triggers::fire::Firer;
 use crate::triggers::sequence::Progress;
 use crate::triggers::timer_loop::TimerLoop;
-use crate::triggers::watch::Watcher;
+use crate::triggers::watch::{Marked, Watcher};
 use crate::triggers::webhook::Webhook;
 use crate::triggers::{Overrides, TriggerSet, Triggers, TriggersReloader};
 use arc_swap::ArcSwap;
@@ -263,6 +263,10 @@ impl App {
                 Duration::from_millis(longest.max(3_600_000) as u64),
             ),
             marker_ttl: Duration::from_secs(cfg.triggers.session_marker_secs.max(1)),
+            marked: Marked::new(
+                cfg.triggers.max_sequences,
+                Duration::from_secs(cfg.triggers.session_marker_secs.max(1)),
+            ),
         };
         let timer_loop = TimerLoop {
             triggers: trigger_set.clone(),

@@ -351,22 +351,10 @@ async fn catalog_topics_change_features_and_bad_messages_go_to_the_dlq() {
     app.stop().await;
 }
 
-/// The ids in an answer of `/v1/recommend`, in order.
-fn answered(r: &Value) -> Vec<String> {
-    r["items"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["item_id"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn recommend_on(server: &ServerProc, body: &Value) -> Vec<String> {
     let r = server.post("/v1/recommend", body).await;
     assert_eq!(r.status().as_u16(), 200);
-    answered(&r.json().await.expect("recommend JSON"))
+    common::answer_ids(&r.json().await.expect("recommend JSON"))
 }
 
 /// Writes an item's catalog fields straight into the store under `prefix`,

@@ -28,17 +28,6 @@ fn item<'a>(rec: &'a Value, id: &str) -> Option<&'a Value> {
     rec["items"].as_array()?.iter().find(|i| i["item_id"] == id)
 }
 
-fn ids(rec: &Value) -> Vec<String> {
-    rec["items"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["item_id"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The group join on a fresh group can take a while on Tansu.
 const JOIN: Duration = Duration::from_secs(90);
 
@@ -460,7 +449,7 @@ async fn rules_exclude_boost_act_explain_and_reload() {
 
     let (s, rec) = app.post("/v1/recommend", ask.clone()).await;
     assert_eq!(s, 200, "{rec}");
-    assert_eq!(ids(&rec).len(), 3, "{rec}");
+    assert_eq!(common::answer_ids(&rec).len(), 3, "{rec}");
     assert!(item(&rec, "p3").is_none(), "hide_p3 excludes p3: {rec}");
     assert_eq!(
         rec["excluded"],
@@ -547,7 +536,7 @@ async fn rules_exclude_boost_act_explain_and_reload() {
         item(&rec, "p3").is_none(),
         "the previous rules still exclude p3: {rec}"
     );
-    assert_eq!(ids(&rec).len(), 3);
+    assert_eq!(common::answer_ids(&rec).len(), 3);
 
     // a good new version swaps in within seconds while requests keep
     // coming: every answer is the old rule set or the new one, whole
@@ -570,7 +559,7 @@ enum Seen {
 }
 
 fn seen(v: &Value) -> Result<Seen, String> {
-    let whole = v["fallback"] == false && ids(v).len() == 3;
+    let whole = v["fallback"] == false && common::answer_ids(v).len() == 3;
     match (item(v, "p3").is_none(), item(v, "p4").is_none()) {
         (true, false) if whole => Ok(Seen::Old),
         (false, true) if whole => Ok(Seen::New),

@@ -6,7 +6,9 @@
 //! (customer, session) of the batch that had an event of its `on` types
 //! (the batches queued while one was checked are checked as one).
 //! What holds fires at most once per session: the store's marker (in the
-//! customer's slot) is set first, and only the call that set it fires.
+//! customer's slot) is set first, and only the call that set it fires; a
+//! marker this instance saw set is remembered ([`Marked`]), so the later
+//! events of that session cost no store call.
 //! A delivery that fails is not tried again (at most once).
 
 use super::engine::AppliedBatch;
@@ -29,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 /// Most reads in flight for one batch's threshold checks.
 const READS_IN_FLIGHT: usize = 32;
 /// Most markers set or actions fired at once by one check.
-const FIRES_IN_FLIGHT: usize = 32;
+const FIRES_IN_FLIGHT: usize = 4;
 /// The batches queued meanwhile are checked together, up to this many
 /// events: under a fast stream the consumer's batches are small, and one
 /// check per batch (a store round trip per 32 customers, each batch after
@@ -44,6 +46,25 @@ pub struct Watcher {
     pub progress: Progress,
     /// How long a once-per-session marker is kept.
     pub marker_ttl: Duration,
+    /// The (trigger, customer, session) markers this instance has seen set
+    /// (by it or another call), so a condition that keeps holding does not
+    /// ask the store again for every later event of the session.
+    pub marked: Marked,
+}
+
+/// Markers known to be set: (trigger, customer, session), at most
+/// `max`, each forgotten after the marker's own lifetime.
+pub struct Marked(moka::sync::Cache<(String, String, String), ()>);
+
+impl Marked {
+    pub fn new(max: u64, ttl: Duration) -> Marked {
+        Marked(
+            moka::sync::Cache::builder()
+                .max_capacity(max.max(1))
+                .time_to_live(ttl.max(Duration::from_secs(1)))
+                .build(),
+        )
+    }
 }
 
 impl Watcher {
@@ -203,12 +224,19 @@ impl Watcher {
             return;
         };
         let session = e.session_id.as_deref().unwrap_or("");
+        let key = (t.name.clone(), e.customer_id.clone(), session.to_string());
+        if self.marked.0.contains_key(&key) {
+            return;
+        }
         let now = self.firer.clock.now_ms();
         let ttl = self.marker_ttl.as_millis() as i64;
-        match timers
+        let set_now = timers
             .mark_once(&e.customer_id, session, &t.name, ttl, now)
-            .await
-        {
+            .await;
+        if set_now.is_ok() {
+            self.marked.0.insert(key, ());
+        }
+        match set_now {
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => {

@@ -519,3 +519,15 @@ pub fn redeliver_and_shuffle<T: Clone>(out: &mut Vec<T>, r: &mut Rng, repeats: u
         out.swap(i, j);
     }
 }
+
+/// The item ids of a `/v1/recommend` answer, in order.
+pub fn answer_ids(r: &serde_json::Value) -> Vec<String> {
+    r["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["item_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
