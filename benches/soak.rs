@@ -304,11 +304,7 @@ async fn main() {
             .await
         {
             let text = text.text().await.unwrap_or_default();
-            let lag: f64 = text
-                .lines()
-                .filter(|l| l.starts_with("nextbest_consumer_lag"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+            let lag = common::metric_sum(&text, "nextbest_consumer_lag", &[]);
             max_lag = max_lag.max(lag);
             lag_now = lag;
         }
@@ -490,25 +486,13 @@ async fn main() {
         ),
     }
     // what the server says it dropped or skipped under the load
-    if let Ok(r) = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-    {
-        let text = r.text().await.unwrap_or_default();
-        for name in [
-            "nextbest_trigger_checks_skipped_total",
-            "nextbest_events_dead_lettered_total",
-            "nextbest_trigger_fired_total",
-        ] {
-            let n: f64 = text
-                .lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            println!("{name}: {n:.0}");
-        }
+    let text = server.metrics().await;
+    for name in [
+        "nextbest_trigger_checks_skipped_total",
+        "nextbest_events_dead_lettered_total",
+        "nextbest_trigger_fired_total",
+    ] {
+        println!("{name}: {:.0}", common::metric_sum(&text, name, &[]));
     }
     // stop what it started (exit skips destructors), then exit at once
     // (the producer's and client's background threads need not wind down)

@@ -255,6 +255,7 @@ impl App {
             })
             .max()
             .unwrap_or(0);
+        let marker_ttl = Duration::from_secs(cfg.triggers.session_marker_secs.max(1));
         let watcher = Watcher {
             triggers: trigger_set.clone(),
             firer: firer.clone(),
@@ -262,11 +263,8 @@ impl App {
                 cfg.triggers.max_sequences,
                 Duration::from_millis(longest.max(3_600_000) as u64),
             ),
-            marker_ttl: Duration::from_secs(cfg.triggers.session_marker_secs.max(1)),
-            marked: Marked::new(
-                cfg.triggers.max_sequences,
-                Duration::from_secs(cfg.triggers.session_marker_secs.max(1)),
-            ),
+            marker_ttl,
+            marked: Marked::new(cfg.triggers.max_sequences, marker_ttl),
         };
         let timer_loop = TimerLoop {
             triggers: trigger_set.clone(),
