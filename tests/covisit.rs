@@ -2,7 +2,8 @@
 //! memory store and on a real Redis alike: items viewed close together
 //! become each other's neighbours, a redelivered event adds nothing, items
 //! further apart than the window do not co-visit, both stores give the
-//! same lists for the same history, a backfill files what the stream would
+//! same lists for the same history (and for filings of one to many
+//! neighbours, past the cut), a backfill files what the stream would
 //! (once), and the recommend pipeline offers a
 //! new customer's next item from them (`co_visited`).
 
@@ -220,6 +221,50 @@ async fn memory_and_redis_keep_the_same_lists_for_the_same_history() {
     let red = all_lists(stores[1].1.as_ref()).await;
     let filed = assert_same(&mem, &red, "memory vs redis");
     assert!(filed > 100, "the history co-visited too little: {filed}");
+}
+
+#[tokio::test]
+async fn filings_small_and_large_keep_the_same_lists_in_both_stores() {
+    // Redis writes an item's first filing whole (its best KEEP, by
+    // RESTORE) and adds later ones by ZINCRBY; the memory store is the
+    // reference for both, past the cut of KEEP too
+    let names: Vec<String> = (0..150).map(|i| format!("n{i:03}")).collect();
+    let mut r = Rng(0xf11e_5eed);
+    let mut rounds: Vec<Vec<covisit::Filing<'_>>> = Vec::new();
+    for round in 0..12 {
+        let mut filings = Vec::new();
+        for item in ["x", "y", "z"] {
+            let k = match (round, item) {
+                // a first filing past the cut
+                (0, "x") => 120,
+                _ => [1, 3, 7, 8, 20, 120][r.below(6) as usize],
+            };
+            let start = r.below(150) as usize;
+            let add = (0..k)
+                .map(|j| {
+                    let w = 1.0 + r.below(1_000_000) as f64 / 7.0;
+                    (names[(start + j) % 150].as_str(), w)
+                })
+                .collect();
+            filings.push(covisit::Filing { item, add });
+        }
+        rounds.push(filings);
+    }
+    let mut lists = Vec::new();
+    for (name, store) in stores().await {
+        for round in &rounds {
+            store.file_covisits(round).await.expect("file");
+        }
+        let items: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
+        let got = store.neighbours(&items, 100).await.expect("neighbours");
+        assert!(
+            got.iter().all(|l| l.len() == covisit::KEEP),
+            "{name}: every list reached the cut: {:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        lists.push(got);
+    }
+    assert_same(&lists[0], &lists[1], "memory vs redis");
 }
 
 #[tokio::test]

@@ -169,6 +169,41 @@ async fn check_zsets(c: &mut redis::aio::MultiplexedConnection, limits: &dump::L
     }
 }
 
+/// Sorted sets with any scores (`dump::zset_scores`, the co-visit lists):
+/// a listpack and a plain one restore to exactly the scores given, in
+/// Redis' order (ties by member).
+#[tokio::test]
+async fn zset_payloads_with_fractional_scores_restore_exactly() {
+    let mut c = conn().await;
+    let p = unique("dump-zscores");
+    let mut r = Rng(0x005c_0ee5);
+    let mut scores = |n: usize| -> Vec<(String, f64)> {
+        (0..n)
+            .map(|i| {
+                let s = match i % 4 {
+                    0 => 2f64.powi(96) * (1.0 + r.below(1 << 40) as f64 / (1u64 << 40) as f64),
+                    1 => r.below(1000) as f64 / 7.0,
+                    2 => 3.0,
+                    _ => 2f64.powi(-30) * (1 + r.below(99)) as f64,
+                };
+                (format!("n{i:03}"), s)
+            })
+            .collect()
+    };
+    for (name, members) in [("50 members", scores(50)), ("150 members", scores(150))] {
+        let key = format!("{p}:{name}");
+        let mut m = members.clone();
+        let payload = dump::zset_scores(&mut m, &dump::Limits::default());
+        restore(&mut c, name, &key, &payload).await;
+        let got: Vec<(String, f64)> = c.zrange_withscores(&key, 0, -1).await.expect("zrange");
+        let mut want = members.clone();
+        want.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        assert_eq!(got, want, "{name}: restored members and scores, in order");
+        let ties = want.iter().filter(|(_, s)| *s == 3.0).count();
+        assert!(ties > 1, "{name}: the case has ties");
+    }
+}
+
 #[tokio::test]
 async fn hash_payloads_restore_to_their_fields_and_match_redis_dump() {
     check_hashes(&mut conn().await, &dump::Limits::default()).await;

@@ -31,7 +31,7 @@ pub use plan::{
 };
 pub use read::{entity_values, feature_value, numeric_value, FeatureValue};
 pub use state::{EntityState, LastValue, Resettable, Windowed};
-pub use update::{apply_update, last_text_wins, last_wins, sort_newest_first};
+pub use update::{apply_update, last_text_wins, last_wins, push_recent, sort_newest_first};
 
 /// The shipped definitions and a small history, for the tests of every part.
 #[cfg(test)]

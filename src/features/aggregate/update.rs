@@ -38,6 +38,24 @@ pub fn sort_newest_first<M: AsRef<str>>(list: &mut [(M, i64)]) {
     });
 }
 
+/// A `distinct_recent` list after `member` is seen at `ts`: its time is
+/// the latest it was seen at, the list newest first, cut to `cap`
+/// (`make` gives the member to keep when it is new to the list).
+pub fn push_recent<M: AsRef<str>>(
+    list: &mut Vec<(M, i64)>,
+    member: &str,
+    make: impl FnOnce() -> M,
+    ts: i64,
+    cap: usize,
+) {
+    match list.iter_mut().find(|(m, _)| m.as_ref() == member) {
+        Some(entry) => entry.1 = entry.1.max(ts),
+        None => list.push((make(), ts)),
+    }
+    sort_newest_first(list);
+    list.truncate(cap);
+}
+
 /// Applies one update at the writer's time `now` (ms; windows are pruned
 /// relative to it). This is the reference semantics; the Redis Lua script
 /// in `store/redis/update.lua` does exactly the same.
@@ -110,12 +128,7 @@ pub fn apply_update(state: &mut EntityState, u: &Update, now: i64) {
             cap,
         } => {
             let list = state.recent.entry(feature.to_string()).or_default();
-            match list.iter_mut().find(|(m, _)| m == member) {
-                Some(entry) => entry.1 = entry.1.max(*ts),
-                None => list.push((member.clone(), *ts)),
-            }
-            sort_newest_first(list);
-            list.truncate(*cap);
+            push_recent(list, member, || member.clone(), *ts, *cap);
         }
         Update::AddResettable {
             feature,

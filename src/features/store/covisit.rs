@@ -85,11 +85,19 @@ pub fn visits(p: &Plan) -> bool {
 /// [`LIST`] just before it (newest first, with times): up to [`STEPS`]
 /// other items at most [`WINDOW_MS`] older than the event (and not newer).
 pub fn previous<'l>(item: &str, ts: i64, list: &'l [(String, i64)]) -> Vec<&'l str> {
+    previous_of(item, ts, list).map(String::as_str).collect()
+}
+
+/// [`previous`] of a list of any members.
+pub fn previous_of<'l, 'i, M: AsRef<str>>(
+    item: &'i str,
+    ts: i64,
+    list: &'l [(M, i64)],
+) -> impl Iterator<Item = &'l M> + use<'l, 'i, M> {
     list.iter()
-        .filter(|(m, t)| m != item && *t <= ts && *t >= ts - WINDOW_MS)
+        .filter(move |(m, t)| m.as_ref() != item && *t <= ts && *t >= ts - WINDOW_MS)
         .take(STEPS)
-        .map(|(m, _)| m.as_str())
-        .collect()
+        .map(|(m, _)| m)
 }
 
 /// The co-visits of a visit of `item` at `ts`: `(item, neighbour,
@@ -142,6 +150,16 @@ pub fn merge<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str, f64)>) -> Ve
 pub struct Filing<'a> {
     pub item: &'a str,
     pub add: Vec<(&'a str, f64)>,
+}
+
+/// The best [`KEEP`] of one filing's neighbours, best first (ties by id,
+/// the greater first): what filing them into an item with no list yet
+/// leaves.
+pub fn best<'a>(add: &[(&'a str, f64)]) -> Vec<(&'a str, f64)> {
+    let mut all = add.to_vec();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(a.0)));
+    all.truncate(KEEP);
+    all
 }
 
 /// One item's neighbours with their scores (the memory store's).

@@ -83,6 +83,41 @@ pub fn hash<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)], limits: &Limits) 
 /// up to 2^53. Sorted in place: small sets into Redis' listpack order
 /// (score, then member bytes), larger ones the other way round.
 pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)], limits: &Limits) -> Vec<u8> {
+    let mut num = itoa::Buffer::new();
+    zset_of(
+        members,
+        limits,
+        i64::cmp,
+        |s, out| out.extend_from_slice(num.format(s).as_bytes()),
+        |s| s as f64,
+    )
+}
+
+/// [`zset`] with any finite scores (the listpack keeps each as the
+/// shortest text that reads back to it, which Redis parses as it parses
+/// its own).
+pub fn zset_scores<M: AsRef<[u8]>>(members: &mut [(M, f64)], limits: &Limits) -> Vec<u8> {
+    use std::io::Write;
+    zset_of(
+        members,
+        limits,
+        f64::total_cmp,
+        |s, out| {
+            let _ = write!(out, "{s:e}");
+        },
+        |s| s,
+    )
+}
+
+/// A sorted set's payload: `cmp` orders scores, `text` writes one as a
+/// listpack entry, `float` gives the plain type's binary score.
+fn zset_of<M: AsRef<[u8]>, S: Copy>(
+    members: &mut [(M, S)],
+    limits: &Limits,
+    cmp: impl Fn(&S, &S) -> std::cmp::Ordering,
+    mut text: impl FnMut(S, &mut Vec<u8>),
+    float: impl Fn(S) -> f64,
+) -> Vec<u8> {
     let small = members.len() <= limits.zset_entries
         && members
             .iter()
@@ -90,25 +125,29 @@ pub fn zset<M: AsRef<[u8]>>(members: &mut [(M, i64)], limits: &Limits) -> Vec<u8
     let mut out = Vec::with_capacity(64 + members.len() * 32);
     if small {
         // a listpack zset is ordered by score, then member bytes
-        members.sort_unstable_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.as_ref().cmp(b.0.as_ref())));
+        members
+            .sort_unstable_by(|a, b| cmp(&a.1, &b.1).then_with(|| a.0.as_ref().cmp(b.0.as_ref())));
         out.push(TYPE_ZSET_LISTPACK);
         let mut lp = Listpack::with_capacity(members.len() * 2);
-        let mut num = itoa::Buffer::new();
+        let mut buf = Vec::with_capacity(24);
         for (m, s) in members.iter() {
             lp.push(m.as_ref());
-            lp.push(num.format(*s).as_bytes());
+            buf.clear();
+            text(*s, &mut buf);
+            lp.push(&buf);
         }
         rdb_string(&mut out, &lp.finish());
     } else {
         // greatest first, as Redis' own DUMP writes a skiplist: each member
         // loaded is then the smallest so far, and Redis inserts it at the
         // head of the skiplist at once instead of searching its place
-        members.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.as_ref().cmp(a.0.as_ref())));
+        members
+            .sort_unstable_by(|a, b| cmp(&b.1, &a.1).then_with(|| b.0.as_ref().cmp(a.0.as_ref())));
         out.push(TYPE_ZSET_2);
         rdb_len(&mut out, members.len() as u64);
         for (m, s) in members.iter() {
             rdb_string(&mut out, m.as_ref());
-            out.extend_from_slice(&(*s as f64).to_le_bytes());
+            out.extend_from_slice(&float(*s).to_le_bytes());
         }
     }
     footer(out)

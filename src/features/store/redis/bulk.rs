@@ -118,7 +118,7 @@ impl RedisStore {
     /// listpack limits ([`RedisStore::listpack_limits`]). Asked once, with a
     /// probe key that expires in a second; older servers get `update.lua`
     /// for every group (slower, same result): `None`.
-    async fn restore_supported(&self) -> Result<Option<dump::Limits>, StoreError> {
+    pub(super) async fn restore_supported(&self) -> Result<Option<dump::Limits>, StoreError> {
         self.restore_limits
             .get_or_try_init(|| async {
                 let key = format!("{}:probe:restore", self.settings.key_prefix);

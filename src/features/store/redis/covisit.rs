@@ -1,17 +1,27 @@
 //! Co-visitation in Redis (`store::covisit`): the event pipeline reads the
 //! customer's list just before each visiting event's write (a `ZREVRANGE`
 //! on the same connection, so it sees the list as that event found it);
-//! the new events' co-visits, summed per item, are then filed by a second
-//! pipeline (`ZINCRBY` per neighbour, cut to the best [`covisit::KEEP`],
-//! expiring with the item) into `{p}:{i:<item>}:cv`, in the item's slot.
-//! Reads are one `ZREVRANGE` per item.
+//! the new events' co-visits, summed per item, are then filed in the same
+//! call as the batch's popularity (`RedisStore::apply`) into
+//! `{p}:{i:<item>}:cv`, in the item's slot: a `ZINCRBY` per neighbour,
+//! cut to the best [`covisit::KEEP`], expiring with the item. The
+//! backfill's filings (an item's sums over the whole history) write an
+//! item with no list yet by one `RESTORE` of its best [`covisit::KEEP`]
+//! (a payload built here, `dump::zset_scores`): the list the `ZINCRBY`s
+//! would leave, without inserting every neighbour; an item that has one
+//! gets the `ZINCRBY`s. Reads are one `ZREVRANGE` per item.
 
 use super::decode::{array, protocol, string};
 use super::encode::fmt_f64;
 use super::{Lane, RedisStore};
 use crate::features::aggregate::Plan;
-use crate::features::store::{covisit, StoreError};
+use crate::features::store::{covisit, dump, StoreError};
 use redis::Value;
+/// Neighbours filed per pipeline at most (a backfill's filings are many).
+const PIPELINE_PAIRS: usize = 20_000;
+
+/// `RESTORE` pipelines in flight at once.
+const RESTORES_IN_FLIGHT: usize = 4;
 
 impl RedisStore {
     /// The key of `item`'s neighbours.
@@ -35,10 +45,12 @@ impl RedisStore {
         true
     }
 
-    /// Files the co-visits of the new events among `plans`, given each
-    /// one's list read (`None`: not read, or a duplicate).
-    pub(super) async fn file_event_covisits(
+    /// Adds to `pipe` the filing of the co-visits of the new events among
+    /// `plans`, given each one's list read (`None`: not read, or a
+    /// duplicate).
+    pub(super) fn push_event_covisits(
         &self,
+        pipe: &mut redis::Pipeline,
         plans: &[Plan],
         lists: Vec<Option<Value>>,
     ) -> Result<(), StoreError> {
@@ -48,49 +60,119 @@ impl RedisStore {
                 before.push((i, scored_list(v)?));
             }
         }
-        if before.is_empty() {
-            return Ok(());
-        }
         let mut pairs = Vec::new();
         for (i, list) in &before {
             pairs.extend(covisit::pairs_of(&plans[*i], list));
         }
-        self.file_neighbours(&covisit::merge(pairs)).await
+        for f in &covisit::merge(pairs) {
+            self.push_filing(pipe, f);
+        }
+        Ok(())
     }
 
-    /// Adds `filings` to the items' neighbours (one pipeline).
+    /// Adds `filings` to the items' neighbours (the backfill's; see the
+    /// module doc), in pipelines of at most [`PIPELINE_PAIRS`] neighbours.
     pub(super) async fn file_neighbours(
         &self,
         filings: &[covisit::Filing<'_>],
     ) -> Result<(), StoreError> {
-        if filings.is_empty() {
-            return Ok(());
-        }
+        let merge: Vec<&covisit::Filing<'_>> = match self.restore_supported().await? {
+            Some(limits) => self.restore_new_lists(filings, &limits).await?,
+            None => filings.iter().collect(),
+        };
         let mut pipe = redis::pipe();
-        for f in filings {
-            let key = self.neighbours_key(f.item);
-            for (n, w) in &f.add {
-                pipe.cmd("ZINCRBY")
-                    .arg(&key)
-                    .arg(fmt_f64(*w))
-                    .arg(*n)
-                    .ignore();
-            }
-            let cut = -(covisit::KEEP as i64) - 1;
-            pipe.cmd("ZREMRANGEBYRANK")
-                .arg(&key)
-                .arg(0)
-                .arg(cut)
-                .ignore();
-            if self.settings.ttl_seconds > 0 {
-                pipe.cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(self.settings.ttl_seconds)
-                    .ignore();
+        let mut pairs = 0;
+        for f in merge {
+            self.push_filing(&mut pipe, f);
+            pairs += f.add.len();
+            if pairs >= PIPELINE_PAIRS {
+                self.run_filings(&pipe).await?;
+                pipe = redis::pipe();
+                pairs = 0;
             }
         }
-        let _: Vec<Value> = self.run_pipeline(&pipe, Lane::Background).await?;
-        Ok(())
+        self.run_filings(&pipe).await
+    }
+
+    /// Writes the lists of the items of `filings` that have none yet by a
+    /// `RESTORE` each (refused where the key exists; a few pipelines at
+    /// once, so building the payloads overlaps Redis loading them); the
+    /// filings refused.
+    async fn restore_new_lists<'f, 'a>(
+        &self,
+        filings: &'f [covisit::Filing<'a>],
+        limits: &dump::Limits,
+    ) -> Result<Vec<&'f covisit::Filing<'a>>, StoreError> {
+        use futures::{StreamExt, TryStreamExt};
+        let calls: Vec<_> = filings
+            .chunks(PIPELINE_PAIRS / covisit::KEEP)
+            .map(|chunk| self.restore_chunk(chunk, limits))
+            .collect();
+        let refused: Vec<Vec<&'f covisit::Filing<'a>>> = futures::stream::iter(calls)
+            .buffered(RESTORES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(refused.into_iter().flatten().collect())
+    }
+
+    /// One pipeline of [`Self::restore_new_lists`].
+    async fn restore_chunk<'f, 'a>(
+        &self,
+        chunk: &'f [covisit::Filing<'a>],
+        limits: &dump::Limits,
+    ) -> Result<Vec<&'f covisit::Filing<'a>>, StoreError> {
+        let ttl_ms = self.settings.ttl_seconds.saturating_mul(1000);
+        let mut pipe = redis::pipe();
+        for f in chunk {
+            let mut best = covisit::best(&f.add);
+            pipe.cmd("RESTORE")
+                .arg(self.neighbours_key(f.item))
+                .arg(ttl_ms)
+                .arg(dump::zset_scores(&mut best, limits));
+        }
+        let mut conn = self.connection(Lane::Background);
+        let replies: Vec<redis::RedisResult<Value>> =
+            pipe.ignore_errors().query_async(&mut conn).await?;
+        if replies.len() != chunk.len() {
+            return Err(protocol("neighbours: reply count differs from item count"));
+        }
+        let mut refused = Vec::new();
+        for (f, r) in chunk.iter().zip(replies) {
+            match r {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("BUSYKEY") => refused.push(f),
+                Err(e) => return Err(StoreError::from(e)),
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Adds one filing to `pipe`: a `ZINCRBY` per neighbour, then the cut
+    /// and the expiry.
+    fn push_filing(&self, pipe: &mut redis::Pipeline, f: &covisit::Filing<'_>) {
+        if f.add.is_empty() {
+            return;
+        }
+        let key = self.neighbours_key(f.item);
+        for (n, w) in &f.add {
+            pipe.cmd("ZINCRBY")
+                .arg(&key)
+                .arg(fmt_f64(*w))
+                .arg(*n)
+                .ignore();
+        }
+        let cut = -(covisit::KEEP as i64) - 1;
+        pipe.cmd("ZREMRANGEBYRANK")
+            .arg(&key)
+            .arg(0)
+            .arg(cut)
+            .ignore();
+        if self.settings.ttl_seconds > 0 {
+            pipe.cmd("EXPIRE")
+                .arg(&key)
+                .arg(self.settings.ttl_seconds)
+                .ignore();
+        }
     }
 
     /// The best `top` neighbours of each of `ids`, in one pipeline.

@@ -210,6 +210,41 @@ impl RedisStore {
             other => Ok(other?),
         }
     }
+
+    /// Runs a filing pipeline (popularity, co-visits) once: a co-visit's
+    /// `ZINCRBY` is not idempotent, so a pipeline Redis ran in part is never
+    /// run again (when Redis lost its scripts, they are reloaded and the
+    /// error returned: the write's retry, a redelivery, files the
+    /// popularity again and no co-visits, at most once). Errors as
+    /// `settle_filing`.
+    pub(super) async fn run_filings(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection(Lane::Background);
+        let done: Result<Vec<Value>, redis::RedisError> = pipe.query_async(&mut conn).await;
+        match done {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.reload_scripts().await?;
+                Err(e.into())
+            }
+            other => settle_filing(other.map_err(StoreError::from)),
+        }
+    }
+}
+
+/// A filing's outcome: a transient error is returned (the write is
+/// retried); a refused filing is logged, not returned: the features were
+/// written, and retrying the write would be refused the same way.
+fn settle_filing(done: Result<Vec<Value>, StoreError>) -> Result<(), StoreError> {
+    match done {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_transient() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "popularity or co-visit filing refused; those items' lists are short until their next write");
+            Ok(())
+        }
+    }
 }
 
 #[async_trait]
@@ -228,8 +263,12 @@ impl FeatureStore for RedisStore {
             .ok_or_else(|| decode::protocol("apply: fewer replies than calls"))?;
         let pop = replies.split_off(at);
         let (out, lists) = decode::event_outcome(plans, shape, replies);
-        self.file_popularity(&reads, pop, now_ms).await?;
-        self.file_event_covisits(plans, lists).await?;
+        // the popularity and the co-visits the write gave: one more call
+        let filings = self.filings_of(&reads, pop)?;
+        let mut pipe = redis::pipe();
+        self.push_pop_write(&mut pipe, &filings, now_ms);
+        self.push_event_covisits(&mut pipe, plans, lists)?;
+        self.run_filings(&pipe).await?;
         Ok(out)
     }
 

@@ -126,18 +126,6 @@ impl RedisStore {
         }
     }
 
-    /// Files the items of `reads` from their `HMGET` replies (see the
-    /// module doc).
-    pub(super) async fn file_popularity(
-        &self,
-        reads: &PopReads,
-        replies: Vec<Value>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let filings = self.filings_of(reads, replies)?;
-        self.file_filings(&filings, now).await
-    }
-
     /// The filings the `HMGET` replies of `reads` give.
     pub(super) fn filings_of(
         &self,
@@ -157,24 +145,33 @@ impl RedisStore {
             .collect()
     }
 
-    /// Files `filings` written at `now` (one `pop_write.lua` call). A
-    /// refused filing (not a transient error) is logged, not returned: the
-    /// features were written, and retrying the write would be refused the
-    /// same way.
+    /// Files `filings` written at `now` (one `pop_write.lua` call, run
+    /// again if Redis lost its scripts: a filing repeated changes nothing;
+    /// errors as `settle_filing`).
     pub(super) async fn file_filings(
         &self,
         filings: &[Filing],
         now: i64,
     ) -> Result<(), StoreError> {
-        let Some(spec) = &self.popularity else {
+        let mut pipe = redis::pipe();
+        self.push_pop_write(&mut pipe, filings, now);
+        if pipe.is_empty() {
             return Ok(());
+        }
+        super::settle_filing(self.run_pipeline(&pipe, Lane::Background).await)
+    }
+
+    /// Adds the `pop_write.lua` call filing `filings` at `now` to `pipe`, if
+    /// any of them has totals.
+    pub(super) fn push_pop_write(&self, pipe: &mut redis::Pipeline, filings: &[Filing], now: i64) {
+        let Some(spec) = &self.popularity else {
+            return;
         };
         // (as the memory store: a filing without totals files nothing)
         let filings: Vec<&Filing> = filings.iter().filter(|f| !f.totals.is_empty()).collect();
         if filings.is_empty() {
-            return Ok(());
+            return;
         }
-        let mut pipe = redis::pipe();
         let inv = pipe
             .cmd("EVALSHA")
             .arg(&*POP_WRITE_SHA)
@@ -192,14 +189,7 @@ impl RedisStore {
                 inv.arg(*b).arg(super::encode::fmt_f64(*s));
             }
         }
-        match self.run_pipeline(&pipe, Lane::Background).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_transient() => Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, items = filings.len(), "popularity filing refused; the items' popularity is short until their next write");
-                Ok(())
-            }
-        }
+        pipe.ignore();
     }
 
     /// The filing of a group written whole from `st` (a new group's final
