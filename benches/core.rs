@@ -89,6 +89,7 @@ fn bench(c: &mut Criterion) {
     let items: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
     let ctx = nextbest::features::vector::ContextValues::defaults(&set);
     let now = 1_764_355_200_000i64 + 100_000 * 100;
+    let no_covisit = nextbest::features::covisit_score::CoVisitScores::default();
     let mut g = c.benchmark_group("recommend_path");
     g.bench_function("matrix_100x16", |b| {
         b.iter(|| {
@@ -98,6 +99,7 @@ fn bench(c: &mut Criterion) {
                 session: sess,
                 context: &ctx,
                 now,
+                covisit: &no_covisit,
             };
             let mut data = Vec::with_capacity(1600);
             for i in &items {
@@ -112,6 +114,7 @@ fn bench(c: &mut Criterion) {
         session: sess,
         context: &ctx,
         now,
+        covisit: &no_covisit,
     };
     let mut data = Vec::new();
     for i in &items {
@@ -153,6 +156,7 @@ fn bench(c: &mut Criterion) {
         session: st.session("c1", None).1,
         context: &ctx,
         now,
+        covisit: &no_covisit,
     };
     let cands: Vec<(&str, &EntityState)> = items.iter().map(|i| (i.as_str(), st.item(i))).collect();
     let sourced = nextbest::rules::eval::Sourced::new();
@@ -178,6 +182,7 @@ fn bench(c: &mut Criterion) {
         session: rule_inputs.session,
         context: &ctx,
         now,
+        covisit: &no_covisit,
     };
     let eligible = rules
         .begin(&rule_inputs, &[])

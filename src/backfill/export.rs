@@ -12,13 +12,16 @@
 //! Each row's features are computed from the events strictly before its
 //! `ts`, by replaying events in time order through the same aggregation and
 //! row code the server uses (`MemoryState`, `RowPlan`), so a model is trained
-//! on exactly what it will be served. Static features are not versioned in
+//! on exactly what it will be served. Co-visitation is kept as the store
+//! keeps it, so `cross.covisit_score` is the served one
+//! (`features::covisit_score`). Static features are not versioned in
 //! time: every row sees the catalog/profile files given.
 
 use super::input::read_static;
 use super::input::{self, InputError};
 use crate::event::Event;
 use crate::features::aggregate::plan_event;
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::store::memory::MemoryState;
 use crate::features::vector::{ContextValues, RowInputs, RowPlan};
 use crate::features::{Entity, FeatureSet};
@@ -207,12 +210,18 @@ pub fn export_training(
         .filter(|n| !headers.contains(n))
         .collect();
     let plan = RowPlan::compile(&set, &names)?;
+    // co-visitation kept as the store keeps it, for `cross.covisit_score`
     let mut state = MemoryState::new(set.clone(), i64::MAX / 4);
+    if plan.uses_covisit() {
+        state = state.keep_covisits();
+    }
     state.apply_groups(&statics, 0); // static fields: no clock involved
 
     let mut columns: Vec<Vec<f32>> = vec![Vec::with_capacity(n); names.len()];
     let mut next_event = 0;
     let mut row = Vec::with_capacity(names.len());
+    // the scores of the moment last computed (a moment's rows share them)
+    let mut covisit: Option<((&str, i64), CoVisitScores)> = None;
     for &i in &order {
         let ts = labels.ts[i];
         // apply every event strictly before the decision moment
@@ -241,12 +250,18 @@ pub fn export_training(
                 context.set(&set, name, x);
             }
         }
+        if plan.uses_covisit() && covisit.as_ref().is_none_or(|(k, _)| *k != (customer, ts)) {
+            let scores = CoVisitScores::of_state(&state, state.customer(customer));
+            covisit = Some(((customer, ts), scores));
+        }
+        let no_covisit = CoVisitScores::default();
         let (_, sess_state) = state.session(customer, session);
         let inputs = RowInputs {
             customer: state.customer(customer),
             session: sess_state,
             context: &context,
             now: ts,
+            covisit: covisit.as_ref().map_or(&no_covisit, |(_, s)| s),
         };
         row.clear();
         plan.push_row(&set, &inputs, item, state.item(item), &mut row);

@@ -1,7 +1,8 @@
 //! The candidates stage: which items are considered. A request either lists
 //! them, or they are generated from the customer's state (what they carted
 //! and viewed recently, the items other shoppers co-visited with their
-//! latest ones ([`seeds`], read from the store's `covisit` lists), popular
+//! latest ones ([`seeds`]; `features::covisit_score` reads the store's
+//! `covisit` lists), popular
 //! items of their recent categories, then the globally popular items);
 //! rules inject more from their sources
 //! ([`from_source`], [`inject`]). Each candidate carries where it came from, which becomes a
@@ -55,25 +56,10 @@ pub const VIEW_LIST: &str = "recent_items";
 pub const CATEGORY_LIST: &str = "recent_categories";
 pub const PURCHASED_LIST: &str = "purchased_recent";
 
-/// How many of the customer's latest items seed co-visited candidates.
-pub const COVISIT_SEEDS: usize = 5;
-/// Neighbours read per seed.
-pub const COVISIT_PER_SEED: usize = 20;
+/// The share (%) of the generated candidates the recently viewed may take.
+pub const VIEWED_SHARE: usize = 75;
 
-/// The customer's latest items whose neighbours are read (up to
-/// [`COVISIT_SEEDS`] of [`VIEW_LIST`], newest first).
-pub fn seeds(customer: &EntityState) -> Vec<String> {
-    customer
-        .recent
-        .get(VIEW_LIST)
-        .map(|l| {
-            l.iter()
-                .take(COVISIT_SEEDS)
-                .map(|(m, _)| m.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+pub use crate::features::covisit_score::seeds;
 
 /// The request's own list, in its order (already deduplicated by the API).
 pub fn requested(ids: &[String]) -> Vec<Candidate> {
@@ -85,8 +71,9 @@ pub fn requested(ids: &[String]) -> Vec<Candidate> {
         .collect()
 }
 
-/// Up to `n` candidates for a customer: the cart, up to `n/4` of the
-/// recently viewed, up to `n/4` of `covisited` (best first), the popular
+/// Up to `n` candidates for a customer: the cart, up to
+/// [`VIEWED_SHARE`] % of `n` of the recently viewed, up to `n/4` of
+/// `covisited` (best first), the popular
 /// items of the recent categories (`n/2` shared among them), then the
 /// popular items.
 pub fn generate(
@@ -115,7 +102,7 @@ pub fn generate(
     for id in list(CART_LIST) {
         push(id, Source::Carted, &mut out);
     }
-    for id in list(VIEW_LIST).into_iter().take(n / 4) {
+    for id in list(VIEW_LIST).into_iter().take(n * VIEWED_SHARE / 100) {
         push(id, Source::Viewed, &mut out);
     }
     let quota = out.len() + n / 4;
@@ -213,6 +200,47 @@ pub fn inject(cands: &mut Vec<Candidate>, ids: &[String], reason: Label) -> usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_candidates_are_the_cart_most_of_the_viewed_then_co_visited_and_popular() {
+        let mut c = EntityState::default();
+        let list = |p: &str, n: usize| -> Vec<(String, i64)> {
+            (0..n)
+                .map(|i| (format!("{p}{i}"), 1000 - i as i64))
+                .collect()
+        };
+        c.recent.insert(CART_LIST.into(), list("c", 3));
+        c.recent.insert(VIEW_LIST.into(), list("v", 100));
+        c.recent.insert(CATEGORY_LIST.into(), list("k", 1));
+        let covisited: Vec<(String, f64)> = (0..30).map(|i| (format!("n{i}"), 1.0)).collect();
+        let mut pop = Popularity::default();
+        pop.by_category.insert(
+            "k0".into(),
+            (0..5).map(|i| (format!("t{i}"), 1.0)).collect(),
+        );
+        pop.global = (0..5).map(|i| (format!("g{i}"), 1.0)).collect();
+        let count = |cands: &[Candidate], s: Source| cands.iter().filter(|x| x.source == s).count();
+
+        let full = generate(&c, &covisited, &pop, 100);
+        assert_eq!(full.len(), 100);
+        assert_eq!(count(&full, Source::Carted), 3);
+        assert_eq!(count(&full, Source::Viewed), 75);
+        assert_eq!(full[3].item_id, "v0", "the newest viewed after the cart");
+        assert_eq!(
+            count(&full, Source::CoVisited),
+            22,
+            "what is left, best first"
+        );
+        assert_eq!(full[78].item_id, "n0");
+
+        // a short history leaves room for a quarter co-visited and popular items
+        c.recent.insert(VIEW_LIST.into(), list("v", 4));
+        let short = generate(&c, &covisited, &pop, 100);
+        assert_eq!(count(&short, Source::Viewed), 4);
+        assert_eq!(count(&short, Source::CoVisited), 25);
+        assert_eq!(count(&short, Source::CategoryPopular), 5);
+        assert_eq!(count(&short, Source::Popular), 5);
+    }
 
     #[test]
     fn injected_candidates_are_new_once_each_in_order() {

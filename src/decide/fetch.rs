@@ -5,6 +5,7 @@
 
 use super::item_cache::ItemCache;
 use crate::features::aggregate::EntityState;
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::store::{FeatureStore, OfferKey, ReadQuery, StoreError};
 use std::sync::Arc;
 
@@ -17,6 +18,10 @@ pub struct Fetched {
     pub items: Vec<Arc<EntityState>>,
     /// The customer's contact counters asked for, in order.
     pub offers: Vec<u64>,
+    /// Co-visitation scores of the customer's latest items' neighbours
+    /// (read when candidates are generated or a model or rule reads
+    /// `cross.covisit_score`; else empty).
+    pub covisit: CoVisitScores,
 }
 
 /// The store and the optional item cache, as the fetch stage sees them.
@@ -55,6 +60,7 @@ impl Fetcher<'_> {
             session: read.session,
             items: self.merge(cached, missing, read.items),
             offers,
+            covisit: CoVisitScores::default(),
         })
     }
 

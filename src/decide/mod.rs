@@ -5,7 +5,8 @@
 //!    request's items' states in one store round trip ([`item_cache`] for
 //!    item states); candidates are the request's list, or generated from
 //!    the customer's state, the items co-visited with their latest ones
-//!    (a round trip of its own) and the [`popularity`] lists; the rules that
+//!    (a round trip of its own, also made when the model or a rule reads
+//!    `cross.covisit_score`) and the [`popularity`] lists; the rules that
 //!    hold for the customer inject more; the items not read yet come in a
 //!    second round trip;
 //! 2. [`rules`]: each candidate judged by the rule files: excluded or not,
@@ -37,6 +38,7 @@ pub mod shadow;
 
 pub use request::{ExcludedItem, Label, ModelRef, RankedItem, RecommendRequest, Recommendation};
 
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::store::FeatureStore;
 use crate::features::FeatureSet;
 use crate::model::routing::Routing;
@@ -194,7 +196,9 @@ impl Decider {
         let rules = self.rules.load_full();
 
         let t = Instant::now();
-        let (cands, fetched, active, sourced) = self.candidates_and_states(req, &rules).await?;
+        let (cands, fetched, active, sourced) = self
+            .candidates_and_states(req, &rules, model.plan.uses_covisit())
+            .await?;
         stage(timings, "features", t);
 
         let t = Instant::now();
@@ -335,10 +339,14 @@ impl Decider {
     /// trip; then, if candidates are generated or rules inject some, the
     /// items not read yet in a second. Also the rules that hold for the
     /// customer (caps applied) and which items the injecting ones gave.
+    /// The co-visitation scores are read (a round trip of their own) when
+    /// candidates are generated, or the model (`model_covisit`) or a rule
+    /// reads `cross.covisit_score`.
     async fn candidates_and_states<'r>(
         &self,
         req: &RecommendRequest,
         rule_set: &'r RuleSet,
+        model_covisit: bool,
     ) -> Result<(Vec<Candidate>, Fetched, Active<'r>, Sourced), DecideError> {
         let fetcher = Fetcher {
             store: self.store.as_ref(),
@@ -352,12 +360,15 @@ impl Decider {
             .await?;
         let capped = rule_set.capped(&cap_keys, &fetched.offers);
         let pop = self.popularity.load();
+        if req.candidates.is_none() || model_covisit || rule_set.plan.uses_covisit() {
+            fetched.covisit = CoVisitScores::read(self.store.as_ref(), &fetched.customer).await?;
+        }
         let mut cands = match &req.candidates {
             Some(list) => candidates::requested(list),
             None => {
-                let covisited = self.covisited(&fetched.customer).await?;
                 let n = self.cfg.generated_candidates;
-                candidates::generate(&fetched.customer, &covisited, &pop, n)
+                let covisited = fetched.covisit.candidates();
+                candidates::generate(&fetched.customer, covisited, &pop, n)
             }
         };
         let inputs = rules::inputs(&self.set, &fetched, &req.context, req.now_ms);
@@ -375,28 +386,6 @@ impl Decider {
             fetched.items.extend(more);
         }
         Ok((cands, fetched, active, injections.sourced))
-    }
-
-    /// The items co-visited with the customer's latest ones, best first
-    /// (one store round trip; none for a customer with no recent items).
-    async fn covisited(
-        &self,
-        customer: &crate::features::aggregate::EntityState,
-    ) -> Result<Vec<(String, f64)>, DecideError> {
-        let seeds = candidates::seeds(customer);
-        if seeds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let lists = self
-            .store
-            .neighbours(&seeds, candidates::COVISIT_PER_SEED)
-            .await?;
-        let skip: Vec<&str> = seeds.iter().map(String::as_str).collect();
-        Ok(crate::features::store::covisit::rank(
-            &lists,
-            &skip,
-            self.cfg.generated_candidates,
-        ))
     }
 
     /// Hands the shadow models (if any) the same states, off the request path.
@@ -427,6 +416,7 @@ impl Decider {
             request_id: req.request_id.clone(),
             customer: fetched.customer.clone(),
             session: fetched.session.clone(),
+            covisit: fetched.covisit.clone(),
             context: req.context.clone(),
             now: req.now_ms,
             ids: eligible.iter().map(|&i| cands[i].item_id.clone()).collect(),
@@ -461,5 +451,7 @@ fn stage(timings: &mut BTreeMap<&'static str, u64>, name: &'static str, since: I
         .record(d.as_secs_f64());
 }
 
+#[cfg(test)]
+mod covisit_tests;
 #[cfg(test)]
 mod tests;

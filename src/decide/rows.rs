@@ -62,6 +62,7 @@ pub fn build(
         session: &fetched.session,
         context,
         now,
+        covisit: &fetched.covisit,
     };
     let request = plan.request_row(set, &inputs);
     let mut data = Vec::with_capacity(eligible.len() * plan.width());
@@ -137,6 +138,7 @@ mod tests {
             session: session.clone(),
             items: ids.iter().map(|id| Arc::new(st.item(id).clone())).collect(),
             offers: Vec::new(),
+            covisit: Default::default(),
         };
         let cands = crate::decide::candidates::requested(&ids);
         let context = ContextValues::defaults(&set);
@@ -147,6 +149,7 @@ mod tests {
             session: &fetched.session,
             context: &context,
             now,
+            covisit: &fetched.covisit,
         };
         let active = rules.begin(&inputs, &[]);
         let items: Vec<(&str, &crate::features::aggregate::EntityState)> = cands

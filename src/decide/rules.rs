@@ -51,6 +51,7 @@ pub fn inputs<'a>(
         session: &fetched.session,
         context,
         now,
+        covisit: &fetched.covisit,
     }
 }
 

@@ -5,6 +5,7 @@
 //! (counted in `nextbest_shadow_skipped_total`) instead of queueing work.
 
 use crate::features::aggregate::EntityState;
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::vector::{ContextValues, RowInputs};
 use crate::features::FeatureSet;
 use crate::model::LoadedModel;
@@ -17,6 +18,9 @@ pub struct ShadowJob {
     pub request_id: String,
     pub customer: EntityState,
     pub session: EntityState,
+    /// The primary's co-visitation scores (empty if it read none: a shadow
+    /// reading `cross.covisit_score` then sees 0 for listed candidates).
+    pub covisit: CoVisitScores,
     pub context: ContextValues,
     pub now: i64,
     pub ids: Vec<String>,
@@ -69,6 +73,7 @@ fn run(set: &FeatureSet, primary_id: &str, models: &[Arc<LoadedModel>], job: &Sh
         session: &job.session,
         context: &job.context,
         now: job.now,
+        covisit: &job.covisit,
     };
     for m in models {
         let request = m.plan.request_row(set, &inputs);

@@ -187,6 +187,10 @@ pub enum DerivedKind {
         value: String,
         absent: f64,
     },
+    /// How strongly other shoppers' co-visits tie the item to the
+    /// customer's latest items (`features::covisit_score`), 0 when not
+    /// among their neighbours.
+    CoVisit,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -530,10 +534,22 @@ impl FeatureSet {
                     },
                 }
             }
+            "covisit" => {
+                if prefix != "cross" {
+                    return Err(invalid(&name, "covisit is a cross. feature"));
+                }
+                if d.list.is_some() || d.value.is_some() || d.default.is_some() {
+                    return Err(invalid(
+                        &name,
+                        "covisit takes no `list`, `value` or `default` (it reads the customer's latest items' neighbours; 0 when not among them)",
+                    ));
+                }
+                DerivedKind::CoVisit
+            }
             other => {
                 return Err(invalid(
                     &name,
-                    format!("unknown derived kind `{other}` (ratio, contains, rank, age)"),
+                    format!("unknown derived kind `{other}` (ratio, contains, rank, age, covisit)"),
                 ))
             }
         };
@@ -724,6 +740,23 @@ mod tests {
         assert!(set.is_known_numeric("context.is_mobile"));
         assert!(!set.is_known_numeric("customer.recent_items"));
         assert!(!set.is_known_numeric("customer.nope"));
+        assert!(set.is_known_numeric("cross.covisit_score"));
+    }
+
+    #[test]
+    fn covisit_is_a_cross_feature_without_parameters() {
+        let ok = "[[derived]]\nname = 'cross.cv'\nkind = 'covisit'\n";
+        let set = FeatureSet::parse(ok).expect("covisit needs nothing else");
+        assert_eq!(set.derived[0].kind, DerivedKind::CoVisit);
+        let err = FeatureSet::parse("[[derived]]\nname = 'item.cv'\nkind = 'covisit'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("item.cv") && err.contains("cross."), "{err}");
+        let err =
+            FeatureSet::parse("[[derived]]\nname = 'cross.cv'\nkind = 'covisit'\ndefault = 1\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("takes no"), "{err}");
     }
 
     #[test]

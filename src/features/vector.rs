@@ -10,6 +10,7 @@
 //! into [`ContextValues`]: one number per declared context feature.
 
 use super::aggregate::{numeric_value, EntityState};
+use super::covisit_score::CoVisitScores;
 use super::definition::{DerivedKind, Entity, FeatureSet};
 use serde_json::{Map, Value};
 
@@ -124,6 +125,8 @@ enum Source {
     },
     /// Index into `FeatureSet::context`.
     Context(usize),
+    /// The item's `cross.covisit_score` ([`RowInputs::covisit`]).
+    CoVisit,
 }
 
 /// What a [`Source::Member`] column says of the value's membership.
@@ -159,6 +162,7 @@ impl Source {
                     }
             }
             Source::Context(_) => false,
+            Source::CoVisit => true,
         }
     }
 }
@@ -178,6 +182,9 @@ pub struct RowInputs<'a> {
     pub session: &'a EntityState,
     pub context: &'a ContextValues,
     pub now: i64,
+    /// The customer's co-visitation scores (`cross.covisit_score`); empty
+    /// when no column reads them.
+    pub covisit: &'a CoVisitScores,
 }
 
 /// One request's row with the columns that are the same for every item
@@ -245,6 +252,7 @@ impl RowPlan {
                         value,
                         absent,
                     } => member(list, value, Measure::Age(*absent)).ok_or_else(unknown)?,
+                    DerivedKind::CoVisit => Source::CoVisit,
                 }
             } else {
                 let slot = stored(name).ok_or_else(unknown)?;
@@ -271,6 +279,12 @@ impl RowPlan {
 
     pub fn width(&self) -> usize {
         self.sources.len()
+    }
+
+    /// Whether a column reads the co-visitation scores (so the request
+    /// needs [`RowInputs::covisit`] filled).
+    pub fn uses_covisit(&self) -> bool {
+        self.sources.iter().any(|s| matches!(s, Source::CoVisit))
     }
 
     /// Whether column `col` depends on the item (false: the same for every
@@ -429,6 +443,7 @@ fn column(
             }
         }
         Source::Context(i) => inp.context.get(*i),
+        Source::CoVisit => inp.covisit.get(item_id),
     };
     if x.is_finite() {
         x
@@ -497,6 +512,7 @@ mod tests {
             session,
             context: &context,
             now: t0 + 60_000,
+            covisit: &CoVisitScores::default(),
         };
         let req = plan.request_row(&set, &inp);
         let (mut fast, mut full) = (Vec::new(), Vec::new());
@@ -532,6 +548,7 @@ mod tests {
             session: &session,
             context: &context,
             now: 10_000,
+            covisit: &CoVisitScores::default(),
         };
         let row = |id: &str| {
             let mut out = Vec::new();
@@ -541,7 +558,36 @@ mod tests {
         assert_eq!(row("b"), [1.0, 1.0, 1.0]);
         assert_eq!(row("a"), [2.0, 6.0, 1.0]);
         // not in the list: the declared defaults
-        assert_eq!(row("z"), [100.0, 1_000_000.0, 0.0]);
+        assert_eq!(row("z"), [1000.0, 1_000_000.0, 0.0]);
+    }
+
+    #[test]
+    fn the_covisit_column_is_the_requests_score_of_the_item() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feature-store/features.toml");
+        let set = FeatureSet::load(&path).expect("shipped definitions load");
+        let plan = RowPlan::compile(&set, &["cross.covisit_score".to_string()]).expect("compiles");
+        assert!(plan.uses_covisit() && plan.is_per_item(0));
+        assert!(!RowPlan::compile(&set, &["cross.recent_rank".to_string()])
+            .expect("compiles")
+            .uses_covisit());
+        let seeds = vec!["a".to_string()];
+        let lists = vec![vec![("x".to_string(), 3.0), ("y".to_string(), 1.0)]];
+        let scores = CoVisitScores::from_lists(&seeds, &lists);
+        let (state, context) = (EntityState::default(), ContextValues::defaults(&set));
+        let inp = RowInputs {
+            customer: &state,
+            session: &state,
+            context: &context,
+            now: 0,
+            covisit: &scores,
+        };
+        let req = plan.request_row(&set, &inp);
+        let mut out = Vec::new();
+        for id in ["x", "y", "z"] {
+            plan.push_item_row(&set, &inp, &req, id, &state, &mut out);
+        }
+        assert_eq!(out, [0.75, 0.25, 0.0]);
     }
 
     #[test]

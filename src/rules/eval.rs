@@ -535,6 +535,7 @@ mod tests {
             session: &customer,
             context: &ctx,
             now: 10,
+            covisit: &Default::default(),
         };
         assert!(rules.fast[0].1.is_none() && rules.fast[1].1.is_none());
         let items: Vec<(&str, &EntityState)> = ids.iter().copied().zip(states.iter()).collect();
@@ -603,6 +604,7 @@ mod tests {
             session: &customer,
             context: &ctx,
             now: 10,
+            covisit: &Default::default(),
         };
         // "dear" is no shape of the fast form: it runs in cel, its results kept
         assert!(rules.fast[1].1.is_none() && rules.fast[0].1.is_some());

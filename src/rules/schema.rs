@@ -11,6 +11,7 @@
 //! ([`Plan::item_vars`]) reads only the referenced features.
 
 use crate::features::aggregate::{numeric_value, EntityState};
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::definition::{Aggregation, Entity, FeatureSet};
 use crate::features::vector::{ContextValues, RowInputs, RowPlan};
 use cel::common::value::{CowVal, Val};
@@ -291,6 +292,8 @@ pub struct Inputs<'a> {
     pub session: &'a EntityState,
     pub context: &'a ContextValues,
     pub now: i64,
+    /// The customer's co-visitation scores (`cross.covisit_score`).
+    pub covisit: &'a CoVisitScores,
 }
 
 /// The request's fields (customer, session, context) bound under their
@@ -424,6 +427,12 @@ impl Resolver<'_> {
 }
 
 impl Plan {
+    /// Whether a rule reads `cross.covisit_score` (so the request needs
+    /// the co-visitation scores read).
+    pub fn uses_covisit(&self) -> bool {
+        self.numeric.uses_covisit()
+    }
+
     /// The request's fields bound (customer, session, context).
     pub fn bind_request(&self, inp: &Inputs<'_>) -> Bound {
         let empty = EntityState::default();
@@ -564,6 +573,7 @@ impl Plan {
                     session: inp.session,
                     context: inp.context,
                     now: inp.now,
+                    covisit: inp.covisit,
                 };
                 Cell::Number(self.numeric.value(inp.set, *c, &rows, item_id, item))
             }

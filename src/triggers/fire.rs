@@ -13,6 +13,7 @@ use super::TriggerSet;
 use crate::clock::Clock;
 use crate::decide::{Decider, RecommendRequest};
 use crate::features::aggregate::entity_values;
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::store::{FeatureStore, ReadQuery, ReadResult};
 use crate::features::vector::ContextValues;
 use crate::features::{Entity, FeatureSet};
@@ -92,12 +93,15 @@ impl Firer {
             }
         };
         let context_values = ContextValues::defaults(&self.set);
+        // conditions read the request's fields only, never an item's
+        let no_covisit = CoVisitScores::default();
         let inputs = Inputs {
             set: &self.set,
             customer: &read.customer,
             session: &read.session,
             context: &context_values,
             now,
+            covisit: &no_covisit,
         };
         let bound = triggers.plan.bind_request(&inputs);
         let holds = |c: &crate::rules::condition::Condition| {

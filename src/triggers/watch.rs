@@ -17,6 +17,7 @@ use super::sequence::Progress;
 use super::trigger::{Kind, Trigger};
 use super::TriggerSet;
 use crate::event::Event;
+use crate::features::covisit_score::CoVisitScores;
 use crate::features::store::{ReadQuery, ReadResult};
 use crate::features::vector::ContextValues;
 use crate::rules::schema::Inputs;
@@ -185,6 +186,8 @@ impl Watcher {
             .await;
             let now = self.firer.clock.now_ms();
             let context = ContextValues::defaults(&self.firer.set);
+            // conditions read the request's fields only, never an item's
+            let no_covisit = CoVisitScores::default();
             for ((e, concerned), read) in chunk.iter().zip(reads) {
                 let read = match read {
                     Ok(r) => r,
@@ -199,6 +202,7 @@ impl Watcher {
                     session: &read.session,
                     context: &context,
                     now,
+                    covisit: &no_covisit,
                 });
                 for &i in concerned {
                     let t = thresholds[i];

@@ -299,6 +299,13 @@ impl MemoryState {
         self
     }
 
+    /// Keeps co-visitation (`store::covisit`) from now on, without the
+    /// popularity lists (the training export: its `cross.covisit_score`).
+    pub fn keep_covisits(mut self) -> Self {
+        self.covisit = covisit::kept(&self.set);
+        self
+    }
+
     /// The best `top` neighbours of `item` (`covisit`).
     pub fn neighbours(&self, item: &str, top: usize) -> Vec<(String, f64)> {
         self.items
