@@ -54,26 +54,7 @@ fn walks() -> Vec<Event> {
 }
 
 async fn decider(set: Arc<FeatureSet>, store: Arc<dyn FeatureStore>) -> Decider {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cfg = Config::default();
-    let opts = LoadOptions {
-        sessions: 1,
-        intra_threads: 1,
-        ort_dylib_path: None,
-    };
-    let reg = Registry::rescan(&root.join("models"), &set, &opts, &[], None);
-    let routing = Routing::new(&Default::default(), &[], None).expect("default routing");
-    let rules = RuleSet::load(&root.join("rules"), &set, None);
-    Decider::new(
-        &cfg,
-        set,
-        store,
-        Arc::new(ArcSwap::from_pointee(reg)),
-        Arc::new(ArcSwap::from_pointee(Popularity::default())),
-        routing,
-        Arc::new(ArcSwap::from_pointee(rules)),
-    )
-    .expect("default config")
+    super::tests::shipped_decider(&Config::default(), set, store)
 }
 
 #[tokio::test]

@@ -128,6 +128,16 @@ async fn decider(cfg: &Config, delay: Duration, fail: bool) -> Decider {
         .await
         .expect("memory apply");
     let store: Arc<dyn FeatureStore> = Arc::new(TestStore { inner, delay, fail });
+    shipped_decider(cfg, set, store)
+}
+
+/// A decider over `set`, the shipped models and rules (checked to load),
+/// and `store`.
+pub(super) fn shipped_decider(
+    cfg: &Config,
+    set: Arc<FeatureSet>,
+    store: Arc<dyn FeatureStore>,
+) -> Decider {
     let opts = LoadOptions {
         sessions: cfg.model.sessions,
         intra_threads: 1,
