@@ -300,3 +300,34 @@ async fn a_backfill_files_what_it_writes_as_the_stream_does() {
         assert_eq!(lists_over_time(store).await, expected, "{name}");
     }
 }
+
+#[tokio::test]
+async fn one_write_of_more_items_than_the_lists_keep_lists_the_same_in_both_stores() {
+    // 1,300 items in two categories in one call (one `pop_write.lua`): past
+    // both cuts (1,000 global, 200 a category), with ties at them
+    let set = set();
+    let mut events = Vec::new();
+    for i in 0..1300 {
+        for v in 0..1 + (i * 7) % 5 {
+            events.push(ev(
+                &format!("w{i}-{v}"),
+                "page_view",
+                &format!("p{i}"),
+                &format!("cat{}", i % 2),
+                T - H + v as i64,
+            ));
+        }
+    }
+    let plans: Vec<_> = events.iter().map(|e| plan_event(&set, e)).collect();
+    let mut lists = Vec::new();
+    for (name, store) in stores().await {
+        store.apply(&plans, T).await.expect("applies");
+        let l = store.popular(T, 1000, 200).await.expect("popular");
+        assert_eq!(l.global.len(), 1000, "{name}: the global list is full");
+        for c in ["cat0", "cat1"] {
+            assert_eq!(l.by_category[c].len(), 200, "{name}: {c} is full");
+        }
+        lists.push(l);
+    }
+    assert_eq!(lists[0], lists[1], "memory and redis keep the same lists");
+}

@@ -8,7 +8,6 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::features::store::memory::MemoryStore;
 use crate::features::vector::{ContextValues, RowPlan};
-use crate::model::scorer::LoadOptions;
 use polars::prelude::*;
 use std::path::Path;
 
