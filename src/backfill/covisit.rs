@@ -63,15 +63,9 @@ pub async fn file(
         let list = lists.entry(e.customer_id.as_str()).or_default();
         if !applied_before.contains(&e.event_id) {
             let before: Vec<&str> = covisit::previous_of(item, e.ts, list).copied().collect();
-            if !before.is_empty() {
-                let w = covisit::weight(e.ts);
-                let x = sums.id(item);
-                for y in before {
-                    let y = sums.id(y);
-                    // both ways, as `covisit::pairs`
-                    sums.add(y, x, w);
-                    sums.add(x, y, w);
-                }
+            for (a, b, w) in covisit::pairs(item, e.ts, &before) {
+                let (a, b) = (sums.id(a), sums.id(b));
+                sums.add(a, b, w);
             }
         }
         push_recent(list, item, || item, e.ts, cap);

@@ -222,6 +222,7 @@ pub fn export_training(
     let mut row = Vec::with_capacity(names.len());
     // the scores of the moment last computed (a moment's rows share them)
     let mut covisit: Option<((&str, i64), CoVisitScores)> = None;
+    let no_covisit = CoVisitScores::default();
     for &i in &order {
         let ts = labels.ts[i];
         // apply every event strictly before the decision moment
@@ -254,7 +255,6 @@ pub fn export_training(
             let scores = CoVisitScores::of_state(&state, state.customer(customer));
             covisit = Some(((customer, ts), scores));
         }
-        let no_covisit = CoVisitScores::default();
         let (_, sess_state) = state.session(customer, session);
         let inputs = RowInputs {
             customer: state.customer(customer),

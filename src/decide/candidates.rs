@@ -1,8 +1,8 @@
 //! The candidates stage: which items are considered. A request either lists
 //! them, or they are generated from the customer's state (what they carted
 //! and viewed recently, the items other shoppers co-visited with their
-//! latest ones ([`seeds`]; `features::covisit_score` reads the store's
-//! `covisit` lists), popular
+//! latest ones (`features::covisit_score`: the neighbours of its `seeds`,
+//! read from the store's `covisit` lists), popular
 //! items of their recent categories, then the globally popular items);
 //! rules inject more from their sources
 //! ([`from_source`], [`inject`]). Each candidate carries where it came from, which becomes a
@@ -58,8 +58,6 @@ pub const PURCHASED_LIST: &str = "purchased_recent";
 
 /// The share (%) of the generated candidates the recently viewed may take.
 pub const VIEWED_SHARE: usize = 75;
-
-pub use crate::features::covisit_score::seeds;
 
 /// The request's own list, in its order (already deduplicated by the API).
 pub fn requested(ids: &[String]) -> Vec<Candidate> {

@@ -157,9 +157,15 @@ pub struct Filing<'a> {
 /// leaves.
 pub fn best<'a>(add: &[(&'a str, f64)]) -> Vec<(&'a str, f64)> {
     let mut all = add.to_vec();
-    all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(a.0)));
+    all.sort_by(|a, b| better_first((a.0, a.1), (b.0, b.1)));
     all.truncate(KEEP);
     all
+}
+
+/// The order neighbours are kept in: the higher score first, ties by id,
+/// the greater first (Redis' `ZREVRANGE` order, so its cut and ours agree).
+fn better_first(a: (&str, f64), b: (&str, f64)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then_with(|| b.0.cmp(a.0))
 }
 
 /// One item's neighbours with their scores (the memory store's).
@@ -184,7 +190,7 @@ impl Neighbours {
     /// `ZREVRANGE` order).
     pub fn top(&self, n: usize) -> Vec<(String, f64)> {
         let mut all: Vec<(&String, &f64)> = self.scores.iter().collect();
-        all.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| b.0.cmp(a.0)));
+        all.sort_by(|a, b| better_first((a.0, *a.1), (b.0, *b.1)));
         all.into_iter()
             .take(n)
             .map(|(m, s)| (m.clone(), *s))

@@ -17,6 +17,7 @@ use super::{Lane, RedisStore};
 use crate::features::aggregate::Plan;
 use crate::features::store::{covisit, dump, StoreError};
 use redis::Value;
+
 /// Neighbours filed per pipeline at most (a backfill's filings are many).
 const PIPELINE_PAIRS: usize = 20_000;
 
