@@ -1,15 +1,26 @@
 //! Load test of the running server, end to end over loopback HTTP:
 //!
 //! 1. `/v1/recommend` with 100 candidates against the Redis store:
-//!    sequential requests, then an open-loop 500 req/s schedule (latency is
-//!    measured from each request's scheduled start, so queueing counts);
-//! 2. event → feature freshness: an event produced to Kafka, until its
-//!    feature is visible in Redis.
+//!    sequential requests;
+//! 2. closed loop at 1, 8, 32 and 128 connections (each connection sends its
+//!    next request when the last one is answered): throughput, latency,
+//!    fallbacks and 503s (shed requests), so overload shows as shedding or
+//!    as a latency collapse;
+//! 3. open loop at a fixed rate (default 1,000 req/s for 30 s; latency is
+//!    measured from each request's scheduled start, so queueing counts)
+//!    while events flow through Kafka at 2,000/s, with event → feature
+//!    freshness probes under that load;
+//! 4. event → feature freshness on an idle server: an event produced to
+//!    Kafka, until its feature is visible in Redis.
 //!
 //! Needs Redis and a Kafka-protocol broker: `make bench` starts both and
-//! sets NEXTBEST_TEST_REDIS_URL / NEXTBEST_TEST_KAFKA_BROKERS. The server runs
-//! in this process, so client and server share the machine's 2 cores.
-//! Knobs: NEXTBEST_BENCH_SECONDS (default 10), NEXTBEST_BENCH_RATE (500),
+//! sets NEXTBEST_TEST_REDIS_URL / NEXTBEST_TEST_KAFKA_BROKERS, and runs this
+//! twice, item cache on (1 s) and off. The server runs in this process, so
+//! client and server share the machine's 2 cores with Redis and the broker.
+//! Knobs: NEXTBEST_BENCH_SECONDS (open loop, default 30),
+//! NEXTBEST_BENCH_RATE (1000), NEXTBEST_BENCH_EVENT_RATE (2000),
+//! NEXTBEST_BENCH_CLOSED_SECONDS (per connection count, default 5),
+//! NEXTBEST_BENCH_CONNECTIONS (default "1,8,32,128"),
 //! NEXTBEST_BENCH_ITEM_CACHE_MS (the server's `recommend.item_cache_ms`),
 //! NEXTBEST_BENCH_MICRO_BATCH_US (`model.micro_batch_us`).
 
@@ -25,8 +36,97 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator of the `nextbest` binary (src/main.rs), so the server in
+/// this process allocates as it ships (glibc malloc took ~20 % of its CPU).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run `make bench`"))
+}
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|_| panic!("{name} must be a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// How one request ended.
+#[derive(Clone, Copy, PartialEq)]
+enum Outcome {
+    Ranked,
+    Fallback,
+    Shed,
+    Failed,
+}
+
+async fn recommend(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Outcome {
+    match client.post(url).json(body).send().await {
+        Ok(r) if r.status().as_u16() == 503 => {
+            r.bytes().await.ok();
+            Outcome::Shed
+        }
+        Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+            Ok(v) if v["fallback"] == false => Outcome::Ranked,
+            Ok(_) => Outcome::Fallback,
+            Err(_) => Outcome::Failed,
+        },
+        _ => Outcome::Failed,
+    }
+}
+
+/// Counts of each outcome, as printed.
+fn outcomes(v: &[Outcome]) -> String {
+    let n = |o| v.iter().filter(|x| **x == o).count();
+    format!(
+        "{} fallbacks, {} shed (503), {} failed",
+        n(Outcome::Fallback),
+        n(Outcome::Shed),
+        n(Outcome::Failed)
+    )
+}
+
+/// Polls `store` until customer `c`'s `views_5m` counts its event; the
+/// time since `t`, in ms.
+async fn visible(
+    store: &RedisStore,
+    f: &nextbest::features::definition::FeatureDef,
+    c: &str,
+    t: Instant,
+) -> f64 {
+    loop {
+        let r = store
+            .read(&ReadQuery {
+                customer_id: c,
+                session_id: None,
+                item_ids: &[],
+            })
+            .await
+            .expect("read");
+        if nextbest::features::aggregate::numeric_value(f, &r.customer, nextbest::now_ms())
+            .unwrap_or(0.0)
+            >= 1.0
+        {
+            return t.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "event of {c} never became visible"
+        );
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// Request `i`: a customer of the seed and 100 of its items as candidates.
+fn body(i: usize) -> serde_json::Value {
+    let cands: Vec<String> = (0..100)
+        .map(|j| format!("bi{}", (i * 13 + j * 10) % 1000))
+        .collect();
+    json!({"customer_id": format!("bc{}", i % 200), "k": 10, "candidates": cands, "context": {"is_mobile": i.is_multiple_of(2)}})
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -53,14 +153,19 @@ fn summary(name: &str, mut v: Vec<f64>) -> String {
 async fn main() {
     let redis_url = env("NEXTBEST_TEST_REDIS_URL");
     let brokers = env("NEXTBEST_TEST_KAFKA_BROKERS");
-    let seconds: u64 = std::env::var("NEXTBEST_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let rate: u64 = std::env::var("NEXTBEST_BENCH_RATE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
+    let seconds = knob("NEXTBEST_BENCH_SECONDS", 30);
+    let rate = knob("NEXTBEST_BENCH_RATE", 1000);
+    let event_rate = knob("NEXTBEST_BENCH_EVENT_RATE", 2000);
+    let closed_seconds = knob("NEXTBEST_BENCH_CLOSED_SECONDS", 5);
+    let connections: Vec<usize> = std::env::var("NEXTBEST_BENCH_CONNECTIONS")
+        .unwrap_or_else(|_| "1,8,32,128".into())
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .expect("NEXTBEST_BENCH_CONNECTIONS: numbers")
+        })
+        .collect();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let prefix = format!("bench{}", nextbest::now_ms());
     let mut cfg = Config {
@@ -123,19 +228,21 @@ async fn main() {
     }
     let set =
         Arc::new(FeatureSet::load(&repo.join("feature-store/features.toml")).expect("features"));
-    let store = RedisStore::connect(
-        RedisSettings {
-            url: redis_url.clone(),
-            key_prefix: prefix.clone(),
-            dedupe_window_ms: 86_400_000,
-            ttl_seconds: 3600,
-            timeout_ms: 2000,
-            timer_shards: 16,
-        },
-        set.clone(),
-    )
-    .await
-    .expect("redis");
+    let store = Arc::new(
+        RedisStore::connect(
+            RedisSettings {
+                url: redis_url.clone(),
+                key_prefix: prefix.clone(),
+                dedupe_window_ms: 86_400_000,
+                ttl_seconds: 3600,
+                timeout_ms: 2000,
+                timer_shards: 16,
+            },
+            set.clone(),
+        )
+        .await
+        .expect("redis"),
+    );
     let seed_wait = Instant::now();
     loop {
         let n = store.item_ids().await.expect("items").len();
@@ -153,12 +260,6 @@ async fn main() {
         seed_wait.elapsed().as_secs_f64()
     );
 
-    let body = |i: usize| {
-        let cands: Vec<String> = (0..100)
-            .map(|j| format!("bi{}", (i * 13 + j * 10) % 1000))
-            .collect();
-        json!({"customer_id": format!("bc{}", i % 200), "k": 10, "candidates": cands, "context": {"is_mobile": i.is_multiple_of(2)}})
-    };
     // warm up
     for i in 0..200 {
         client
@@ -172,15 +273,28 @@ async fn main() {
             .ok();
     }
 
+    let url = format!("{base}/v1/recommend");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    let f = set.stored("customer.views_5m").expect("views_5m").clone();
+    let mut table = vec![
+        "\n| measurement (ms) | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|".to_string(),
+    ];
+    let mut notes = Vec::new();
+
     // sequential
-    let n_seq = (seconds * 200) as usize;
+    let n_seq = (closed_seconds * 200) as usize;
     let mut seq = Vec::with_capacity(n_seq);
     let mut server_total = Vec::with_capacity(n_seq);
     let mut fallbacks = 0;
     for i in 0..n_seq {
         let t = Instant::now();
         let r: serde_json::Value = client
-            .post(format!("{base}/v1/recommend"))
+            .post(&url)
             .json(&body(i))
             .send()
             .await
@@ -194,50 +308,169 @@ async fn main() {
             fallbacks += 1;
         }
     }
+    table.push(summary(
+        "recommend, sequential, 100 candidates, Redis (client)",
+        seq,
+    ));
+    table.push(summary(
+        "  same, server-side `timings_us.total`",
+        server_total,
+    ));
+    notes.push(format!("sequential: {fallbacks} fallbacks"));
 
-    // open loop at `rate` req/s
+    // closed loop at each connection count
+    let mut closed = vec![
+        "\n| closed loop, connections | req/s | p50 | p99 | max | outcomes |\n|---|---|---|---|---|---|".to_string(),
+    ];
+    for &conns in &connections {
+        let until = Instant::now() + Duration::from_secs(closed_seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..conns {
+            let client = client.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let mut i = c * 7919;
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let o = recommend(&client, &url, &body(i)).await;
+                    out.push((t.elapsed().as_secs_f64() * 1000.0, o));
+                    i += 1;
+                }
+                out
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut outs = Vec::new();
+        for t in tasks {
+            for (ms, o) in t.await.expect("task") {
+                lat.push(ms);
+                outs.push(o);
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let ranked = outs.iter().filter(|o| **o == Outcome::Ranked).count();
+        lat.sort_by(f64::total_cmp);
+        closed.push(format!(
+            "| {conns} | {:.0} ({:.0} ranked) | {:.2} | {:.2} | {:.2} | {} |",
+            outs.len() as f64 / secs,
+            ranked as f64 / secs,
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            outcomes(&outs)
+        ));
+    }
+
+    // open loop at `rate` req/s, events flowing at `event_rate`/s, and
+    // freshness probes (10/s) under that load
     let total = (seconds * rate) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let end = start + Duration::from_secs(seconds);
+    let flow = {
+        let producer = producer.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(start, Duration::from_millis(10));
+            let per_tick = (event_rate / 100).max(1) as usize;
+            let mut pending = Vec::new();
+            let mut n = 0usize;
+            while tokio::time::Instant::now() < end {
+                tick.tick().await;
+                for _ in 0..per_tick {
+                    let kind = ["page_view", "page_view", "click", "add_to_cart"][n % 4];
+                    let c = format!("bc{}", n % 200);
+                    let e = json!({"event_id": format!("{prefix}-flow-{n}"), "type": kind, "customer_id": c,
+                        "ts": nextbest::now_ms(), "session_id": format!("bs{}", n % 300), "item_id": format!("bi{}", (n * 11) % 1000),
+                        "props": {"price": 20.0, "quantity": 1, "category": format!("cat{}", n % 20)}});
+                    let payload = serde_json::to_vec(&e).expect("json");
+                    let topic = format!("events.{kind}");
+                    if let Ok(d) =
+                        producer.send_result(FutureRecord::to(&topic).key(&c).payload(&payload))
+                    {
+                        pending.push(d);
+                    }
+                    n += 1;
+                }
+            }
+            let mut delivered = 0usize;
+            for d in pending {
+                if matches!(d.await, Ok(Ok(_))) {
+                    delivered += 1;
+                }
+            }
+            (n, delivered)
+        })
+    };
+    let probes = {
+        let producer = producer.clone();
+        let prefix = prefix.clone();
+        let store = store.clone();
+        let f = f.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut i = 0;
+            let mut tick = tokio::time::interval_at(start, Duration::from_millis(100));
+            while tokio::time::Instant::now() < end {
+                tick.tick().await;
+                let c = format!("{prefix}-lfresh-{i}");
+                i += 1;
+                let e = json!({"event_id": format!("{c}-e"), "type": "page_view", "customer_id": c, "ts": nextbest::now_ms(), "item_id": "bi1"});
+                let payload = serde_json::to_vec(&e).expect("json");
+                let t = Instant::now();
+                producer
+                    .send(
+                        FutureRecord::to("events.page_view")
+                            .key(&c)
+                            .payload(&payload),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .expect("produced");
+                out.push(visible(&store, &f, &c, t).await);
+            }
+            out
+        })
+    };
     let mut handles = Vec::with_capacity(total);
     for i in 0..total {
         let at = start + interval * i as u32;
         let client = client.clone();
-        let url = format!("{base}/v1/recommend");
+        let url = url.clone();
         let b = body(i);
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let r = client.post(url).json(&b).send().await;
-            let ok = match r {
-                Ok(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .map(|v| v["fallback"] == false)
-                    .unwrap_or(false),
-                Err(_) => false,
-            };
-            (at.elapsed().as_secs_f64() * 1000.0, ok)
+            let o = recommend(&client, &url, &b).await;
+            (at.elapsed().as_secs_f64() * 1000.0, o)
         }));
     }
     let mut open = Vec::with_capacity(total);
-    let mut open_fallbacks = 0;
+    let mut open_outs = Vec::with_capacity(total);
     for h in handles {
-        let (ms, ok) = h.await.expect("task");
+        let (ms, o) = h.await.expect("task");
         open.push(ms);
-        if !ok {
-            open_fallbacks += 1;
-        }
+        open_outs.push(o);
     }
     let achieved = total as f64 / (start.elapsed().as_secs_f64());
+    let (produced, delivered) = flow.await.expect("event flow");
+    let loaded_fresh = probes.await.expect("probes");
+    table.push(summary(
+        &format!("recommend, open loop {rate} req/s for {seconds} s, events {event_rate}/s (client, from schedule)"),
+        open,
+    ));
+    table.push(summary(
+        "event → feature visible in Redis under that load (Kafka produce → poll)",
+        loaded_fresh,
+    ));
+    notes.push(format!(
+        "open loop: {}; achieved {achieved:.0} req/s; events produced {produced}, delivered {delivered} ({:.0}/s)",
+        outcomes(&open_outs),
+        delivered as f64 / seconds as f64
+    ));
 
-    // event → feature freshness (produce → visible in Redis)
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .create()
-        .expect("producer");
-    let f = set.stored("customer.views_5m").expect("views_5m").clone();
+    // event → feature freshness on the idle server (produce → visible in Redis)
     let mut fresh = Vec::new();
     for i in 0..200 {
         let c = format!("{prefix}-fresh-{i}");
@@ -253,53 +486,19 @@ async fn main() {
             )
             .await
             .expect("produced");
-        loop {
-            let r = store
-                .read(&ReadQuery {
-                    customer_id: &c,
-                    session_id: None,
-                    item_ids: &[],
-                })
-                .await
-                .expect("read");
-            if nextbest::features::aggregate::numeric_value(&f, &r.customer, nextbest::now_ms())
-                .unwrap_or(0.0)
-                >= 1.0
-            {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "event never became visible"
-            );
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        fresh.push(t.elapsed().as_secs_f64() * 1000.0);
+        fresh.push(visible(&store, &f, &c, t).await);
     }
+    table.push(summary(
+        "event → feature visible in Redis, idle (Kafka produce → poll)",
+        fresh,
+    ));
 
-    println!("\n| measurement (ms) | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        summary("recommend, sequential, 100 candidates, Redis (client)", seq)
-    );
-    println!(
-        "{}",
-        summary("  same, server-side `timings_us.total`", server_total)
-    );
-    println!(
-        "{}",
-        summary(
-            &format!("recommend, open loop {rate} req/s for {seconds} s (client, from schedule)"),
-            open
-        )
-    );
-    println!(
-        "{}",
-        summary(
-            "event → feature visible in Redis (Kafka produce → poll)",
-            fresh
-        )
-    );
-    println!("\nsequential fallbacks: {fallbacks}; open-loop failures/fallbacks: {open_fallbacks}; achieved rate {achieved:.0} req/s");
+    for line in table.iter().chain(&closed) {
+        println!("{line}");
+    }
+    println!();
+    for n in notes {
+        println!("{n}");
+    }
     std::process::exit(0);
 }

@@ -5,10 +5,11 @@
 mod common;
 use common::*;
 use nextbest::event::{Event, EventType};
+use nextbest::features::aggregate::Update;
 use nextbest::features::aggregate::{plan_event, EntityState};
 use nextbest::features::store::memory::MemoryStore;
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
-use nextbest::features::store::{FeatureStore, ReadQuery};
+use nextbest::features::store::{EventIds, FeatureStore, Group, GroupWrite, ReadQuery};
 use nextbest::features::FeatureSet;
 use serde_json::json;
 use std::sync::Arc;
@@ -604,4 +605,150 @@ async fn timers_behave_the_same_on_redis_and_in_memory() {
             .await
             .expect("mark"));
     }
+}
+
+/// An item's hash fields as its blob holds them (`{i:<item>}:b`, one msgpack
+/// array of field, value, …), or `None` without a blob.
+async fn blob_fields(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let b: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("get blob");
+    let b = b?;
+    let mut rest = b.as_slice();
+    let n = rmp::decode::read_array_len(&mut rest).expect("blob is an array");
+    let mut out = std::collections::BTreeMap::new();
+    for _ in 0..n / 2 {
+        let (f, r) = rmp::decode::read_str_from_slice(rest).expect("field");
+        let (v, r) = rmp::decode::read_str_from_slice(r).expect("value");
+        out.insert(f.to_string(), v.to_string());
+        rest = r;
+    }
+    assert!(rest.is_empty(), "{key}: nothing after the pairs");
+    Some(out)
+}
+
+/// Reads take an item's hash fields from its blob: every write of the hash
+/// (events, static values) leaves the blob equal to it; a store written
+/// before blobs (hashes, no blobs, no layout marker) reads its items empty
+/// until a connect builds the blobs, keeping the hashes' expiry.
+#[tokio::test]
+async fn item_blobs_mirror_their_hashes_and_are_built_for_an_older_store() {
+    let set = set();
+    let prefix = unique("blobs");
+    let settings = RedisSettings {
+        url: redis_url(),
+        key_prefix: prefix.clone(),
+        dedupe_window_ms: 30 * 24 * 3_600_000,
+        ttl_seconds: 3600,
+        timeout_ms: 2000,
+        timer_shards: 16,
+    };
+    let red = RedisStore::connect(settings.clone(), set.clone())
+        .await
+        .expect("redis connects");
+    let now = now_ms();
+    let plans: Vec<_> = history(5, 300)
+        .iter()
+        .map(|e| plan_event(&set, e))
+        .collect();
+    red.apply(&plans, now).await.expect("apply");
+    // a static value on one item and on an item with no events
+    let statics = vec![
+        GroupWrite {
+            group: Group::Item("p3".into()),
+            updates: vec![Update::SetStatic {
+                feature: "brand".into(),
+                value: "acme".into(),
+            }],
+            events: EventIds::default(),
+            sessions: Vec::new(),
+        },
+        GroupWrite {
+            group: Group::Item("solo".into()),
+            updates: vec![Update::SetStatic {
+                feature: "brand".into(),
+                value: "zed".into(),
+            }],
+            events: EventIds::default(),
+            sessions: Vec::new(),
+        },
+    ];
+    red.apply_groups(&statics, now).await.expect("static write");
+    let mut conn = redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let items: Vec<String> = (0..12)
+        .map(|i| format!("p{i}"))
+        .chain(["solo".to_string()])
+        .collect();
+    for id in &items {
+        let base = format!("{prefix}:{{i:{id}}}");
+        let hash: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(&base)
+            .query_async(&mut conn)
+            .await
+            .expect("hgetall");
+        assert!(!hash.is_empty(), "{id} was written");
+        let blob = blob_fields(&mut conn, &format!("{base}:b")).await;
+        assert_eq!(blob.as_ref(), Some(&hash), "{id}: blob = hash");
+    }
+    assert_eq!(
+        blob_fields(&mut conn, &format!("{prefix}:{{i:solo}}:b"))
+            .await
+            .expect("blob")["brand"],
+        "zed"
+    );
+    let before = red.read_items(&items).await.expect("read");
+    assert!(before.iter().all(|s| !s.is_empty()), "items read");
+
+    // the store as an earlier version left it: no blobs, no marker
+    let blobs: Vec<String> = items
+        .iter()
+        .map(|id| format!("{prefix}:{{i:{id}}}:b"))
+        .collect();
+    for k in blobs.iter().chain([&format!("{prefix}:layout")]) {
+        let _: () = redis::cmd("DEL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+    }
+    let bare = red.read_items(&items).await.expect("read");
+    assert!(
+        bare.iter()
+            .all(|s| s.nums.is_empty() && s.windows.is_empty() && s.lasts.is_empty()),
+        "without blobs the hash fields are not read"
+    );
+
+    let again = RedisStore::connect(settings, set.clone())
+        .await
+        .expect("redis connects again");
+    let after = again.read_items(&items).await.expect("read");
+    for ((id, a), b) in items.iter().zip(&before).zip(&after) {
+        assert_close(a, b, &format!("{id} after the blobs were built"));
+    }
+    for k in &blobs {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        assert!(
+            ttl > 0 && ttl <= 3_600_000,
+            "{k}: expires with its hash ({ttl} ms)"
+        );
+    }
+    let marker: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}:layout"))
+        .query_async(&mut conn)
+        .await
+        .expect("get");
+    assert_eq!(marker.as_deref(), Some("blobs"));
 }

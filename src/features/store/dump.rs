@@ -19,6 +19,7 @@ use crc::{Crc, Table, CRC_64_REDIS};
 
 /// RDB format version written (Redis 7.0; later versions read it).
 const RDB_VERSION: u16 = 10;
+const TYPE_STRING: u8 = 0;
 const TYPE_HASH: u8 = 4;
 const TYPE_ZSET_2: u8 = 5;
 const TYPE_HASH_LISTPACK: u8 = 16;
@@ -50,6 +51,14 @@ impl Default for Limits {
 /// Slice-by-16 (32 KB of tables) rather than byte at a time: the checksum
 /// was ~7 % of a backfill process' CPU (benches/RESULTS.md).
 const CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_REDIS);
+
+/// The payload of a string holding `bytes`.
+pub fn string(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + bytes.len());
+    out.push(TYPE_STRING);
+    rdb_string(&mut out, bytes);
+    footer(out)
+}
 
 /// The payload of a hash with `fields` (field, value), in this order.
 /// Field names must be distinct (Redis does not check by default).

@@ -18,7 +18,7 @@
 
 use super::decode::{protocol, strings};
 use super::encode::{fmt_f64, GroupCall};
-use super::keys::session_key;
+use super::keys::{blob_key, session_key};
 use super::{Lane, RedisStore};
 use crate::features::aggregate::{apply_update, EntityState, Update};
 use crate::features::store::popularity::Filing;
@@ -199,6 +199,9 @@ impl RedisStore {
             };
             let mut call = GroupCall::new(format!("{base}:seen"));
             call.push(&base, &g.updates, now);
+            if item.is_some() && !g.updates.is_empty() {
+                call.blob(&base);
+            }
             for (sid, updates) in &g.sessions {
                 call.push(&session_key(&base, sid), updates, now);
             }
@@ -239,11 +242,11 @@ impl RedisStore {
             let mut ids: Vec<(&str, i64)> = g.events.iter().filter(|(_, t)| *t >= cutoff).collect();
             let mut w = RestoreWrite::new(format!("{base}:seen"), &mut ids, limits);
             let st = state_of(&g.updates, now);
-            w.state(&base, &st);
+            w.state(&base, &st, item.is_some());
             filings.push(item.and_then(|id| self.filing_of_state(id, &st, now)));
             for (sid, updates) in &g.sessions {
                 if !updates.is_empty() {
-                    w.state(&session_key(&base, sid), &state_of(updates, now));
+                    w.state(&session_key(&base, sid), &state_of(updates, now), false);
                 }
             }
             keys.push(Some(w.keys.len()));
@@ -304,7 +307,9 @@ impl RestoreWrite {
         }
     }
 
-    fn state(&mut self, base: &str, st: &EntityState) {
+    /// The keys of `st` under `base`; with `blob`, also the hash's blob
+    /// (`keys::blob_key`: an item).
+    fn state(&mut self, base: &str, st: &EntityState, blob: bool) {
         let mut fields = Vec::new();
         for (f, x) in &st.nums {
             fields.push((f.clone(), fmt_f64(*x)));
@@ -321,6 +326,10 @@ impl RestoreWrite {
                 fields.push((format!("{f}|t"), l.ts.to_string()));
                 fields.push((format!("{f}|q"), l.seq.to_string()));
             }
+        }
+        if blob && !fields.is_empty() {
+            self.keys.push(blob_key(base));
+            self.payloads.push(dump::string(&pack_pairs(&fields)));
         }
         self.hash(base.to_string(), &fields);
         for (f, list) in &st.recent {
@@ -344,4 +353,18 @@ impl RestoreWrite {
             self.hash(format!("{base}:x:{f}"), &fields);
         }
     }
+}
+
+/// An item blob (`keys::blob_key`): the hash's `fields` as one msgpack
+/// array of field, value, field, value…, as `update.lua`'s `B` op packs
+/// an `HGETALL` (`decode::blob_pairs` reads both).
+fn pack_pairs(fields: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + fields.len() * 24);
+    // writing to a Vec cannot fail
+    rmp::encode::write_array_len(&mut out, (fields.len() * 2) as u32).expect("write to a Vec");
+    for (f, v) in fields {
+        rmp::encode::write_str(&mut out, f).expect("write to a Vec");
+        rmp::encode::write_str(&mut out, v).expect("write to a Vec");
+    }
+    out
 }

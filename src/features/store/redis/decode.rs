@@ -1,15 +1,18 @@
 //! What the store gets back: Redis replies decoded into [`EntityState`]s
 //! (the hash fields, sorted sets and resettable hashes of the key layout,
-//! `keys`) and into the outcome of the stream's writes. Fields of features
-//! no longer defined are ignored; a reply of the wrong shape is a
+//! `keys`; an item's hash fields from its blob, one msgpack string) and
+//! into the outcome of the stream's writes. Replies are read borrowed, and
+//! each field's feature found by one map lookup ([`Layout`]). Fields of
+//! features no longer defined are ignored; a reply of the wrong shape is a
 //! [`StoreError::Protocol`].
 
-use super::keys::Layout;
+use super::keys::{FieldKind, Layout};
 use super::RedisStore;
-use crate::features::aggregate::{EntityState, LastValue, Plan, Resettable, Windowed};
-use crate::features::definition::{Aggregation, Entity};
+use crate::features::aggregate::{EntityState, Plan, Resettable};
 use crate::features::store::{ApplyOutcome, ReadResult, StoreError};
 use redis::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 impl RedisStore {
     /// Decodes the replies of a read (`read.lua`, then `push_item_reads`
@@ -25,9 +28,8 @@ impl RedisStore {
                 .ok_or_else(|| protocol("missing customer reply"))?,
         )?;
         let mut g = group.into_iter();
-        let customer = self.parse_group(
+        let customer = Self::parse_group(
             g.next().ok_or_else(|| protocol("missing customer group"))?,
-            Entity::Customer,
             &self.customer,
         )?;
         let session_id = match g.next() {
@@ -35,9 +37,7 @@ impl RedisStore {
             Some(v) => Some(string(v)?),
         };
         let session = match g.next() {
-            Some(v) if session_id.is_some() => {
-                self.parse_group(v, Entity::Session, &self.session)?
-            }
+            Some(v) if session_id.is_some() => Self::parse_group(v, &self.session)?,
             _ => EntityState::default(),
         };
         let items = self.parse_items(&mut it, n_items)?;
@@ -49,7 +49,9 @@ impl RedisStore {
         })
     }
 
-    /// `n` items' states from the replies of `push_item_reads`.
+    /// `n` items' states from the replies of `push_item_reads`: per item
+    /// its blob (`keys`: the main hash's fields packed), then its recent
+    /// lists and resettable sums.
     pub(super) fn parse_items(
         &self,
         replies: &mut std::vec::IntoIter<Value>,
@@ -57,128 +59,33 @@ impl RedisStore {
     ) -> Result<Vec<EntityState>, StoreError> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let hash = replies
+            let blob = replies
                 .next()
                 .ok_or_else(|| protocol("missing item reply"))?;
-            let mut zs = Vec::new();
-            for _ in &self.item.recent {
-                zs.push(
-                    replies
-                        .next()
-                        .ok_or_else(|| protocol("missing item zset reply"))?,
-                );
+            let mut st = EntityState::default();
+            match &blob {
+                Value::Nil => {}
+                Value::BulkString(b) => fill_hash(&mut st, &self.item, blob_pairs(b)?),
+                other => {
+                    return Err(StoreError::Protocol(format!(
+                        "expected an item blob, got {other:?}"
+                    )))
+                }
             }
-            let mut xs = Vec::new();
-            for _ in &self.item.resettable {
-                xs.push(
-                    replies
-                        .next()
-                        .ok_or_else(|| protocol("missing item hash reply"))?,
-                );
-            }
-            out.push(self.state_from(Entity::Item, &self.item, hash, zs, xs)?);
+            let zs = take(replies, self.item.recent.len(), "missing item zset reply")?;
+            let xs = take(
+                replies,
+                self.item.resettable.len(),
+                "missing item hash reply",
+            )?;
+            fill_keyed(&mut st, &self.item, zs, xs)?;
+            out.push(st);
         }
         Ok(out)
     }
 
-    /// One entity's state from its hash, its recent lists (`zsets`) and its
-    /// resettable sums (`xs`), the latter two in `layout` order.
-    pub(super) fn state_from(
-        &self,
-        entity: Entity,
-        layout: &Layout,
-        hash: Value,
-        zsets: Vec<Value>,
-        xs: Vec<Value>,
-    ) -> Result<EntityState, StoreError> {
-        let mut st = EntityState::default();
-        let flat = strings(hash)?;
-        for pair in flat.chunks_exact(2) {
-            let (field, value) = (&pair[0], &pair[1]);
-            let (base, suffix) = match field.split_once('|') {
-                Some((b, s)) => (b, Some(s)),
-                None => (field.as_str(), None),
-            };
-            let Some(def) = self.set.of_entity(entity).find(|f| f.name == base) else {
-                continue; // a feature removed from the definitions: ignored
-            };
-            let num = || value.parse::<f64>().unwrap_or(0.0);
-            match (&def.aggregation, suffix) {
-                (Aggregation::Last { .. } | Aggregation::Static { .. }, None) => {
-                    st.lasts
-                        .entry(base.to_string())
-                        .or_insert_with(LastValue::default)
-                        .value = value.clone();
-                }
-                (Aggregation::Last { .. }, Some("t")) => {
-                    st.lasts
-                        .entry(base.to_string())
-                        .or_insert_with(LastValue::default)
-                        .ts = num() as i64;
-                }
-                (Aggregation::Last { .. }, Some("q")) => {
-                    st.lasts
-                        .entry(base.to_string())
-                        .or_insert_with(LastValue::default)
-                        .seq = num() as i64;
-                }
-                (_, Some("lo")) => {
-                    st.windows
-                        .entry(base.to_string())
-                        .or_insert_with(Windowed::default)
-                        .lo = num() as i64;
-                }
-                (_, Some(b)) => {
-                    if let Ok(b) = b.parse::<i64>() {
-                        st.windows
-                            .entry(base.to_string())
-                            .or_insert_with(Windowed::default)
-                            .buckets
-                            .insert(b, num());
-                    }
-                }
-                (_, None) => {
-                    st.nums.insert(base.to_string(), num());
-                }
-            }
-        }
-        for (name, z) in layout.recent.iter().zip(zsets) {
-            let flat = strings(z)?;
-            if flat.is_empty() {
-                continue;
-            }
-            let list = flat
-                .chunks_exact(2)
-                .map(|p| (p[0].clone(), p[1].parse::<f64>().unwrap_or(0.0) as i64))
-                .collect();
-            st.recent.insert(name.clone(), list);
-        }
-        for (name, x) in layout.resettable.iter().zip(xs) {
-            let flat = strings(x)?;
-            if flat.is_empty() {
-                continue;
-            }
-            let mut r = Resettable::default();
-            for p in flat.chunks_exact(2) {
-                let v = p[1].parse::<f64>().unwrap_or(0.0);
-                if p[0] == "rts" {
-                    r.reset_ts = v as i64;
-                } else if let Ok(t) = p[0].parse::<i64>() {
-                    r.parts.insert(t, v);
-                }
-            }
-            st.resettable.insert(name.clone(), r);
-        }
-        Ok(st)
-    }
-
     /// One entity's state from `read.lua`'s `{hash, {zsets}, {sums}}`.
-    pub(super) fn parse_group(
-        &self,
-        v: Value,
-        entity: Entity,
-        c: &Layout,
-    ) -> Result<EntityState, StoreError> {
+    pub(super) fn parse_group(v: Value, layout: &Layout) -> Result<EntityState, StoreError> {
         let mut parts = array(v)?.into_iter();
         let hash = parts.next().ok_or_else(|| protocol("group without hash"))?;
         let zs = array(
@@ -187,8 +94,136 @@ impl RedisStore {
                 .ok_or_else(|| protocol("group without zsets"))?,
         )?;
         let xs = array(parts.next().ok_or_else(|| protocol("group without sums"))?)?;
-        self.state_from(entity, c, hash, zs, xs)
+        let mut st = EntityState::default();
+        let flat = array(hash)?;
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        for p in flat.chunks_exact(2) {
+            pairs.push((text(&p[0])?, text(&p[1])?));
+        }
+        fill_hash(
+            &mut st,
+            layout,
+            pairs.iter().map(|(f, v)| (f.as_ref(), v.as_ref())),
+        );
+        fill_keyed(&mut st, layout, zs, xs)?;
+        Ok(st)
     }
+}
+
+/// The next `n` replies.
+fn take(
+    replies: &mut std::vec::IntoIter<Value>,
+    n: usize,
+    missing: &str,
+) -> Result<Vec<Value>, StoreError> {
+    (0..n)
+        .map(|_| replies.next().ok_or_else(|| protocol(missing)))
+        .collect()
+}
+
+/// The (field, value) pairs of an item blob: a msgpack array of the main
+/// hash's fields and values in turn, as `update.lua`'s `B` op packs them
+/// (`cmsgpack`) and the backfill's restores write them (`bulk`).
+pub(super) fn blob_pairs(b: &[u8]) -> Result<Vec<(&str, &str)>, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| StoreError::Protocol(format!("item blob: {e}"));
+    let mut rest = b;
+    let n = rmp::decode::read_array_len(&mut rest).map_err(|e| bad(&e))? as usize;
+    if !n.is_multiple_of(2) {
+        return Err(protocol("item blob: an odd number of entries"));
+    }
+    let mut out = Vec::with_capacity(n / 2);
+    for _ in 0..n / 2 {
+        let (f, r) = rmp::decode::read_str_from_slice(rest).map_err(|e| bad(&e))?;
+        let (v, r) = rmp::decode::read_str_from_slice(r).map_err(|e| bad(&e))?;
+        out.push((f, v));
+        rest = r;
+    }
+    Ok(out)
+}
+
+/// The entry of `m` at `k`, made (default) when missing; the key is copied
+/// only then.
+fn entry<'m, T: Default>(m: &'m mut BTreeMap<String, T>, k: &str) -> &'m mut T {
+    if !m.contains_key(k) {
+        m.insert(k.to_string(), T::default());
+    }
+    m.get_mut(k).expect("inserted above")
+}
+
+/// Adds the main hash's fields (`pairs`: field, value) to `st`: each field
+/// read by the kind of its feature ([`FieldKind`]); fields of features no
+/// longer defined are ignored.
+fn fill_hash<'a>(
+    st: &mut EntityState,
+    layout: &Layout,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    for (field, value) in pairs {
+        let (base, suffix) = match field.split_once('|') {
+            Some((b, s)) => (b, Some(s)),
+            None => (field, None),
+        };
+        let Some(kind) = layout.fields.get(base) else {
+            continue; // a feature removed from the definitions: ignored
+        };
+        let num = || value.parse::<f64>().unwrap_or(0.0);
+        match (kind, suffix) {
+            (FieldKind::Last | FieldKind::Static, None) => {
+                entry(&mut st.lasts, base).value = value.to_string();
+            }
+            (FieldKind::Last, Some("t")) => entry(&mut st.lasts, base).ts = num() as i64,
+            (FieldKind::Last, Some("q")) => entry(&mut st.lasts, base).seq = num() as i64,
+            (_, Some("lo")) => entry(&mut st.windows, base).lo = num() as i64,
+            (_, Some(b)) => {
+                if let Ok(b) = b.parse::<i64>() {
+                    entry(&mut st.windows, base).buckets.insert(b, num());
+                }
+            }
+            (FieldKind::Number, None) => {
+                st.nums.insert(base.to_string(), num());
+            }
+        }
+    }
+}
+
+/// Adds the features with keys of their own to `st`: the recent lists
+/// (`zsets`) and resettable sums (`xs`), in `layout` order.
+fn fill_keyed(
+    st: &mut EntityState,
+    layout: &Layout,
+    zsets: Vec<Value>,
+    xs: Vec<Value>,
+) -> Result<(), StoreError> {
+    for (name, z) in layout.recent.iter().zip(zsets) {
+        let flat = array(z)?;
+        if flat.is_empty() {
+            continue;
+        }
+        let mut list = Vec::with_capacity(flat.len() / 2);
+        for p in flat.chunks_exact(2) {
+            let ts = text(&p[1])?.parse::<f64>().unwrap_or(0.0) as i64;
+            list.push((text(&p[0])?.into_owned(), ts));
+        }
+        st.recent.insert(name.clone(), list);
+    }
+    for (name, x) in layout.resettable.iter().zip(xs) {
+        let flat = array(x)?;
+        if flat.is_empty() {
+            continue;
+        }
+        let mut r = Resettable::default();
+        for p in flat.chunks_exact(2) {
+            let (f, v) = (text(&p[0])?, text(&p[1])?);
+            let v = v.parse::<f64>().unwrap_or(0.0);
+            if f == "rts" {
+                r.reset_ts = v as i64;
+            } else if let Ok(t) = f.parse::<i64>() {
+                r.parts.insert(t, v);
+            }
+        }
+        st.resettable.insert(name.clone(), r);
+    }
+    Ok(())
 }
 
 /// What the replies of an [`RedisStore::event_pipeline`] say: per plan,
@@ -243,6 +278,19 @@ pub(super) fn string(v: Value) -> Result<String, StoreError> {
         Value::Int(i) => Ok(i.to_string()),
         Value::Double(d) => Ok(d.to_string()),
         Value::Okay => Ok("OK".into()),
+        other => Err(StoreError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+/// A reply's text, borrowed where it is valid UTF-8.
+fn text(v: &Value) -> Result<Cow<'_, str>, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b)),
+        Value::SimpleString(s) => Ok(Cow::Borrowed(s)),
+        Value::Int(i) => Ok(Cow::Owned(i.to_string())),
+        Value::Double(d) => Ok(Cow::Owned(d.to_string())),
         other => Err(StoreError::Protocol(format!(
             "expected a string, got {other:?}"
         ))),

@@ -4,7 +4,7 @@
 //! the item keys). Numbers are printed as Rust prints them ([`fmt_f64`]),
 //! the shortest form that parses back to the same value.
 
-use super::keys::{session_key, Layout};
+use super::keys::{blob_key, session_key, Layout};
 use super::{RedisSettings, RedisStore};
 use crate::features::aggregate::{Plan, Update};
 use crate::features::definition::BUCKETS_PER_WINDOW;
@@ -48,6 +48,9 @@ impl RedisStore {
                 let ibase = self.item_key(item);
                 let mut call = GroupCall::new(format!("{ibase}:seen"));
                 call.push(&ibase, &p.item, now);
+                if !p.item.is_empty() {
+                    call.blob(&ibase);
+                }
                 let ids = std::iter::once((p.event_id.as_str(), p.ts));
                 call.invoke(&mut pipe, &self.update_sha, ids, &self.settings, now);
                 pipe.cmd("SADD").arg(self.items_index()).arg(item).ignore();
@@ -82,12 +85,14 @@ impl RedisStore {
         args
     }
 
-    /// Adds the commands reading items `ids`: per item its hash, then its
-    /// recent lists and resettable sums in [`Layout`] order.
+    /// Adds the commands reading items `ids`: per item its blob (the
+    /// hash's fields in one string: one `GET` costs Redis a quarter of an
+    /// `HGETALL`, benches/RESULTS.md), then its recent lists and resettable
+    /// sums in [`Layout`] order.
     pub(super) fn push_item_reads(&self, pipe: &mut redis::Pipeline, ids: &[String]) {
         for id in ids {
             let base = self.item_key(id);
-            pipe.cmd("HGETALL").arg(&base);
+            pipe.cmd("GET").arg(blob_key(&base));
             for f in &self.item.recent {
                 pipe.cmd("ZRANGE")
                     .arg(format!("{base}:r:{f}"))
@@ -290,6 +295,14 @@ impl GroupCall {
                 }
             }
         }
+    }
+
+    /// Adds the op rewriting the blob of the item hash `base` from the hash
+    /// (`B`): after every other op of the call, so it packs what they left.
+    pub(super) fn blob(&mut self, base: &str) {
+        let src = self.key(base.to_string());
+        let k = self.key(blob_key(base));
+        self.ops.extend(["B".into(), k, src]);
     }
 
     /// Adds the ops of an event's timer changes (`TS`, `TU`, `TC` on the

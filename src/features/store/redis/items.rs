@@ -17,6 +17,7 @@
 //! connection is: on a cluster the index and an item live in different
 //! slots, which a pipeline does not order.)
 
+use super::keys::blob_key;
 use super::RedisStore;
 use crate::features::store::StoreError;
 use std::time::{Duration, Instant};
@@ -123,12 +124,13 @@ impl RedisStore {
         Ok(back)
     }
 
-    /// Every key an item may have: its hash, its dedupe set, its `:r:` and
-    /// `:x:` keys (one slot: they share the item's hash tag).
+    /// Every key an item may have: its hash, its dedupe set, its blob, its
+    /// `:r:` and `:x:` keys (one slot: they share the item's hash tag).
     fn item_keys(&self, id: &str) -> Vec<String> {
         let base = self.item_key(id);
-        let mut keys = Vec::with_capacity(2 + self.item.recent.len() + self.item.resettable.len());
+        let mut keys = Vec::with_capacity(3 + self.item.recent.len() + self.item.resettable.len());
         keys.push(format!("{base}:seen"));
+        keys.push(blob_key(&base));
         keys.extend(self.item.recent.iter().map(|f| format!("{base}:r:{f}")));
         keys.extend(self.item.resettable.iter().map(|f| format!("{base}:x:{f}")));
         keys.push(base);

@@ -13,6 +13,7 @@
 //! | `{p}:{c:<customer>}:s:<session>:t1:<trigger>` | string | a trigger's once-per-session marker |
 //! | `{{p}:timers:<k>}`, `…:gen` | zset, hash | shard `k` of the timers' deadline index, and its write counts |
 //! | `{p}:{i:<item>}` (+ `:r:`/`:x:`/`:seen`) | as above | item features |
+//! | `{p}:{i:<item>}:b` | string | the item hash's fields and values, one msgpack array (what reads fetch) |
 //! | `{p}:{i:<item>}:cv` | zset | co-visited neighbours (`covisit.rs`) |
 //! | `{p}:items` | set | the ids of items with keys (expired ones swept out, `items.rs`) |
 //! | `{{p}:pop}:g:<b>`, `:c:<b>:<category>` | zset | popularity of bucket `b` (`popular.rs`, `pop_write.lua`) |
@@ -31,18 +32,44 @@
 use super::RedisStore;
 use crate::features::definition::{is_resettable, Aggregation, Entity, FeatureSet};
 use crate::features::store::OfferKey;
+use rustc_hash::FxBuildHasher;
+use std::collections::HashMap;
 
-/// Names of the features of one entity that have keys of their own (the
-/// `:r:` and `:x:` keys), which the reads list.
+/// How a field of an entity's main hash is read: by the aggregation of
+/// its feature (`f`, and `f|t`/`f|q` of a `last`; `f`, `f|lo`, `f|<bucket>`
+/// of a count or sum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FieldKind {
+    Last,
+    Static,
+    Number,
+}
+
+/// The features of one entity as the keys hold them: the names of those
+/// with keys of their own (the `:r:` and `:x:` keys), which the reads
+/// list, and how each other feature's hash fields are read.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Layout {
     pub(super) recent: Vec<String>,
     pub(super) resettable: Vec<String>,
+    /// (Fx-hashed: looked up once per hash field read, ~15 an item.)
+    pub(super) fields: HashMap<String, FieldKind, FxBuildHasher>,
 }
 
 impl Layout {
     pub(super) fn of(set: &FeatureSet, e: Entity) -> Layout {
         Layout {
+            fields: set
+                .of_entity(e)
+                .map(|f| {
+                    let kind = match f.aggregation {
+                        Aggregation::Last { .. } => FieldKind::Last,
+                        Aggregation::Static { .. } => FieldKind::Static,
+                        _ => FieldKind::Number,
+                    };
+                    (f.name.clone(), kind)
+                })
+                .collect(),
             recent: set
                 .of_entity(e)
                 .filter(|f| matches!(f.aggregation, Aggregation::DistinctRecent { .. }))
@@ -71,6 +98,13 @@ pub(super) fn session_key(base: &str, sid: &str) -> String {
         }
     }
     k
+}
+
+/// The key of the blob of the item group `base`: its hash's fields
+/// packed, rewritten by every call that writes the hash (`update.lua`'s
+/// `B` op, the backfill's restores), so a read fetches one string per item.
+pub(super) fn blob_key(base: &str) -> String {
+    format!("{base}:b")
 }
 
 impl RedisStore {

@@ -1,5 +1,5 @@
-//! The Redis online store: [`RedisStore`], connecting and loading its three
-//! Lua scripts, and its [`FeatureStore`] implementation, which only builds
+//! The Redis online store: [`RedisStore`], connecting and loading its Lua
+//! scripts, and its [`FeatureStore`] implementation, which only builds
 //! the calls (`encode`), runs them in one pipeline and decodes the replies
 //! (`decode`).
 //!
@@ -10,7 +10,9 @@
 //! - `restore.lua` writes a group that has no keys yet as its final state,
 //!   one `RESTORE` per key (`bulk`, with payloads from [`dump`]).
 //! - `read.lua` reads a customer and its session in one call; items are
-//!   plain `HGETALL`/`ZRANGE`s in the same pipeline.
+//!   a `GET` of each item's blob (its hash's fields packed, kept by
+//!   `update.lua` and the restores; `blobs` builds them for a store
+//!   written before them) and `ZRANGE`s in the same pipeline.
 //! - `items` keeps the `{p}:items` index of item ids bounded: ids of
 //!   items whose keys expired are swept out when it is listed.
 //! - `timers` keeps the trigger timers (`store::timers`): records written
@@ -32,6 +34,7 @@
 //! on its own connection Redis interleaves it between the pipeline's
 //! chunks.
 
+mod blobs;
 mod bulk;
 mod covisit;
 mod decode;
@@ -84,7 +87,6 @@ pub struct RedisStore {
     conn: ConnectionManager,
     background: ConnectionManager,
     settings: RedisSettings,
-    set: Arc<FeatureSet>,
     session_feature: Option<String>,
     customer: Layout,
     session: Layout,
@@ -138,7 +140,6 @@ impl RedisStore {
             item: Layout::of(&set, Entity::Item),
             popularity: PopularitySpec::of(&set),
             covisit: super::covisit::kept(&set),
-            set,
             settings,
             update_sha: redis::Script::new(UPDATE_LUA).get_hash().to_string(),
             restore_sha: redis::Script::new(RESTORE_LUA).get_hash().to_string(),
@@ -147,6 +148,7 @@ impl RedisStore {
             items_swept_at: std::sync::Mutex::new(None),
         };
         store.reload_scripts().await?;
+        store.ensure_blobs().await?;
         Ok(store)
     }
 
@@ -163,6 +165,7 @@ impl RedisStore {
             UPDATE_LUA,
             RESTORE_LUA,
             READ_LUA,
+            blobs::BLOB_LUA,
             popular::POP_WRITE_LUA,
             popular::POP_READ_LUA,
             timers::TIMER_HINT_LUA,

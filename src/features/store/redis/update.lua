@@ -12,6 +12,8 @@
 --       (cut: the newest bucket a read at now_ms no longer sees)
 --       timer records (`store::timers`; hash field trigger → episode\tstarted\tdeadline):
 --       TS k trigger episode started deadline | TU k trigger deadline | TC k trigger ts
+--       B k src: the string k set to the hash KEYS[src]'s fields and values,
+--       one cmsgpack array (an item's blob, what reads fetch; sent last)
 -- n = 0 (static enrichment) skips the dedupe.
 -- All or nothing: the ops are checked first (known, well formed, numbers
 -- that parse, every key of the type its ops need, every lifetime count or
@@ -52,11 +54,11 @@ end
 local function fail(msg)
   return redis.error_reply(msg)
 end
-local op_args = { A = 4, W = 6, L = 6, T = 4, R = 5, S = 4, X = 3, V = 4, TS = 6, TU = 4, TC = 4 }
+local op_args = { A = 4, W = 6, L = 6, T = 4, R = 5, S = 4, X = 3, V = 4, TS = 6, TU = 4, TC = 4, B = 3 }
 local numeric = { A = { 3 }, W = { 3, 4, 5 }, L = { 3, 4 }, T = { 3 }, R = { 3, 4 }, S = { 2, 3 }, X = { 2 },
-  TS = { 4, 5 }, TU = { 3 }, TC = { 3 } }
+  TS = { 4, 5 }, TU = { 3 }, TC = { 3 }, B = { 2 } }
 local key_type = { A = 'hash', W = 'hash', WB = 'hash', L = 'hash', T = 'hash', V = 'hash',
-  R = 'zset', RB = 'zset', S = 'hash', X = 'hash', TS = 'hash', TU = 'hash', TC = 'hash' }
+  R = 'zset', RB = 'zset', S = 'hash', X = 'hash', TS = 'hash', TU = 'hash', TC = 'hash', B = 'string' }
 local need = {}
 local adds = {}
 local i = base + 5
@@ -103,6 +105,13 @@ while i <= #ARGV do
       if not tonumber(ARGV[i + a]) then
         return fail('ERR nextbest apply: op ' .. op .. ' argument ' .. a .. ' is not a number')
       end
+    end
+    if op == 'B' then
+      local src = tonumber(ARGV[i + 2])
+      if (not KEYS[src]) or src < 2 or (need[src] and need[src] ~= 'hash') then
+        return fail('ERR nextbest apply: op B names no hash to pack')
+      end
+      need[src] = 'hash'
     end
     if op == 'A' then
       -- (window buckets `f|<n>` are only ever written by these ops)
@@ -277,6 +286,14 @@ while i <= #ARGV do
   elseif op == 'V' then
     redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
     i = i + 4
+  elseif op == 'B' then
+    local all = redis.call('HGETALL', KEYS[tonumber(ARGV[i + 2])])
+    if #all > 0 then
+      redis.call('SET', key, cmsgpack.pack(all))
+    else
+      redis.call('DEL', key)
+    end
+    i = i + 3
   elseif op == 'TS' or op == 'TU' or op == 'TC' then
     -- a trigger's pending episode, as `TimerRecord::apply`
     local f = ARGV[i + 2]
