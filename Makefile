@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/nextbest-target
 BIN := $(CARGO_TARGET_DIR)/release/nextbest
 export ORT_DYLIB_PATH ?= $(CURDIR)/.deps/lib/libonnxruntime.so.1.31.1
 
-.PHONY: setup build build-all run test lint unit bench soak model clean-services
+.PHONY: setup build build-all run test lint unit bench bench-consumer soak model clean-services
 
 setup:
 	@scripts/setup.sh
@@ -56,6 +56,14 @@ bench: build
 	  echo "== recommend.item_cache_ms = $$ms"; \
 	  NEXTBEST_BENCH_ITEM_CACHE_MS=$$ms cargo bench --locked --bench load || status=$$?; \
 	  done; scripts/services.sh stop; exit $$status
+
+# The consumer draining a backlog (benches/consumer.rs; NEXTBEST_BENCH_EVENTS,
+# default 1,000,000, to change it) on fresh Redis and Tansu.
+bench-consumer: build
+	@scripts/services.sh start
+	@source .deps/services.env && status=0 && \
+	  cargo bench --locked --bench consumer || status=$$?; \
+	  scripts/services.sh stop; exit $$status
 
 # The 10-minute soak (benches/soak.rs; NEXTBEST_SOAK_SECONDS to change it):
 # its own Redis, server and a Tansu on its SQLite engine, built once by

@@ -22,7 +22,8 @@
 //! NEXTBEST_BENCH_CLOSED_SECONDS (per connection count, default 5),
 //! NEXTBEST_BENCH_CONNECTIONS (default "1,8,32,128"),
 //! NEXTBEST_BENCH_ITEM_CACHE_MS (the server's `recommend.item_cache_ms`),
-//! NEXTBEST_BENCH_MICRO_BATCH_US (`model.micro_batch_us`).
+//! NEXTBEST_BENCH_MICRO_BATCH_US (`model.micro_batch_us`),
+//! NEXTBEST_BENCH_CONCURRENCY (`http.recommend_concurrency`).
 
 use nextbest::app::App;
 use nextbest::config::Config;
@@ -59,9 +60,30 @@ fn knob(name: &str, default: u64) -> u64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Outcome {
     Ranked,
-    Fallback,
+    Fallback(Why),
     Shed,
     Failed,
+}
+
+/// Why a request fell back (its `fallback_reason`).
+#[derive(Clone, Copy, PartialEq)]
+enum Why {
+    /// The 200 ms budget ran out.
+    Budget,
+    /// Refused at once: too many requests waiting to be scored.
+    Overload,
+    Other,
+}
+
+fn why(reason: &serde_json::Value) -> Why {
+    let r = reason.as_str().unwrap_or("");
+    if r.contains("budget") {
+        Why::Budget
+    } else if r.contains("too many requests") {
+        Why::Overload
+    } else {
+        Why::Other
+    }
 }
 
 async fn recommend(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Outcome {
@@ -72,7 +94,7 @@ async fn recommend(client: &reqwest::Client, url: &str, body: &serde_json::Value
         }
         Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
             Ok(v) if v["fallback"] == false => Outcome::Ranked,
-            Ok(_) => Outcome::Fallback,
+            Ok(v) => Outcome::Fallback(why(&v["fallback_reason"])),
             Err(_) => Outcome::Failed,
         },
         _ => Outcome::Failed,
@@ -82,9 +104,14 @@ async fn recommend(client: &reqwest::Client, url: &str, body: &serde_json::Value
 /// Counts of each outcome, as printed.
 fn outcomes(v: &[Outcome]) -> String {
     let n = |o| v.iter().filter(|x| **x == o).count();
+    let (budget, overload, other) = (
+        n(Outcome::Fallback(Why::Budget)),
+        n(Outcome::Fallback(Why::Overload)),
+        n(Outcome::Fallback(Why::Other)),
+    );
     format!(
-        "{} fallbacks, {} shed (503), {} failed",
-        n(Outcome::Fallback),
+        "{} fallbacks ({budget} budget, {overload} overload, {other} other), {} shed (503), {} failed",
+        budget + overload + other,
         n(Outcome::Shed),
         n(Outcome::Failed)
     )
@@ -185,6 +212,12 @@ async fn main() {
     {
         cfg.recommend.item_cache_ms = ms;
     }
+    if let Some(n) = std::env::var("NEXTBEST_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        cfg.http.recommend_concurrency = n;
+    }
     if let Some(us) = std::env::var("NEXTBEST_BENCH_MICRO_BATCH_US")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -192,8 +225,8 @@ async fn main() {
         cfg.model.micro_batch_us = us;
     }
     println!(
-        "item cache: {} ms, micro-batching: {} µs",
-        cfg.recommend.item_cache_ms, cfg.model.micro_batch_us
+        "item cache: {} ms, micro-batching: {} µs, recommends in flight: {}",
+        cfg.recommend.item_cache_ms, cfg.model.micro_batch_us, cfg.http.recommend_concurrency
     );
     let app = App::build(cfg).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -307,7 +307,8 @@ pub struct HttpConfig {
     /// budget (60 s) plus 1 s, so its `budget_ms` bounds it, not this.
     pub request_timeout_ms: u64,
     /// Most `/v1/recommend` requests in flight; one more is answered 503
-    /// with `Retry-After` at once (at least 1).
+    /// with `Retry-After` at once (at least 1). Default: 16 per core
+    /// ([`default_recommend_concurrency`]).
     pub recommend_concurrency: usize,
     /// Largest request body, in bytes; a larger one is answered 413.
     pub max_body_bytes: usize,
@@ -574,11 +575,21 @@ impl StoreConfig {
     }
 }
 
+/// 16 `/v1/recommend` requests in flight per core (32 on 2 cores). A
+/// request is ~1 ms of CPU, so what is past that waits in a queue its
+/// cores take ~16 ms to clear; with 256 on 2 cores, an open loop past
+/// capacity queued every request to its 200 ms budget (fallbacks, p50
+/// 215 ms), with 32 the excess got 503s at once and the rest p99 133 ms
+/// (benches/RESULTS.md, "Overload").
+pub fn default_recommend_concurrency() -> usize {
+    16 * std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             request_timeout_ms: 30_000,
-            recommend_concurrency: 256,
+            recommend_concurrency: default_recommend_concurrency(),
             max_body_bytes: 8 * 1024 * 1024,
             ws_max_message_bytes: 64 * 1024,
             storefront: true,
@@ -757,7 +768,7 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("nextbest.toml.example");
         let cfg = Config::from_file(&p).expect("nextbest.toml.example is valid");
         assert_eq!(cfg.kafka.group_id, "nextbest");
-        assert_eq!(cfg.http.recommend_concurrency, 256);
+        assert_eq!(cfg.http.recommend_concurrency, 64);
         assert_eq!(
             cfg.store.memory_max_entities,
             StoreConfig::default().memory_max_entities

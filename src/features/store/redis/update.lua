@@ -60,6 +60,7 @@ local numeric = { A = { 3 }, W = { 3, 4, 5 }, L = { 3, 4 }, T = { 3 }, R = { 3, 
 local key_type = { A = 'hash', W = 'hash', WB = 'hash', L = 'hash', T = 'hash', V = 'hash',
   R = 'zset', RB = 'zset', S = 'hash', X = 'hash', TS = 'hash', TU = 'hash', TC = 'hash', B = 'string' }
 local need = {}
+local blobs = {}
 local adds = {}
 local i = base + 5
 while i <= #ARGV do
@@ -75,6 +76,9 @@ while i <= #ARGV do
     return fail('ERR nextbest apply: key ' .. KEYS[k] .. ' used as both hash and zset')
   end
   need[k] = key_type[op]
+  if op == 'B' then
+    blobs[k] = true
+  end
   local width
   if op == 'WB' or op == 'RB' then
     local cnt = tonumber(ARGV[i + 4 - (op == 'RB' and 1 or 0)])
@@ -123,8 +127,9 @@ while i <= #ARGV do
   end
   i = i + width
 end
+-- (a blob is SET whatever the key held: no type to check)
 for k, t in pairs(need) do
-  local have = redis.call('TYPE', KEYS[k])['ok']
+  local have = blobs[k] and 'none' or redis.call('TYPE', KEYS[k])['ok']
   if have ~= 'none' and have ~= t then
     return fail('WRONGTYPE nextbest apply: key ' .. KEYS[k] .. ' holds a ' .. have .. ', not a ' .. t)
   end
@@ -288,7 +293,10 @@ while i <= #ARGV do
     i = i + 4
   elseif op == 'B' then
     local all = redis.call('HGETALL', KEYS[tonumber(ARGV[i + 2])])
-    if #all > 0 then
+    local ttl = tonumber(ARGV[base + 2])
+    if #all > 0 and ttl > 0 then
+      redis.call('SET', key, cmsgpack.pack(all), 'EX', ttl)
+    elseif #all > 0 then
       redis.call('SET', key, cmsgpack.pack(all))
     else
       redis.call('DEL', key)
@@ -344,7 +352,9 @@ end
 local ttl = tonumber(ARGV[base + 2])
 if ttl > 0 then
   for k = 1, #KEYS do
-    redis.call('EXPIRE', KEYS[k], ttl)
+    if not blobs[k] then
+      redis.call('EXPIRE', KEYS[k], ttl)
+    end
   end
 end
 return 1
