@@ -13,13 +13,15 @@
 //! Redis and the broker share the machine.
 
 use nextbest::app::App;
-use nextbest::config::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+#[path = "common/knobs.rs"]
+mod knobs;
+use knobs::{env, knob, server_config};
 
 /// The allocator of the `nextbest` binary (src/main.rs).
 #[global_allocator]
@@ -27,20 +29,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TYPES: [&str; 4] = ["page_view", "page_view", "click", "add_to_cart"];
 const PARTITIONS: i32 = 3;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run `make bench-consumer`"))
-}
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
-}
 
 /// Every partition of the event topics with its end offset.
 fn ends(c: &BaseConsumer) -> Vec<(String, i32, i64)> {
@@ -82,20 +70,9 @@ async fn main() {
     let n = knob("NEXTBEST_BENCH_EVENTS", 1_000_000) as usize;
     let customers = knob("NEXTBEST_BENCH_CUSTOMERS", 5_000);
     let items = knob("NEXTBEST_BENCH_ITEMS", 20_000);
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let prefix = format!("cbench{}", nextbest::now_ms());
-    let mut cfg = Config {
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        features: repo.join("feature-store/features.toml"),
-        models_dir: repo.join("models"),
-        ..Config::default()
-    };
-    cfg.store.redis_url = Some(redis_url.clone());
-    cfg.store.key_prefix = prefix.clone();
-    cfg.kafka.brokers = Some(brokers.clone());
-    cfg.kafka.group_id = format!("{prefix}-group");
+    let mut cfg = server_config(&redis_url, &brokers, &prefix);
     cfg.kafka.partitions = PARTITIONS;
-    cfg.kafka.session_timeout_ms = 6000;
 
     // the topics, then the backlog
     let topics: Vec<String> = ["page_view", "click", "add_to_cart"]
@@ -105,6 +82,17 @@ async fn main() {
     nextbest::ingest::kafka::create_topics(&brokers, &cfg.kafka, &topics)
         .await
         .expect("topics");
+    // the drain's goal is the topics' end, so they must hold only this backlog
+    let watcher: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &cfg.kafka.group_id)
+        .create()
+        .expect("offset watcher");
+    let before: i64 = ends(&watcher).iter().map(|(_, _, hi)| hi).sum();
+    assert_eq!(
+        before, 0,
+        "the event topics already hold {before} events: run on fresh services (`make bench-consumer` starts them)"
+    );
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "20")
@@ -148,11 +136,6 @@ async fn main() {
         n as f64 / t.elapsed().as_secs_f64()
     );
 
-    let watcher: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &cfg.kafka.group_id)
-        .create()
-        .expect("offset watcher");
     // The broker's end offsets may trail its acknowledgements a moment;
     // Tansu's in-memory engine was seen to end ~0.4 % short of them for
     // good (benches/RESULTS.md), so the drain's goal is what it holds.

@@ -26,7 +26,6 @@
 //! NEXTBEST_BENCH_CONCURRENCY (`http.recommend_concurrency`).
 
 use nextbest::app::App;
-use nextbest::config::Config;
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
 use nextbest::features::store::{FeatureStore, ReadQuery};
 use nextbest::features::FeatureSet;
@@ -37,24 +36,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/knobs.rs"]
+mod knobs;
+use knobs::{env, knob, server_config};
+
 /// The allocator of the `nextbest` binary (src/main.rs), so the server in
 /// this process allocates as it ships (glibc malloc took ~20 % of its CPU).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run `make bench`"))
-}
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("{name} must be a number"))
-        })
-        .unwrap_or(default)
-}
 
 /// How one request ended.
 #[derive(Clone, Copy, PartialEq)]
@@ -117,14 +106,26 @@ fn outcomes(v: &[Outcome]) -> String {
     )
 }
 
-/// Polls `store` until customer `c`'s `views_5m` counts its event; the
-/// time since `t`, in ms.
-async fn visible(
+/// Produces a page view of the new customer `c` to Kafka, then polls
+/// `store` until its `views_5m` counts it: the time from the produce, in ms.
+async fn freshness(
+    producer: &FutureProducer,
     store: &RedisStore,
     f: &nextbest::features::definition::FeatureDef,
     c: &str,
-    t: Instant,
 ) -> f64 {
+    let e = json!({"event_id": format!("{c}-e"), "type": "page_view", "customer_id": c, "ts": nextbest::now_ms(), "item_id": "bi1"});
+    let payload = serde_json::to_vec(&e).expect("json");
+    let t = Instant::now();
+    producer
+        .send(
+            FutureRecord::to("events.page_view")
+                .key(c)
+                .payload(&payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("produced");
     loop {
         let r = store
             .read(&ReadQuery {
@@ -134,10 +135,8 @@ async fn visible(
             })
             .await
             .expect("read");
-        if nextbest::features::aggregate::numeric_value(f, &r.customer, nextbest::now_ms())
-            .unwrap_or(0.0)
-            >= 1.0
-        {
+        let seen = nextbest::features::aggregate::numeric_value(f, &r.customer, nextbest::now_ms());
+        if seen.unwrap_or(0.0) >= 1.0 {
             return t.elapsed().as_secs_f64() * 1000.0;
         }
         assert!(
@@ -195,17 +194,7 @@ async fn main() {
         .collect();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let prefix = format!("bench{}", nextbest::now_ms());
-    let mut cfg = Config {
-        http_addr: "127.0.0.1:0".parse().expect("addr"),
-        features: repo.join("feature-store/features.toml"),
-        models_dir: repo.join("models"),
-        ..Config::default()
-    };
-    cfg.store.redis_url = Some(redis_url.clone());
-    cfg.store.key_prefix = prefix.clone();
-    cfg.kafka.brokers = Some(brokers.clone());
-    cfg.kafka.group_id = format!("{prefix}-group");
-    cfg.kafka.session_timeout_ms = 6000;
+    let mut cfg = server_config(&redis_url, &brokers, &prefix);
     if let Some(ms) = std::env::var("NEXTBEST_BENCH_ITEM_CACHE_MS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -450,19 +439,7 @@ async fn main() {
                 tick.tick().await;
                 let c = format!("{prefix}-lfresh-{i}");
                 i += 1;
-                let e = json!({"event_id": format!("{c}-e"), "type": "page_view", "customer_id": c, "ts": nextbest::now_ms(), "item_id": "bi1"});
-                let payload = serde_json::to_vec(&e).expect("json");
-                let t = Instant::now();
-                producer
-                    .send(
-                        FutureRecord::to("events.page_view")
-                            .key(&c)
-                            .payload(&payload),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .expect("produced");
-                out.push(visible(&store, &f, &c, t).await);
+                out.push(freshness(&producer, &store, &f, &c).await);
             }
             out
         })
@@ -507,19 +484,7 @@ async fn main() {
     let mut fresh = Vec::new();
     for i in 0..200 {
         let c = format!("{prefix}-fresh-{i}");
-        let e = json!({"event_id": format!("{c}-e"), "type": "page_view", "customer_id": c, "ts": nextbest::now_ms(), "item_id": "bi1"});
-        let payload = serde_json::to_vec(&e).expect("json");
-        let t = Instant::now();
-        producer
-            .send(
-                FutureRecord::to("events.page_view")
-                    .key(&c)
-                    .payload(&payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("produced");
-        fresh.push(visible(&store, &f, &c, t).await);
+        fresh.push(freshness(&producer, &store, &f, &c).await);
     }
     table.push(summary(
         "event → feature visible in Redis, idle (Kafka produce → poll)",

@@ -85,15 +85,20 @@ async fn redis_store(url: &str, set: Arc<FeatureSet>) -> RedisStore {
     redis_store_window(url, set, 30 * 24 * 3_600_000).await
 }
 
-async fn redis_store_window(url: &str, set: Arc<FeatureSet>, window_ms: i64) -> RedisStore {
-    let settings = RedisSettings {
+/// The tests' settings: keys under `prefix`, a TTL of an hour.
+fn settings(url: &str, prefix: &str, window_ms: i64) -> RedisSettings {
+    RedisSettings {
         url: url.into(),
-        key_prefix: unique("p"),
+        key_prefix: prefix.into(),
         dedupe_window_ms: window_ms,
         ttl_seconds: 3600,
         timeout_ms: 2000,
         timer_shards: 16,
-    };
+    }
+}
+
+async fn redis_store_window(url: &str, set: Arc<FeatureSet>, window_ms: i64) -> RedisStore {
+    let settings = settings(url, &unique("p"), window_ms);
     RedisStore::connect(settings, set)
         .await
         .expect("redis connects")
@@ -213,14 +218,7 @@ async fn a_future_event_neither_freezes_windows_nor_clears_dedupe() {
 async fn a_failing_write_leaves_nothing_and_its_retry_applies_it_once() {
     let set = set();
     let prefix = unique("aon");
-    let settings = RedisSettings {
-        url: redis_url(),
-        key_prefix: prefix.clone(),
-        dedupe_window_ms: 3_600_000,
-        ttl_seconds: 3600,
-        timeout_ms: 2000,
-        timer_shards: 16,
-    };
+    let settings = settings(&redis_url(), &prefix, 3_600_000);
     let red = RedisStore::connect(settings, set.clone())
         .await
         .expect("redis connects");
@@ -373,14 +371,7 @@ async fn redis_and_memory_forget_the_same_event_ids() {
 async fn the_item_index_forgets_items_whose_keys_are_gone() {
     let set = set();
     let prefix = unique("items");
-    let settings = RedisSettings {
-        url: redis_url(),
-        key_prefix: prefix.clone(),
-        dedupe_window_ms: 30 * 24 * 3_600_000,
-        ttl_seconds: 3600,
-        timeout_ms: 2000,
-        timer_shards: 16,
-    };
+    let settings = settings(&redis_url(), &prefix, 30 * 24 * 3_600_000);
     let red = RedisStore::connect(settings, set.clone())
         .await
         .expect("redis connects");
@@ -640,14 +631,7 @@ async fn blob_fields(
 async fn item_blobs_mirror_their_hashes_and_are_built_for_an_older_store() {
     let set = set();
     let prefix = unique("blobs");
-    let settings = RedisSettings {
-        url: redis_url(),
-        key_prefix: prefix.clone(),
-        dedupe_window_ms: 30 * 24 * 3_600_000,
-        ttl_seconds: 3600,
-        timeout_ms: 2000,
-        timer_shards: 16,
-    };
+    let settings = settings(&redis_url(), &prefix, 30 * 24 * 3_600_000);
     let red = RedisStore::connect(settings.clone(), set.clone())
         .await
         .expect("redis connects");
