@@ -642,26 +642,16 @@ async fn item_blobs_mirror_their_hashes_and_are_built_for_an_older_store() {
         .collect();
     red.apply(&plans, now).await.expect("apply");
     // a static value on one item and on an item with no events
-    let statics = vec![
-        GroupWrite {
-            group: Group::Item("p3".into()),
-            updates: vec![Update::SetStatic {
-                feature: "brand".into(),
-                value: "acme".into(),
-            }],
-            events: EventIds::default(),
-            sessions: Vec::new(),
-        },
-        GroupWrite {
-            group: Group::Item("solo".into()),
-            updates: vec![Update::SetStatic {
-                feature: "brand".into(),
-                value: "zed".into(),
-            }],
-            events: EventIds::default(),
-            sessions: Vec::new(),
-        },
-    ];
+    let brand = |item: &str, value: &str| GroupWrite {
+        group: Group::Item(item.into()),
+        updates: vec![Update::SetStatic {
+            feature: "brand".into(),
+            value: value.into(),
+        }],
+        events: EventIds::default(),
+        sessions: Vec::new(),
+    };
+    let statics = vec![brand("p3", "acme"), brand("solo", "zed")];
     red.apply_groups(&statics, now).await.expect("static write");
     let mut conn = redis::Client::open(redis_url())
         .expect("redis url")

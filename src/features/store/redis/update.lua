@@ -25,6 +25,7 @@ local seen = KEYS[1]
 local nids = tonumber(ARGV[1])
 local base = 2 * nids + 1
 local window = tonumber(ARGV[base + 1])
+local ttl = tonumber(ARGV[base + 2])
 local now = tonumber(ARGV[base + 4])
 local maxts = nil
 if nids > 0 then
@@ -293,7 +294,6 @@ while i <= #ARGV do
     i = i + 4
   elseif op == 'B' then
     local all = redis.call('HGETALL', KEYS[tonumber(ARGV[i + 2])])
-    local ttl = tonumber(ARGV[base + 2])
     if #all > 0 and ttl > 0 then
       redis.call('SET', key, cmsgpack.pack(all), 'EX', ttl)
     elseif #all > 0 then
@@ -349,7 +349,6 @@ if nids > 0 then
   end
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%d', cutoff))
 end
-local ttl = tonumber(ARGV[base + 2])
 if ttl > 0 then
   for k = 1, #KEYS do
     if not blobs[k] then
