@@ -23,7 +23,8 @@
 //! NEXTBEST_BENCH_CONNECTIONS (default "1,8,32,128"),
 //! NEXTBEST_BENCH_ITEM_CACHE_MS (the server's `recommend.item_cache_ms`),
 //! NEXTBEST_BENCH_MICRO_BATCH_US (`model.micro_batch_us`),
-//! NEXTBEST_BENCH_CONCURRENCY (`http.recommend_concurrency`).
+//! NEXTBEST_BENCH_CONCURRENCY (`http.recommend_concurrency`),
+//! NEXTBEST_BENCH_QUEUE_MS (`http.recommend_queue_ms`).
 
 use nextbest::app::App;
 use nextbest::features::store::redis::{RedisSettings, RedisStore};
@@ -207,6 +208,12 @@ async fn main() {
     {
         cfg.http.recommend_concurrency = n;
     }
+    if let Some(ms) = std::env::var("NEXTBEST_BENCH_QUEUE_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        cfg.http.recommend_queue_ms = ms;
+    }
     if let Some(us) = std::env::var("NEXTBEST_BENCH_MICRO_BATCH_US")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -214,8 +221,11 @@ async fn main() {
         cfg.model.micro_batch_us = us;
     }
     println!(
-        "item cache: {} ms, micro-batching: {} µs, recommends in flight: {}",
-        cfg.recommend.item_cache_ms, cfg.model.micro_batch_us, cfg.http.recommend_concurrency
+        "item cache: {} ms, micro-batching: {} µs, recommends in flight: {}, queue: {} ms",
+        cfg.recommend.item_cache_ms,
+        cfg.model.micro_batch_us,
+        cfg.http.recommend_concurrency,
+        cfg.http.recommend_queue_ms
     );
     let app = App::build(cfg).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());

@@ -306,10 +306,17 @@ pub struct HttpConfig {
     /// `/v1/stream` (a WebSocket); `/v1/recommend` gets at least its largest
     /// budget (60 s) plus 1 s, so its `budget_ms` bounds it, not this.
     pub request_timeout_ms: u64,
-    /// Most `/v1/recommend` requests in flight; one more is answered 503
-    /// with `Retry-After` at once (at least 1). Default: 16 per core
+    /// Most `/v1/recommend` requests in flight; one more waits up to
+    /// `recommend_queue_ms` for a slot (by default not at all), then is
+    /// answered 503 with `Retry-After` (at least 1). Default: 16 per core
     /// ([`default_recommend_concurrency`]).
     pub recommend_concurrency: usize,
+    /// Longest a `/v1/recommend` request waits for one of those slots (first
+    /// come, first served) before it is answered 503, in ms; the wait counts
+    /// against its budget. Default 0: answered 503 at once. A wait serves
+    /// more of a burst, or of clients that retry a 503 at once, but past
+    /// capacity every answer waits it out (benches/RESULTS.md, "Overload").
+    pub recommend_queue_ms: u64,
     /// Largest request body, in bytes; a larger one is answered 413.
     pub max_body_bytes: usize,
     /// Largest WebSocket message (and frame) a `/v1/stream` client may
@@ -590,6 +597,7 @@ impl Default for HttpConfig {
         HttpConfig {
             request_timeout_ms: 30_000,
             recommend_concurrency: default_recommend_concurrency(),
+            recommend_queue_ms: 0,
             max_body_bytes: 8 * 1024 * 1024,
             ws_max_message_bytes: 64 * 1024,
             storefront: true,
@@ -769,6 +777,10 @@ mod tests {
         let cfg = Config::from_file(&p).expect("nextbest.toml.example is valid");
         assert_eq!(cfg.kafka.group_id, "nextbest");
         assert_eq!(cfg.http.recommend_concurrency, 64);
+        assert_eq!(
+            cfg.http.recommend_queue_ms,
+            HttpConfig::default().recommend_queue_ms
+        );
         assert_eq!(
             cfg.store.memory_max_entities,
             StoreConfig::default().memory_max_entities

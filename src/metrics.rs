@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 pub const HTTP_REQUESTS: &str = "nextbest_http_requests_total";
 pub const HTTP_SECONDS: &str = "nextbest_http_request_duration_seconds";
 pub const HTTP_RATE_LIMITED: &str = "nextbest_http_rate_limited_total";
+pub const RECOMMEND_WAITING: &str = "nextbest_http_recommend_waiting";
 pub const MODEL_SECONDS: &str = "nextbest_model_inference_seconds";
 pub const MODEL_SCORES: &str = "nextbest_model_scores_total";
 pub const MODEL_ERRORS: &str = "nextbest_model_errors_total";
@@ -101,6 +102,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     describe_histogram!(HTTP_SECONDS, Unit::Seconds, "HTTP request latency by route");
+    describe_gauge!(
+        RECOMMEND_WAITING,
+        "/v1/recommend requests waiting for a slot (http.recommend_concurrency, up to http.recommend_queue_ms)"
+    );
     describe_counter!(
         HTTP_RATE_LIMITED,
         "requests answered 429 by the rate limit, by route and caller (key name, or peer)"

@@ -227,6 +227,49 @@ async fn recommend_sheds_past_its_concurrency() {
     app.stop().await;
 }
 
+/// Past `recommend_concurrency` a request waits its turn for up to
+/// `recommend_queue_ms` and is then served, not shed; the wait is reported
+/// in its timings (and counts against its budget).
+#[tokio::test]
+async fn recommend_waits_for_a_slot_within_its_queue_time() {
+    let mut cfg = base_config();
+    cfg.http.recommend_concurrency = 1;
+    cfg.http.recommend_queue_ms = 30_000;
+    let app = TestApp::spawn(cfg).await;
+    let held = held_open(&app, "/v1/recommend").await;
+    let url = format!("{}/v1/recommend", app.base);
+    let client = app.client.clone();
+    let waiter = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"customer_id": "queued", "budget_ms": 60000}))
+            .send()
+            .await
+    });
+    // the gate says a request waits (the slot is held)
+    eventually(Duration::from_secs(10), "a request waiting", || async {
+        let m = app.metrics().await;
+        m.lines()
+            .any(|l| l.starts_with("nextbest_http_recommend_waiting ") && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    assert!(!waiter.is_finished(), "served while the only slot was held");
+    drop(held);
+    let r = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("served within 10 s of the slot freeing")
+        .expect("joins")
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["timings_us"]["queued"].as_u64().is_some_and(|q| q > 0),
+        "{body}"
+    );
+    app.stop().await;
+}
+
 /// With the broker unreachable, events are refused with 503 and
 /// `Retry-After` (nothing is accepted), as JSON; a valid body is what got
 /// that far (positive control: a bad one is still a 400 first).

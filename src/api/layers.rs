@@ -1,19 +1,21 @@
 //! What requests go through besides their handler: the request id rule, the
-//! `http` span, the request metrics, the request timeout, the answer to a
-//! shed request, and the rewrite of any error response not yet JSON into the
+//! `http` span, the request metrics, the request timeout, the admission gate
+//! of `/v1/recommend` ([`InFlight`]: a bounded wait for a slot, then 503),
+//! and the rewrite of any error response not yet JSON into the
 //! contract's `{"error": ...}` body. The router (`api::router`) stacks these
 //! with tower-http's and tower's layers; this file holds the parts those
 //! crates leave to us. Nothing here reads a request body or knows a route's
 //! logic.
 
 use super::ApiError;
+use axum::extract::State;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::BoxError;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tower::load_shed::error::Overloaded;
+use tokio::sync::Semaphore;
 use tower_http::request_id::RequestId;
 use tower_http::timeout::TimeoutLayer;
 
@@ -79,20 +81,80 @@ pub fn request_timeout(after: Duration) -> TimeoutLayer {
     TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, after)
 }
 
-/// The answer to a request `LoadShedLayer` turned away (or, never expected,
-/// any other error of the concurrency stack).
-pub async fn shed(err: BoxError, limit: usize) -> ApiError {
-    if err.is::<Overloaded>() {
-        ApiError::Overloaded(format!(
-            "overloaded: {limit} requests to this route are in flight \
-             (http.recommend_concurrency); retry shortly"
-        ))
-    } else {
-        ApiError::Http {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("internal error: {err}"),
+/// How long a request waited for its slot at the gate ([`InFlight`]); the
+/// handler counts it against the request's budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Queued(pub Duration);
+
+/// The admission gate of `/v1/recommend`: at most `limit` requests in
+/// flight; one more waits its turn (first come, first served) for up to
+/// `wait`, and past that is answered 503 with `Retry-After`
+/// (`http.recommend_concurrency`, `http.recommend_queue_ms`). A short wait
+/// keeps a burst, or more clients than slots, served at the peak rate
+/// instead of turning most of them away to retry at once.
+#[derive(Clone)]
+pub struct InFlight {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    wait: Duration,
+}
+
+impl InFlight {
+    pub fn new(limit: usize, wait: Duration) -> Self {
+        let limit = limit.max(1);
+        InFlight {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            wait,
         }
     }
+}
+
+/// Counts a request waiting at the gate (`nextbest_http_recommend_waiting`)
+/// until it is dropped, also when its client goes away meanwhile.
+struct Waiting(metrics::Gauge);
+
+impl Waiting {
+    fn new() -> Self {
+        let g = metrics::gauge!(crate::metrics::RECOMMEND_WAITING);
+        g.increment(1.0);
+        Waiting(g)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Runs the request once [`InFlight`] gives it a slot (held until its
+/// response is built), with the time it waited as a [`Queued`] extension.
+pub async fn admit(State(gate): State<InFlight>, mut req: Request, next: Next) -> Response {
+    let arrived = Instant::now();
+    let slot = match gate.slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) if gate.wait.is_zero() => None,
+        Err(_) => {
+            let _waiting = Waiting::new();
+            tokio::time::timeout(gate.wait, gate.slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    let Some(_slot) = slot else {
+        return ApiError::Overloaded(format!(
+            "overloaded: {} requests to this route are in flight \
+             (http.recommend_concurrency) and none finished within {} ms \
+             (http.recommend_queue_ms); retry shortly",
+            gate.limit,
+            gate.wait.as_millis()
+        ))
+        .into_response();
+    };
+    req.extensions_mut().insert(Queued(arrived.elapsed()));
+    next.run(req).await
 }
 
 /// Makes every error response a JSON `{"error": ...}` body. Handlers answer

@@ -41,7 +41,6 @@ use crate::triggers::Triggers;
 pub use access::{Access, AccessError};
 use arc_swap::ArcSwap;
 use auth::{Credentials, Gate};
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
 use axum::routing::{get, post, put};
@@ -50,8 +49,6 @@ pub use error::ApiError;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::limit::ConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -175,17 +172,19 @@ fn client(state: &AppState) -> Router<Arc<AppState>> {
         .route("/v1/features/item/{id}", get(features::item))
         .layer(layers::request_timeout(http.request_timeout()));
     // its budget (at most 60 s) bounds a recommendation, so the timeout is a
-    // backstop past it; past `recommend_concurrency` in flight, one more is
-    // shed at once (503, Retry-After) instead of queueing
-    let concurrency = http.recommend_concurrency.max(1);
+    // backstop past it; past `recommend_concurrency` in flight, one more
+    // waits up to `recommend_queue_ms` for a slot, then is answered 503
+    // (Retry-After); the wait counts against its budget
+    let gate = layers::InFlight::new(
+        http.recommend_concurrency,
+        Duration::from_millis(http.recommend_queue_ms),
+    );
     let limit = ServiceBuilder::new()
         .layer(layers::request_timeout(
             http.request_timeout()
                 .max(Duration::from_millis(recommend::MAX_BUDGET_MS + 1000)),
         ))
-        .layer(HandleErrorLayer::new(move |e| layers::shed(e, concurrency)))
-        .layer(LoadShedLayer::new())
-        .layer(ConcurrencyLimitLayer::new(concurrency));
+        .layer(middleware::from_fn_with_state(gate, layers::admit));
     // a route layer wraps the whole method router, so its 405 keeps `Allow`
     let recommend = Router::new()
         .route("/v1/recommend", post(recommend::recommend))

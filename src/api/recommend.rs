@@ -8,7 +8,7 @@
 //! whole body by `http.max_body_bytes`. Every 400 is
 //! `{"error": "field `x` ...", "field": "x"}`.
 
-use super::layers::request_id_str;
+use super::layers::{request_id_str, Queued};
 use super::{ApiError, AppStateRef};
 use crate::decide::RecommendRequest;
 use crate::event::check_id;
@@ -57,9 +57,13 @@ struct RecommendBody {
 pub async fn recommend(
     state: AppStateRef,
     Extension(id): Extension<RequestId>,
+    queued: Option<Extension<Queued>>,
     body: Bytes,
 ) -> Result<Json<crate::decide::Recommendation>, ApiError> {
-    let req = validate(&state, request_id_str(&id), &body)?;
+    let mut req = validate(&state, request_id_str(&id), &body)?;
+    if let Some(Extension(Queued(waited))) = queued {
+        req.queued = waited;
+    }
     Ok(Json(state.decider.recommend(&req).await))
 }
 
@@ -160,6 +164,7 @@ pub fn validate(
         context,
         candidates,
         budget_ms,
+        queued: std::time::Duration::ZERO,
         model,
         now_ms: state.clock.now_ms(),
         explain: body.explain.unwrap_or(false),

@@ -121,6 +121,7 @@ async fn recommendation(state: &AppState, customer: &str, k: usize) -> Option<St
         context: ContextValues::defaults(&state.set),
         candidates: None,
         budget_ms: state.cfg.recommend.default_budget_ms,
+        queued: std::time::Duration::ZERO,
         model: None,
         now_ms: state.clock.now_ms(),
         explain: false,

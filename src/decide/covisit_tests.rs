@@ -94,6 +94,7 @@ async fn the_served_covisit_score_is_the_exported_one() {
                 context: ContextValues::defaults(&set),
                 candidates: None,
                 budget_ms: 60_000,
+                queued: std::time::Duration::ZERO,
                 model: None,
                 now_ms: now,
                 explain: false,

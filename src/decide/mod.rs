@@ -149,10 +149,15 @@ impl Decider {
     #[tracing::instrument(name = "recommend", skip_all, fields(request_id = %req.request_id, customer_id = %req.customer_id))]
     pub async fn recommend(&self, req: &RecommendRequest) -> Recommendation {
         let started = Instant::now();
+        // the wait for admission (the HTTP gate) is part of the budget
         let budget = Duration::from_millis(req.budget_ms)
             .saturating_sub(RESERVE)
+            .saturating_sub(req.queued)
             .max(Duration::from_millis(1));
         let mut timings = BTreeMap::new();
+        if !req.queued.is_zero() {
+            timings.insert("queued", req.queued.as_micros() as u64);
+        }
         let outcome = tokio::time::timeout(budget, self.ranked(req, &mut timings)).await;
         let mut rec = match outcome {
             Ok(Ok(rec)) => rec,

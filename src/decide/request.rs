@@ -24,6 +24,9 @@ pub struct RecommendRequest {
     pub context: ContextValues,
     pub candidates: Option<Vec<String>>,
     pub budget_ms: u64,
+    /// How long it waited for admission before the pipeline (the HTTP
+    /// gate, `api::layers::InFlight`); it counts against `budget_ms`.
+    pub queued: std::time::Duration,
     pub model: Option<ModelSpec>,
     /// The time features are read at (ms since the epoch).
     pub now_ms: i64,

@@ -177,6 +177,7 @@ fn request(d: &Decider, budget_ms: u64) -> RecommendRequest {
         context: ContextValues::defaults(&d.set),
         candidates: Some((0..5).map(|i| format!("p{i}")).collect()),
         budget_ms,
+        queued: std::time::Duration::ZERO,
         model: None,
         now_ms: 1_764_355_260_000,
         explain: false,

@@ -252,6 +252,7 @@ pub async fn evaluate(cfg: &Config, job: &EvaluateJob) -> Result<Report, Evaluat
                 context: ContextValues::defaults(&set),
                 candidates: None,
                 budget_ms: REPLAY_BUDGET_MS,
+                queued: std::time::Duration::ZERO,
                 model: job.model.clone(),
                 now_ms: now,
                 explain: true,

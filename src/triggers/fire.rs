@@ -218,6 +218,7 @@ impl Firer {
             context: ContextValues::defaults(&self.set),
             candidates: None,
             budget_ms: self.budget_ms,
+            queued: std::time::Duration::ZERO,
             model: None,
             now_ms: now,
             explain: false,
