@@ -8,7 +8,8 @@
 //! Needs Redis and a Kafka-protocol broker: `make bench-consumer` starts
 //! both (`scripts/services.sh`) and sets NEXTBEST_TEST_REDIS_URL /
 //! NEXTBEST_TEST_KAFKA_BROKERS. Knobs: NEXTBEST_BENCH_EVENTS (1,000,000),
-//! NEXTBEST_BENCH_CUSTOMERS (5,000), NEXTBEST_BENCH_ITEMS (20,000). The
+//! NEXTBEST_BENCH_CUSTOMERS (5,000), NEXTBEST_BENCH_ITEMS (20,000),
+//! NEXTBEST_BENCH_BATCH (`kafka.batch_size`, default the server's). The
 //! server runs in this process with the binary's allocator; client, server,
 //! Redis and the broker share the machine.
 
@@ -73,6 +74,7 @@ async fn main() {
     let prefix = format!("cbench{}", nextbest::now_ms());
     let mut cfg = server_config(&redis_url, &brokers, &prefix);
     cfg.kafka.partitions = PARTITIONS;
+    cfg.kafka.batch_size = knob("NEXTBEST_BENCH_BATCH", cfg.kafka.batch_size as u64) as usize;
 
     // the topics, then the backlog
     let topics: Vec<String> = ["page_view", "click", "add_to_cart"]

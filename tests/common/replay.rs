@@ -174,11 +174,13 @@ pub async fn crash_replay(redis_url: &str, n: usize, kills: usize, seed: u64) ->
     // offsets start at 0 on each partition: all committed = this sum
     let end = events.len() as i64;
 
+    // batches of 500 (the default is 5,000): the replay then takes many
+    // batches and commits, so the kills land between and inside them
     let spec = ServerSpec {
         redis_url: Some(redis_url.to_string()),
         brokers: Some(brokers.clone()),
         config: format!(
-            "[store]\nkey_prefix = \"{tag}\"\n[kafka]\ngroup_id = \"{group}\"\nsession_timeout_ms = 3000\n\
+            "[store]\nkey_prefix = \"{tag}\"\n[kafka]\ngroup_id = \"{group}\"\nsession_timeout_ms = 3000\nbatch_size = 500\n\
              [model]\nwatch = false\n[rules]\nwatch = false\n"
         ),
         log_filter: None,

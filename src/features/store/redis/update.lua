@@ -15,9 +15,10 @@
 --       B k src: the string k set to the hash KEYS[src]'s fields and values,
 --       one cmsgpack array (an item's blob, what reads fetch; sent last)
 -- n = 0 (static enrichment) skips the dedupe.
--- All or nothing: the ops are checked first (known, well formed, numbers
--- that parse, every key of the type its ops need, every lifetime count or
--- sum they add to a number), and the event ids are recorded only after the ops ran, so an
+-- All or nothing: the ops are checked first (known, naming their keys, not
+-- cut short, every key of the type its ops need, every lifetime count or
+-- sum they add to a number; the numbers in the ops are `encode`'s, printed
+-- from Rust numbers, and not parsed twice), and the event ids are recorded only after the ops ran, so an
 -- error leaves nothing written and a retry applies the event whole.
 -- Returns 1 when applied; otherwise nothing was written and the reply lists
 -- the event ids already seen (the caller drops them and retries the rest).
@@ -25,7 +26,8 @@ local seen = KEYS[1]
 local nids = tonumber(ARGV[1])
 local base = 2 * nids + 1
 local window = tonumber(ARGV[base + 1])
-local ttl = tonumber(ARGV[base + 2])
+local ttl_s = ARGV[base + 2]
+local ttl = tonumber(ttl_s)
 local now = tonumber(ARGV[base + 4])
 local maxts = nil
 if nids > 0 then
@@ -56,8 +58,6 @@ local function fail(msg)
   return redis.error_reply(msg)
 end
 local op_args = { A = 4, W = 6, L = 6, T = 4, R = 5, S = 4, X = 3, V = 4, TS = 6, TU = 4, TC = 4, B = 3 }
-local numeric = { A = { 3 }, W = { 3, 4, 5 }, L = { 3, 4 }, T = { 3 }, R = { 3, 4 }, S = { 2, 3 }, X = { 2 },
-  TS = { 4, 5 }, TU = { 3 }, TC = { 3 }, B = { 2 } }
 local key_type = { A = 'hash', W = 'hash', WB = 'hash', L = 'hash', T = 'hash', V = 'hash',
   R = 'zset', RB = 'zset', S = 'hash', X = 'hash', TS = 'hash', TU = 'hash', TC = 'hash', B = 'string' }
 local need = {}
@@ -88,29 +88,14 @@ while i <= #ARGV do
         return fail('ERR nextbest apply: malformed WB op')
       end
       width = 5 + 2 * cnt
-      for j = 0, cnt - 1 do
-        if (not tonumber(ARGV[i + 5 + 2 * j])) or (not tonumber(ARGV[i + 6 + 2 * j])) then
-          return fail('ERR nextbest apply: WB op with a bucket or amount that is not a number')
-        end
-      end
     else
       if (not cnt) or (not tonumber(ARGV[i + 2])) then
         return fail('ERR nextbest apply: malformed RB op')
       end
       width = 4 + 2 * cnt
-      for j = 0, cnt - 1 do
-        if not tonumber(ARGV[i + 5 + 2 * j]) then
-          return fail('ERR nextbest apply: RB op with a time that is not a number')
-        end
-      end
     end
   else
     width = op_args[op]
-    for _, a in ipairs(numeric[op] or {}) do
-      if not tonumber(ARGV[i + a]) then
-        return fail('ERR nextbest apply: op ' .. op .. ' argument ' .. a .. ' is not a number')
-      end
-    end
     if op == 'B' then
       local src = tonumber(ARGV[i + 2])
       if (not KEYS[src]) or src < 2 or (need[src] and need[src] ~= 'hash') then
@@ -295,7 +280,7 @@ while i <= #ARGV do
   elseif op == 'B' then
     local all = redis.call('HGETALL', KEYS[tonumber(ARGV[i + 2])])
     if #all > 0 and ttl > 0 then
-      redis.call('SET', key, cmsgpack.pack(all), 'EX', ttl)
+      redis.call('SET', key, cmsgpack.pack(all), 'EX', ttl_s)
     elseif #all > 0 then
       redis.call('SET', key, cmsgpack.pack(all))
     else
@@ -352,7 +337,7 @@ end
 if ttl > 0 then
   for k = 1, #KEYS do
     if not blobs[k] then
-      redis.call('EXPIRE', KEYS[k], ttl)
+      redis.call('EXPIRE', KEYS[k], ttl_s)
     end
   end
 end
