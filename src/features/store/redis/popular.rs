@@ -12,13 +12,14 @@
 //! `update.lua` cannot file it. Instead the write's pipeline ends with one
 //! `HMGET` per item it added to a live bucket of (the item's category and
 //! those buckets' counts, read after its writes, in its slot; a restored
-//! backfill group is filed from the state it was given), and a second call,
-//! `pop_write.lua`, files the totals those replies give. The filed values
+//! backfill group is filed from the state it was given), and a second
+//! pipeline, `pop_write.lua` calls of at most `POP_WRITE_CHUNK` items,
+//! files the totals those replies give. The filed values
 //! come from the item's deduped state, never from the event, so a filing
 //! repeated or late files a total the bucket already has or had (it keeps
 //! the greatest).
 //!
-//! The crash window: a process that dies between the two calls (or whose
+//! The crash window: a process that dies between the two pipelines (or whose
 //! `pop_write.lua` fails) leaves the item's new counts unfiled. The store
 //! answers the write with an error (a transient one when Redis could not be
 //! reached), so the consumer does not commit and the events come again;
