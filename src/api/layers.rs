@@ -129,18 +129,22 @@ impl Drop for Waiting {
 }
 
 /// Runs the request once [`InFlight`] gives it a slot (held until its
-/// response is built), with the time it waited as a [`Queued`] extension.
+/// response is built), with the time it waited, if it had to, as a
+/// [`Queued`] extension.
 pub async fn admit(State(gate): State<InFlight>, mut req: Request, next: Next) -> Response {
-    let arrived = Instant::now();
+    let mut waited = None;
     let slot = match gate.slots.clone().try_acquire_owned() {
         Ok(slot) => Some(slot),
         Err(_) if gate.wait.is_zero() => None,
         Err(_) => {
             let _waiting = Waiting::new();
-            tokio::time::timeout(gate.wait, gate.slots.clone().acquire_owned())
+            let arrived = Instant::now();
+            let slot = tokio::time::timeout(gate.wait, gate.slots.clone().acquire_owned())
                 .await
                 .ok()
-                .and_then(Result::ok)
+                .and_then(Result::ok);
+            waited = Some(arrived.elapsed());
+            slot
         }
     };
     let Some(_slot) = slot else {
@@ -153,7 +157,9 @@ pub async fn admit(State(gate): State<InFlight>, mut req: Request, next: Next) -
         ))
         .into_response();
     };
-    req.extensions_mut().insert(Queued(arrived.elapsed()));
+    if let Some(w) = waited {
+        req.extensions_mut().insert(Queued(w));
+    }
     next.run(req).await
 }
 
