@@ -196,30 +196,14 @@ async fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let prefix = format!("bench{}", nextbest::now_ms());
     let mut cfg = server_config(&redis_url, &brokers, &prefix);
-    if let Some(ms) = std::env::var("NEXTBEST_BENCH_ITEM_CACHE_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        cfg.recommend.item_cache_ms = ms;
-    }
-    if let Some(n) = std::env::var("NEXTBEST_BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        cfg.http.recommend_concurrency = n;
-    }
-    if let Some(ms) = std::env::var("NEXTBEST_BENCH_QUEUE_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        cfg.http.recommend_queue_ms = ms;
-    }
-    if let Some(us) = std::env::var("NEXTBEST_BENCH_MICRO_BATCH_US")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        cfg.model.micro_batch_us = us;
-    }
+    // each knob unset: the server's default
+    cfg.recommend.item_cache_ms = knob("NEXTBEST_BENCH_ITEM_CACHE_MS", cfg.recommend.item_cache_ms);
+    cfg.http.recommend_concurrency = knob(
+        "NEXTBEST_BENCH_CONCURRENCY",
+        cfg.http.recommend_concurrency as u64,
+    ) as usize;
+    cfg.http.recommend_queue_ms = knob("NEXTBEST_BENCH_QUEUE_MS", cfg.http.recommend_queue_ms);
+    cfg.model.micro_batch_us = knob("NEXTBEST_BENCH_MICRO_BATCH_US", cfg.model.micro_batch_us);
     println!(
         "item cache: {} ms, micro-batching: {} µs, recommends in flight: {}, queue: {} ms",
         cfg.recommend.item_cache_ms,

@@ -42,17 +42,17 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 pub(super) const POP_WRITE_LUA: &str = include_str!("pop_write.lua");
+pub(super) const POP_READ_LUA: &str = include_str!("pop_read.lua");
+static POP_WRITE_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(POP_WRITE_LUA).get_hash().to_string());
+static POP_READ_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(POP_READ_LUA).get_hash().to_string());
 
 /// Most filings in one `pop_write.lua` call. A script holds Redis while it
 /// runs (~12 µs a filing, benches/RESULTS.md), so a large batch's filings
 /// go in several calls, between which Redis serves the reads: a
 /// `kafka.batch_size` of 5,000 blocks it ~6 ms at a time, not ~60.
 const POP_WRITE_CHUNK: usize = 500;
-pub(super) const POP_READ_LUA: &str = include_str!("pop_read.lua");
-static POP_WRITE_SHA: LazyLock<String> =
-    LazyLock::new(|| redis::Script::new(POP_WRITE_LUA).get_hash().to_string());
-static POP_READ_SHA: LazyLock<String> =
-    LazyLock::new(|| redis::Script::new(POP_READ_LUA).get_hash().to_string());
 
 /// Items to read back after a write: id and the buckets to file.
 pub(super) type PopReads = Vec<(String, Vec<i64>)>;

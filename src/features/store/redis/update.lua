@@ -18,8 +18,9 @@
 -- All or nothing: the ops are checked first (known, naming their keys, not
 -- cut short, every key of the type its ops need, every lifetime count or
 -- sum they add to a number; the numbers in the ops are `encode`'s, printed
--- from Rust numbers, and not parsed twice), and the event ids are recorded only after the ops ran, so an
--- error leaves nothing written and a retry applies the event whole.
+-- from Rust numbers, and not parsed twice), and the event ids are recorded
+-- only after the ops ran, so an error leaves nothing written and a retry
+-- applies the event whole.
 -- Returns 1 when applied; otherwise nothing was written and the reply lists
 -- the event ids already seen (the caller drops them and retries the rest).
 local seen = KEYS[1]
